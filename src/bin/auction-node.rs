@@ -1,0 +1,146 @@
+//! `auction-node`: one node of the replicated auction, leader or replica.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use auction::console;
+use auction::leader::Timing;
+use auction::node::{self, Config, Role, Shutdown};
+use auction::types::{Duration as AuctionDuration, NodeId};
+use clap::Parser;
+
+/// One node of the replicated auction. The first node becomes the leader; nodes started later
+/// join as replicas and take over if the leader fails. Type `help` for the terminal commands.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// This node's id, as in the seed: 5400 for the first node, then 5401, 5402, ...
+    #[arg(long)]
+    port: u16,
+    /// Port on which the leader serves clients.
+    #[arg(long, default_value_t = 5000)]
+    client_port: u16,
+    /// Port on which the leader serves replicas; holding it is being the leader.
+    #[arg(long, default_value_t = 5400)]
+    leader_port: u16,
+    /// Address every node binds and dials; all nodes of a cluster must use the same one.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Length in seconds of the auction that a new cluster opens, and of `start` without SECS.
+    #[arg(long, default_value_t = 120)]
+    duration: u64,
+    /// Milliseconds between the leader's heartbeats.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Milliseconds without an answer after which the leader fences a replica, or replicas
+    /// fence the leader.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Milliseconds each place in the line of succession waits before taking over.
+    #[arg(long, default_value_t = 20)]
+    stagger_ms: u64,
+}
+
+fn config(args: &Args) -> anyhow::Result<Config> {
+    if args.client_port == args.leader_port {
+        bail!("--client-port and --leader-port must differ");
+    }
+    if args.client_port == 0 || args.leader_port == 0 {
+        bail!("--client-port and --leader-port must be fixed port numbers, not 0");
+    }
+    if args.heartbeat_ms == 0 || args.timeout_ms < 2 * args.heartbeat_ms {
+        bail!("--timeout-ms must be at least twice --heartbeat-ms, and --heartbeat-ms above 0");
+    }
+    Ok(Config {
+        id: NodeId(args.port),
+        host: args.host,
+        client_port: args.client_port,
+        leader_port: args.leader_port,
+        duration: AuctionDuration::from_secs(args.duration).context("--duration")?,
+        timing: Timing {
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+            timeout: Duration::from_millis(args.timeout_ms),
+        },
+        stagger: Duration::from_millis(args.stagger_ms),
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match config(&args).and_then(|cfg| start(&args, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: &Args, cfg: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    tracing::info!(
+        id = args.port,
+        pid = std::process::id(),
+        "auction-node starting"
+    );
+    tokio::runtime::Runtime::new()?.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let role = Arc::new(Mutex::new(Role::Joining));
+    let (stop, shutdown) = Shutdown::new();
+    // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let terminal_role = role.clone();
+    let duration = cfg.duration;
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let mut out = std::io::stdout();
+            let result = match console::parse(&line) {
+                Ok(Some(command)) => {
+                    console::execute(command, &terminal_role, duration, &mut out).await
+                }
+                Ok(None) => Ok(()),
+                Err(message) => {
+                    use std::io::Write;
+                    writeln!(out, "{message}")
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+    });
+    let node = tokio::spawn(node::run(cfg, role, shutdown));
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            r.context("listening for Ctrl-C")?;
+            tracing::info!("shutting down");
+            let _ = stop.send(true);
+        }
+        r = node => {
+            return r.context("node task failed")?.map_err(Into::into);
+        }
+    }
+    Ok(())
+}

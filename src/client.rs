@@ -1,0 +1,315 @@
+//! The client side: one session per `Client`, a request id per request, and retries across
+//! failovers. A request that fails in transit is sent again with the same id, so the user sees
+//! its one outcome; only when no leader answers within the retry budget is the outcome an
+//! exception.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::auction::Decision;
+use crate::pb::{
+    self, AuctionView, BidRequest, CloseRequest, DecisionReply, ResultRequest, StartRequest,
+    StatusReply, StatusRequest, auction_client::AuctionClient,
+};
+use crate::types::{Amount, BidderId, Duration as AuctionDuration};
+
+/// The default time a client keeps retrying before it reports an exception.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
+
+/// Why a request has no outcome.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No leader answered within the retry budget: the request may or may not have been applied.
+    #[error("no leader answered within {budget:?} ({attempts} attempts); last error: {last}")]
+    Exception {
+        budget: Duration,
+        attempts: u32,
+        last: String,
+    },
+    /// The server refused the request as malformed; it was not applied.
+    #[error("the server refused the request: {0}")]
+    Invalid(String),
+}
+
+/// The outcome of a request that changes the auction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// The auction right after the request was decided.
+    pub auction: AuctionView,
+}
+
+/// A client session with the cluster at one well-known address.
+#[derive(Debug)]
+pub struct Client {
+    server: SocketAddr,
+    retry_budget: Duration,
+    /// Random per client, so sessions of different clients never collide.
+    session: u64,
+    /// The sequence number of the last request sent.
+    seq: u64,
+    /// The open connection, dropped after any failure so the next attempt dials afresh.
+    channel: Option<AuctionClient<Channel>>,
+}
+
+impl Client {
+    pub fn new(server: SocketAddr, retry_budget: Duration) -> Self {
+        Self {
+            server,
+            retry_budget,
+            session: random_session(),
+            seq: 0,
+            channel: None,
+        }
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Places a bid.
+    ///
+    /// # Errors
+    /// [`ClientError::Exception`] when no leader answered in time.
+    pub async fn bid(&mut self, bidder: &BidderId, amount: Amount) -> Result<Outcome, ClientError> {
+        let id = self.next_id();
+        let request = BidRequest {
+            id: Some(id),
+            bidder: bidder.to_string(),
+            amount: amount.get(),
+        };
+        let reply = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.bid(r).await }
+            })
+            .await?;
+        outcome(reply)
+    }
+
+    /// Reads the result: the highest bid while open, the winner once closed.
+    ///
+    /// # Errors
+    /// [`ClientError::Exception`] when no leader answered in time.
+    pub async fn result(&mut self) -> Result<AuctionView, ClientError> {
+        let reply = self
+            .call(|mut c| async move { c.result(ResultRequest {}).await })
+            .await?;
+        reply
+            .auction
+            .ok_or_else(|| ClientError::Invalid("reply without auction".into()))
+    }
+
+    /// Starts the next auction; `None` uses the leader's default duration.
+    ///
+    /// # Errors
+    /// [`ClientError::Exception`] when no leader answered in time.
+    pub async fn start(
+        &mut self,
+        duration: Option<AuctionDuration>,
+    ) -> Result<Outcome, ClientError> {
+        let request = StartRequest {
+            id: Some(self.next_id()),
+            duration_ms: duration.map_or(0, AuctionDuration::as_millis),
+        };
+        let reply = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.start(r).await }
+            })
+            .await?;
+        outcome(reply)
+    }
+
+    /// Closes the open auction now.
+    ///
+    /// # Errors
+    /// [`ClientError::Exception`] when no leader answered in time.
+    pub async fn close(&mut self) -> Result<Outcome, ClientError> {
+        let request = CloseRequest {
+            id: Some(self.next_id()),
+        };
+        let reply = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.close(r).await }
+            })
+            .await?;
+        outcome(reply)
+    }
+
+    /// The cluster as the leader sees it.
+    ///
+    /// # Errors
+    /// [`ClientError::Exception`] when no leader answered in time.
+    pub async fn status(&mut self) -> Result<StatusReply, ClientError> {
+        self.call(|mut c| async move { c.status(StatusRequest {}).await })
+            .await
+    }
+
+    fn next_id(&mut self) -> pb::RequestId {
+        self.seq += 1;
+        pb::RequestId {
+            session: self.session,
+            seq: self.seq,
+        }
+    }
+
+    /// Runs one request until it gets an answer or the retry budget is spent. Each attempt may
+    /// take what is left of the budget; attempts back off from 5 ms to 200 ms.
+    async fn call<T, F, Fut>(&mut self, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(AuctionClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.retry_budget;
+        let mut backoff = Duration::from_millis(5);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = tokio::time::timeout(left, async {
+                let client = match &self.channel {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = self.connect(left).await?;
+                        self.channel = Some(c.clone());
+                        c
+                    }
+                };
+                attempt(client).await.map(tonic::Response::into_inner)
+            })
+            .await;
+            let error = match result {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(status)) if !retryable(&status) => {
+                    return Err(ClientError::Invalid(status.message().to_string()));
+                }
+                Ok(Err(status)) => status_text(&status),
+                Err(_) => "timed out".to_string(),
+            };
+            self.channel = None;
+            let now = Instant::now();
+            if now + backoff >= deadline {
+                return Err(ClientError::Exception {
+                    budget: self.retry_budget,
+                    attempts,
+                    last: error,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<AuctionClient<Channel>, Status> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.server))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {}: {e}", self.server)))?;
+        Ok(AuctionClient::new(channel))
+    }
+}
+
+fn outcome(reply: DecisionReply) -> Result<Outcome, ClientError> {
+    let decision = reply
+        .decision
+        .ok_or_else(|| ClientError::Invalid("reply without decision".into()))?;
+    let decision: Decision = Decision::try_from(decision)
+        .map_err(|e| ClientError::Invalid(format!("malformed decision in the reply: {e}")))?;
+    Ok(Outcome {
+        decision,
+        auction: reply.auction.unwrap_or_default(),
+    })
+}
+
+/// Whether a failed attempt may be tried again with the same request id. Errors that say the
+/// request itself is wrong are final; everything else is a transport or availability problem.
+fn retryable(status: &Status) -> bool {
+    !matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::Unimplemented
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::OutOfRange
+    )
+}
+
+fn status_text(status: &Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_string()
+    }
+}
+
+/// A random non-zero session id.
+fn random_session() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish().max(1)
+}
+
+/// Reads a refusal for people.
+pub fn describe(decision: &Decision) -> String {
+    match decision {
+        Ok(()) => "success".into(),
+        Err(r) => format!("fail ({r})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transport_failures_are_retried() {
+        assert!(retryable(&Status::unavailable("down")));
+        assert!(retryable(&Status::unknown("reset")));
+        assert!(retryable(&Status::cancelled("gone")));
+        assert!(!retryable(&Status::invalid_argument("bad amount")));
+        assert!(!retryable(&Status::already_exists("dup")));
+    }
+
+    #[test]
+    fn sessions_differ_and_are_never_zero() {
+        let a = random_session();
+        let b = random_session();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn no_server_is_an_exception_within_the_budget() {
+        // A port that was just free: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut c = Client::new(addr, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let err = c.result().await.unwrap_err();
+        assert!(matches!(err, ClientError::Exception { attempts, .. } if attempts > 1));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,423 @@
+//! The leader: one task owns the replicated state and decides everything, so no lock is needed.
+//! Client requests, replica joins and acks arrive as events on one channel. The leader applies
+//! every request queued at that moment as one batch, pushes the batch to every replica stream,
+//! and answers each request only when every member has acknowledged the batch's version (the
+//! seed's commit rule). Batches are pipelined: a new one can go out before the previous commits.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::auction::{Decision, Op};
+use crate::pb::{self, AuctionView, FromLeader, from_leader};
+use crate::process::{self, Fenced};
+use crate::replication::{Change, ChangeKind, ClusterState, ConnId, Followers, Lateness, Member};
+use crate::types::{Duration as AuctionDuration, Millis, RequestId};
+
+/// How many messages may wait for one replica before it counts as hopelessly behind. A replica
+/// that stops reading is fenced by the ack timeout long before a healthy one fills this.
+pub const OUTBOUND_CAPACITY: usize = 16 * 1024;
+
+/// The leader's timing.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How often the leader tells idle replicas it is alive.
+    pub heartbeat: Duration,
+    /// How long a member may leave a message unacknowledged (or stay away after a failover)
+    /// before it is fenced and removed. Replicas use the same value to give up on a silent
+    /// leader.
+    pub timeout: Duration,
+}
+
+/// A request from a client or from the leader's own terminal.
+#[derive(Debug)]
+pub enum Request {
+    /// A change of the auction; `id` makes it exactly-once (`None` for the terminal).
+    Change { id: Option<RequestId>, op: Op },
+    /// The current result: a linearizable read.
+    Result,
+    /// The cluster as the leader sees it (not linearizable: for people and tests).
+    Status,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug)]
+pub enum Reply {
+    Decision(Decision, AuctionView),
+    Result(AuctionView),
+    Status(pb::StatusReply),
+}
+
+/// The outbound half of one replica stream.
+pub type Outbound = mpsc::Sender<Result<FromLeader, Status>>;
+
+/// What reaches the leader task.
+#[derive(Debug)]
+pub enum Event {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// A replica opened a stream and said who it is.
+    Join {
+        conn: ConnId,
+        node: Member,
+        outbound: Outbound,
+    },
+    Ack {
+        conn: ConnId,
+        seq: u64,
+        version: u64,
+    },
+    /// A replica stream ended.
+    Gone { conn: ConnId },
+}
+
+/// A cheap handle to the leader task.
+#[derive(Clone, Debug)]
+pub struct LeaderHandle {
+    events: mpsc::Sender<Event>,
+}
+
+impl LeaderHandle {
+    /// Sends `request` and waits for its reply.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when the leader task has stopped.
+    pub async fn call(&self, request: Request) -> Result<Reply, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.events
+            .send(Event::Request { request, reply })
+            .await
+            .map_err(|_| Status::unavailable("the leader is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the leader is shutting down"))
+    }
+
+    /// Delivers a replication event.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when the leader task has stopped.
+    pub async fn send(&self, event: Event) -> Result<(), Status> {
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| Status::unavailable("the leader is shutting down"))
+    }
+}
+
+/// A batch whose replies wait for every member to apply `version`.
+struct Round {
+    version: u64,
+    replies: Vec<(oneshot::Sender<Reply>, Reply)>,
+}
+
+/// The leader task's state.
+struct Leader {
+    me: Member,
+    state: ClusterState,
+    followers: Followers<Outbound>,
+    timing: Timing,
+    /// Requests that arrived since the last batch went out.
+    queued: Vec<(Request, oneshot::Sender<Reply>)>,
+    /// Membership changes that arrived since the last batch went out.
+    queued_changes: Vec<ChangeKind>,
+    /// Batches sent and not yet acknowledged by every member, oldest first.
+    rounds: VecDeque<Round>,
+}
+
+/// Starts the leader task on `state` and returns its handle. `initial` changes (opening the
+/// first auction, or taking over from a failed leader) form the first batch. The task ends when
+/// `shutdown` resolves or every handle is dropped.
+pub fn spawn(
+    me: Member,
+    state: ClusterState,
+    initial: Vec<ChangeKind>,
+    timing: Timing,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> LeaderHandle {
+    let (tx, rx) = mpsc::channel(4096);
+    let leader = Leader {
+        me,
+        state,
+        followers: Followers::default(),
+        timing,
+        queued: Vec::new(),
+        queued_changes: initial,
+        rounds: VecDeque::new(),
+    };
+    tokio::spawn(leader.run(rx, shutdown));
+    LeaderHandle { events: tx }
+}
+
+impl Leader {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        self.advance();
+        info!(
+            epoch = self.state.epoch,
+            version = self.state.version,
+            members = ?member_ids(&self.state),
+            "leading"
+        );
+        let mut tick = tokio::time::interval(self.timing.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                // A stopped node must not act again: on shutdown the task ends and the stream
+                // senders drop, which ends every replica stream.
+                () = &mut shutdown => break,
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event),
+                    None => break,
+                },
+                // Heartbeats, and fencing of members that fell silent or stayed away.
+                _ = tick.tick() => self.on_tick(Instant::now()),
+            }
+            // Everything already waiting joins the same batch.
+            while let Ok(event) = events.try_recv() {
+                self.handle(event);
+            }
+            self.advance();
+        }
+        info!("stopped leading");
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Request { request, reply } => match request {
+                Request::Status => {
+                    let _ = reply.send(Reply::Status(self.status()));
+                }
+                request => self.queued.push((request, reply)),
+            },
+            Event::Join {
+                conn,
+                node,
+                outbound,
+            } => self.on_join(conn, node, outbound),
+            Event::Ack { conn, seq, version } => {
+                let first = self.followers.on_ack(conn, seq, version, Instant::now());
+                if first {
+                    if let Some(f) = self.followers.get(conn) {
+                        let node = f.node;
+                        if self.state.has_member(&node) {
+                            info!(node = %node.id, version, "member rejoined");
+                        } else {
+                            info!(node = %node.id, version, "state sync done, adding member");
+                            self.queued_changes.push(ChangeKind::Join(node));
+                        }
+                    }
+                }
+            }
+            Event::Gone { conn } => {
+                if let Some(f) = self.followers.detach(conn) {
+                    if self.state.has_member(&f.node) {
+                        warn!(node = %f.node.id, "member's stream ended");
+                        self.remove(f.node);
+                    } else {
+                        debug!(node = %f.node.id, "joining node's stream ended");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_join(&mut self, conn: ConnId, node: Member, outbound: Outbound) {
+        let refuse = |why: String| {
+            warn!(node = %node.id, pid = node.pid, "refused: {why}");
+            let _ = outbound.try_send(Err(Status::already_exists(why)));
+        };
+        if node.id == self.me.id {
+            return refuse(format!("node id {} is the leader's own id", node.id));
+        }
+        if let Some(old) = self.followers.conn_of(node.id) {
+            let old_node = self.followers.get(old).map(|f| f.node);
+            if old_node != Some(node) {
+                return refuse(format!("node id {} is already connected", node.id));
+            }
+            // The same process opened a new stream: the old one is dead to it.
+            self.followers.detach(old);
+        }
+        if let Some(old) = self.state.member(node.id).copied() {
+            if old != node {
+                match process::ProcessHandle::open(&old) {
+                    Ok(None) => self.remove(old),
+                    _ => {
+                        return refuse(format!(
+                            "node id {} is already a member (pid {})",
+                            node.id, old.pid
+                        ));
+                    }
+                }
+            }
+        }
+        info!(node = %node.id, pid = node.pid, version = self.state.version, "sending state");
+        self.followers.attach(conn, node, outbound);
+        let snapshot = from_leader::Msg::Snapshot((&self.state).into());
+        self.send(conn, snapshot);
+    }
+
+    /// Fences `node` and commits its removal: a member is never dropped while it can still act.
+    fn remove(&mut self, node: Member) {
+        match process::fence(&node) {
+            Ok(Fenced::Killed) => warn!(node = %node.id, pid = node.pid, "fenced (SIGKILL)"),
+            Ok(Fenced::AlreadyGone) => {}
+            Err(e) => warn!(node = %node.id, pid = node.pid, "fencing failed: {e}"),
+        }
+        if let Some(conn) = self.followers.conn_of(node.id) {
+            self.followers.detach(conn);
+        }
+        if self.state.member(node.id) == Some(&node)
+            && !self.queued_changes.contains(&ChangeKind::Leave(node.id))
+        {
+            info!(node = %node.id, "removing member");
+            self.queued_changes.push(ChangeKind::Leave(node.id));
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let version = self.state.version;
+        let conns: Vec<ConnId> = self.followers.iter_mut().map(|(c, _)| c).collect();
+        for conn in conns {
+            self.send(conn, from_leader::Msg::Heartbeat(pb::Heartbeat { version }));
+        }
+        for (node, why) in self.followers.late(&self.state, now, self.timing.timeout) {
+            match why {
+                Lateness::Unresponsive => warn!(node = %node.id, "member stopped acknowledging"),
+                Lateness::Absent => warn!(node = %node.id, "member did not rejoin"),
+            }
+            self.remove(node);
+        }
+    }
+
+    /// Sends one message on a replica stream; a stream that cannot take it is dropped.
+    fn send(&mut self, conn: ConnId, msg: from_leader::Msg) {
+        let Some(seq) = self.followers.on_sent(conn, Instant::now()) else {
+            return;
+        };
+        let Some(f) = self.followers.get(conn) else {
+            return;
+        };
+        let message = FromLeader {
+            seq,
+            msg: Some(msg),
+        };
+        match f.conn.try_send(Ok(message)) {
+            Ok(()) => {}
+            // The stream task is gone; its Gone event is on the way.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let node = f.node;
+                warn!(node = %node.id, "replica is too far behind");
+                if self.state.has_member(&node) {
+                    self.remove(node);
+                } else {
+                    self.followers.detach(conn);
+                }
+            }
+        }
+    }
+
+    /// Releases the replies of committed batches and sends the next batch.
+    fn advance(&mut self) {
+        if !self.queued.is_empty() || !self.queued_changes.is_empty() {
+            self.send_batch();
+        }
+        while let Some(round) = self.rounds.front() {
+            if !self.followers.committed(&self.state, round.version) {
+                break;
+            }
+            let round = self.rounds.pop_front().expect("front exists");
+            for (tx, reply) in round.replies {
+                // A client that went away no longer wants its reply.
+                let _ = tx.send(reply);
+            }
+        }
+    }
+
+    fn send_batch(&mut self) {
+        let now = Millis::now().max(self.state.clock);
+        let first_version = self.state.version + 1;
+        let mut changes = Vec::new();
+        for kind in std::mem::take(&mut self.queued_changes) {
+            let change = Change { at: now, kind };
+            self.state.apply(&change);
+            changes.push(change);
+        }
+        let mut replies = Vec::with_capacity(self.queued.len());
+        for (request, tx) in std::mem::take(&mut self.queued) {
+            let reply = match request {
+                Request::Change { id, op } => {
+                    let change = Change {
+                        at: now,
+                        kind: ChangeKind::Client { id, op },
+                    };
+                    let decision = self
+                        .state
+                        .apply(&change)
+                        // Invariant: a client change always yields a decision.
+                        .expect("client changes are decided");
+                    changes.push(change);
+                    Reply::Decision(decision, self.view(now))
+                }
+                Request::Result => Reply::Result(self.view(now)),
+                Request::Status => Reply::Status(self.status()),
+            };
+            replies.push((tx, reply));
+        }
+        if !changes.is_empty() {
+            debug!(
+                version = self.state.version,
+                changes = changes.len(),
+                "replicating"
+            );
+            let append = pb::Append {
+                first_version,
+                changes: changes.iter().map(Into::into).collect(),
+            };
+            let conns: Vec<ConnId> = self.followers.iter_mut().map(|(c, _)| c).collect();
+            for conn in conns {
+                self.send(conn, from_leader::Msg::Append(append.clone()));
+            }
+        }
+        self.rounds.push_back(Round {
+            version: self.state.version,
+            replies,
+        });
+    }
+
+    fn view(&self, now: Millis) -> AuctionView {
+        pb::auction_view(&self.state.machine.auction, now)
+    }
+
+    fn status(&self) -> pb::StatusReply {
+        let now = Millis::now().max(self.state.clock);
+        pb::StatusReply {
+            leader: Some(self.me.into()),
+            members: self.state.members.iter().map(|m| (*m).into()).collect(),
+            epoch: self.state.epoch,
+            version: self.state.version,
+            auction: Some(self.view(now)),
+        }
+    }
+}
+
+fn member_ids(state: &ClusterState) -> Vec<u16> {
+    state.members.iter().map(|m| m.id.0).collect()
+}
+
+/// The change that opens an auction of `duration`.
+pub fn start_change(duration: AuctionDuration) -> ChangeKind {
+    ChangeKind::Client {
+        id: None,
+        op: Op::Start { duration },
+    }
+}

@@ -1,0 +1,29 @@
+//! A replicated auction: passive replication over gRPC, on one host, that survives the crash or
+//! the pause of any node.
+//!
+//! The modules, each using only those listed before it:
+//! - [`types`]: validated newtypes (amounts, bidder names, times, ids);
+//! - [`auction`]: the auction as a pure state machine, with exactly-once sessions;
+//! - [`replication`]: the replicated state (members, epochs, versions) and the leader's pure
+//!   bookkeeping of acknowledgements;
+//! - [`pb`]: the generated gRPC code and validated conversions;
+//! - [`process`]: node processes: identity, fencing by pidfd, port holders, the cluster lock;
+//! - [`leader`], [`server`], [`replica`]: the leader task, its gRPC services, and a replica's
+//!   stream;
+//! - [`node`]: role switching and port ownership; [`console`]: the node's terminal;
+//! - [`client`] and [`input`]: the retrying client session and what a person types;
+//! - [`cluster`]: starting and breaking real node processes, for the demo and the tests.
+
+pub mod auction;
+pub mod client;
+pub mod cluster;
+pub mod console;
+pub mod input;
+pub mod leader;
+pub mod node;
+pub mod pb;
+pub mod process;
+pub mod replica;
+pub mod replication;
+pub mod server;
+pub mod types;

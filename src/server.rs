@@ -1,0 +1,184 @@
+//! The leader's two gRPC services: the client-facing `Auction` service and the `Replication`
+//! stream. Both only validate and forward to the leader task; all deciding happens there.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request as GrpcRequest, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::auction::Op;
+use crate::leader::{Event, LeaderHandle, Reply, Request, Timing};
+use crate::pb::{
+    self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
+    ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_replica,
+};
+use crate::replication::Member;
+use crate::types::{Amount, BidderId, Duration};
+
+/// Serves clients on the client port.
+#[derive(Debug)]
+pub struct AuctionService {
+    leader: LeaderHandle,
+    /// The length of an auction started without one.
+    default_duration: Duration,
+}
+
+impl AuctionService {
+    pub fn new(leader: LeaderHandle, default_duration: Duration) -> Self {
+        Self {
+            leader,
+            default_duration,
+        }
+    }
+
+    async fn decide(&self, id: Option<pb::RequestId>, op: Op) -> Result<DecisionReply, Status> {
+        let id = pb::request_id(id)?;
+        match self
+            .leader
+            .call(Request::Change { id: Some(id), op })
+            .await?
+        {
+            Reply::Decision(d, view) => Ok(pb::decision_reply(&d, view)),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Status {
+    Status::internal(format!("unexpected reply from the leader task: {reply:?}"))
+}
+
+#[tonic::async_trait]
+impl pb::auction_server::Auction for AuctionService {
+    async fn bid(&self, req: GrpcRequest<BidRequest>) -> Result<Response<DecisionReply>, Status> {
+        let r = req.into_inner();
+        let op = Op::Bid {
+            bidder: BidderId::new(r.bidder).map_err(WireError::from)?,
+            amount: Amount::new(r.amount).map_err(WireError::from)?,
+        };
+        self.decide(r.id, op).await.map(Response::new)
+    }
+
+    async fn result(
+        &self,
+        _req: GrpcRequest<ResultRequest>,
+    ) -> Result<Response<ResultReply>, Status> {
+        match self.leader.call(Request::Result).await? {
+            Reply::Result(view) => Ok(Response::new(ResultReply {
+                auction: Some(view),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn start(
+        &self,
+        req: GrpcRequest<StartRequest>,
+    ) -> Result<Response<DecisionReply>, Status> {
+        let r = req.into_inner();
+        let duration = match r.duration_ms {
+            0 => self.default_duration,
+            ms => Duration::from_millis(ms).map_err(WireError::from)?,
+        };
+        self.decide(r.id, Op::Start { duration })
+            .await
+            .map(Response::new)
+    }
+
+    async fn close(
+        &self,
+        req: GrpcRequest<CloseRequest>,
+    ) -> Result<Response<DecisionReply>, Status> {
+        self.decide(req.into_inner().id, Op::Close)
+            .await
+            .map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        _req: GrpcRequest<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        match self.leader.call(Request::Status).await? {
+            Reply::Status(s) => Ok(Response::new(s)),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Serves replica streams on the replica port.
+#[derive(Debug)]
+pub struct ReplicationService {
+    leader: LeaderHandle,
+    timing: Timing,
+    /// Numbers the streams, so events name the stream they come from.
+    next_conn: AtomicU64,
+}
+
+impl ReplicationService {
+    pub fn new(leader: LeaderHandle, timing: Timing) -> Self {
+        Self {
+            leader,
+            timing,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::replication_server::Replication for ReplicationService {
+    type FollowStream = ReceiverStream<Result<FromLeader, Status>>;
+
+    async fn follow(
+        &self,
+        req: GrpcRequest<Streaming<FromReplica>>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(self.timing.timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Join within the timeout"))??;
+        let Some(FromReplica {
+            msg: Some(from_replica::Msg::Join(join)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first message must be Join"));
+        };
+        let node = Member::try_from(join.node.ok_or(WireError::Missing("node"))?)?;
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (outbound, rx) = tokio::sync::mpsc::channel(crate::leader::OUTBOUND_CAPACITY);
+        self.leader
+            .send(Event::Join {
+                conn,
+                node,
+                outbound,
+            })
+            .await?;
+        let leader = self.leader.clone();
+        tokio::spawn(async move {
+            // Acks until the stream ends or breaks the protocol; then the leader hears Gone.
+            loop {
+                match inbound.message().await {
+                    Ok(Some(FromReplica {
+                        msg: Some(from_replica::Msg::Ack(ack)),
+                    })) => {
+                        let event = Event::Ack {
+                            conn,
+                            seq: ack.seq,
+                            version: ack.version,
+                        };
+                        if leader.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(other)) => {
+                        debug!(node = %node.id, "protocol error from replica: {other:?}");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let _ = leader.send(Event::Gone { conn }).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
