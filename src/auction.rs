@@ -322,7 +322,8 @@ mod tests {
 
     #[test]
     fn idle_sessions_expire_deterministically() {
-        let mut m = open_machine();
+        let mut m = Machine::default();
+        m.apply(t(0), None, &start(3600)).unwrap();
         m.apply(t(1), id(1, 1), &bid("a", 1)).unwrap();
         m.apply(t(2), id(2, 1), &bid("b", 2)).unwrap();
         m.apply(t(SESSION_TTL_MS), id(2, 2), &bid("b", 3)).unwrap();

@@ -1,1 +1,356 @@
+//! Real node processes on this host, started and broken on purpose: the demo and the end-to-end
+//! tests drive the cluster through this module, so both exercise exactly the shipped binaries.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::client::{Client, ClientError};
+use crate::pb::StatusReply;
+
+/// Every output line of every process, in the order they arrived, each prefixed with its
+/// process's name. Optionally echoed to stdout as it arrives.
+#[derive(Clone, Debug, Default)]
+pub struct Transcript {
+    lines: Arc<Mutex<Vec<String>>>,
+    echo: bool,
+}
+
+impl Transcript {
+    pub fn new(echo: bool) -> Self {
+        Self {
+            lines: Arc::default(),
+            echo,
+        }
+    }
+
+    /// Adds one line under `name`.
+    pub fn push(&self, name: &str, line: &str) {
+        let line = format!("[{name}] {line}");
+        if self.echo {
+            println!("{line}");
+        }
+        // Invariant: no code panics while holding this lock, so it is never poisoned.
+        self.lines.lock().expect("transcript lock").push(line);
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("transcript lock").clone()
+    }
+
+    /// Lines that show a process panicked.
+    pub fn panics(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains("panicked at"))
+            .collect()
+    }
+}
+
+/// One child process with its stdin open and its output read line by line.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    /// Lines the process wrote to stdout (its answers), for whoever waits on them.
+    stdout: mpsc::UnboundedReceiver<String>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with piped stdio; every output line goes to `transcript` under `name`.
+    ///
+    /// # Errors
+    /// The process could not be started.
+    pub fn spawn(mut cmd: Command, name: &str, transcript: &Transcript) -> std::io::Result<Self> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("child exited at once"))?;
+        let (tx, stdout) = mpsc::unbounded_channel();
+        if let Some(out) = child.stdout.take() {
+            let (t, n, tx) = (transcript.clone(), name.to_string(), tx);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    t.push(&n, &line);
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let (t, n) = (transcript.clone(), name.to_string());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    t.push(&n, &line);
+                }
+            });
+        }
+        Ok(Self {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            pid,
+            stdout,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Types one line into the process.
+    ///
+    /// # Errors
+    /// The process's stdin is closed.
+    pub async fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("stdin closed"))?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await
+    }
+
+    /// Closes the process's stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next line the process writes to stdout, if one comes within `timeout`.
+    pub async fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.stdout.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Sends `signal` to the process.
+    ///
+    /// # Errors
+    /// The signal could not be sent.
+    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
+        let pid = i32::try_from(self.pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| std::io::Error::other("bad pid"))?;
+        kill_process(pid, signal).map_err(Into::into)
+    }
+
+    /// Whether the process has exited (it is reaped if so).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit, at most `timeout`. Returns its exit code if it exited.
+    pub async fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Picks a port that is free right now, by binding port 0 and letting it go.
+///
+/// # Errors
+/// No port could be bound.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// How to start the cluster's nodes.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The `auction-node` binary.
+    pub node_bin: PathBuf,
+    pub client_port: u16,
+    pub leader_port: u16,
+    /// More `auction-node` arguments, for example shorter timeouts.
+    pub node_args: Vec<String>,
+    /// The `RUST_LOG` for the nodes.
+    pub log_filter: String,
+}
+
+impl Spec {
+    /// A spec on two ports that are free now, so clusters can run side by side.
+    ///
+    /// # Errors
+    /// No free port could be found.
+    pub fn on_free_ports(node_bin: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let client_port = free_port()?;
+        let mut leader_port = free_port()?;
+        while leader_port == client_port {
+            leader_port = free_port()?;
+        }
+        Ok(Self {
+            node_bin: node_bin.into(),
+            client_port,
+            leader_port,
+            node_args: Vec::new(),
+            log_filter: "info".into(),
+        })
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.client_port)
+    }
+}
+
+/// A set of node processes sharing one pair of well-known ports.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub spec: Spec,
+    pub transcript: Transcript,
+    nodes: BTreeMap<u16, Proc>,
+}
+
+impl LocalCluster {
+    pub fn new(spec: Spec, transcript: Transcript) -> Self {
+        Self {
+            spec,
+            transcript,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// Starts node `id` (its `--port`).
+    ///
+    /// # Errors
+    /// The process could not be started.
+    pub fn start(&mut self, id: u16) -> std::io::Result<()> {
+        let mut cmd = Command::new(&self.spec.node_bin);
+        cmd.arg("--port")
+            .arg(id.to_string())
+            .arg("--client-port")
+            .arg(self.spec.client_port.to_string())
+            .arg("--leader-port")
+            .arg(self.spec.leader_port.to_string())
+            .args(&self.spec.node_args)
+            .env("RUST_LOG", &self.spec.log_filter)
+            .env_remove("RUST_BACKTRACE");
+        let proc = Proc::spawn(cmd, &format!("node {id}"), &self.transcript)?;
+        self.nodes.insert(id, proc);
+        Ok(())
+    }
+
+    pub fn node(&mut self, id: u16) -> Option<&mut Proc> {
+        self.nodes.get_mut(&id)
+    }
+
+    /// Ids of the started nodes whose process has not exited.
+    pub fn running(&mut self) -> Vec<u16> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|(id, p)| (!p.exited()).then_some(*id))
+            .collect()
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub async fn kill(&mut self, id: u16) {
+        if let Some(p) = self.nodes.get_mut(&id) {
+            p.kill().await;
+        }
+    }
+
+    /// Sends `signal` to node `id`.
+    ///
+    /// # Errors
+    /// No such node, or the signal could not be sent.
+    pub fn signal(&self, id: u16, signal: Signal) -> std::io::Result<()> {
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| std::io::Error::other(format!("no node {id}")))?
+            .signal(signal)
+    }
+
+    /// A client of this cluster with the given retry budget.
+    pub fn client(&self, retry_budget: Duration) -> Client {
+        Client::new(self.spec.client_addr(), retry_budget)
+    }
+
+    /// The leader's status.
+    ///
+    /// # Errors
+    /// No leader answered within `budget`.
+    pub async fn status(&self, budget: Duration) -> Result<StatusReply, ClientError> {
+        self.client(budget).status().await
+    }
+
+    /// Polls the leader's status until `pred` holds, for at most `timeout`.
+    ///
+    /// # Errors
+    /// The last status seen (or the last error) when the deadline passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&StatusReply) -> bool,
+    ) -> Result<StatusReply, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut client = self.client(Duration::from_millis(500));
+        loop {
+            let last = match client.status().await {
+                Ok(s) if pred(&s) => return Ok(s),
+                Ok(s) => format!("{s:?}"),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "condition not met within {timeout:?}; last: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts node `id` and waits until the leader lists it as a member.
+    ///
+    /// # Errors
+    /// The node could not be started or did not become a member within `timeout`.
+    pub async fn start_member(
+        &mut self,
+        id: u16,
+        timeout: Duration,
+    ) -> Result<StatusReply, String> {
+        self.start(id).map_err(|e| e.to_string())?;
+        self.wait_for(timeout, |s| is_member(s, id)).await
+    }
+}
+
+/// Whether node `id` is a member in `status`.
+pub fn is_member(status: &StatusReply, id: u16) -> bool {
+    status.members.iter().any(|m| m.id == u32::from(id))
+}
+
+/// The leader's id in `status`.
+pub fn leader_of(status: &StatusReply) -> Option<u16> {
+    status
+        .leader
+        .as_ref()
+        .and_then(|l| u16::try_from(l.id).ok())
+}

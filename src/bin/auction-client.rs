@@ -44,6 +44,7 @@ enum Command {
     /// Place one bid.
     Bid {
         /// A whole number from 1 to 9007199254740991.
+        #[arg(allow_hyphen_values = true)]
         amount: String,
     },
     /// The highest bid while open; the winner once closed.

@@ -1,0 +1,123 @@
+//! Shared end-to-end test harness: clusters of the real `auction-node` binary on ports that were
+//! free, so tests run in parallel; conditions are polled with deadlines, never slept on.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of};
+use auction::pb::StatusReply;
+use tokio::process::Command;
+
+pub const NODE: &str = env!("CARGO_BIN_EXE_auction-node");
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_auction-client");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_auction-demo");
+
+/// The longest any condition may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// Node timeout used by the tests: short enough for quick failovers, long enough that a busy
+/// 2-core machine does not fence healthy nodes.
+pub const TIMEOUT_MS: u64 = 800;
+
+/// A running cluster whose transcript is printed if the test fails.
+pub struct Harness {
+    pub cluster: LocalCluster,
+}
+
+impl Harness {
+    /// Starts `ids[0]` as the founding leader, then each other id as a member, in order.
+    pub async fn start(ids: &[u16]) -> Self {
+        let mut spec = Spec::on_free_ports(NODE).expect("free ports");
+        spec.node_args = vec![
+            "--heartbeat-ms".into(),
+            "50".into(),
+            "--timeout-ms".into(),
+            TIMEOUT_MS.to_string(),
+        ];
+        let mut h = Self {
+            cluster: LocalCluster::new(spec, Transcript::new(false)),
+        };
+        h.cluster.start(ids[0]).expect("start leader");
+        h.wait_leader(ids[0]).await;
+        for &id in &ids[1..] {
+            h.cluster.start_member(id, WAIT).await.expect("join");
+        }
+        h
+    }
+
+    pub async fn wait_for(&self, pred: impl FnMut(&StatusReply) -> bool) -> StatusReply {
+        match self.cluster.wait_for(WAIT, pred).await {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub async fn wait_leader(&self, id: u16) -> StatusReply {
+        self.wait_for(|s| leader_of(s) == Some(id)).await
+    }
+
+    /// Waits until node `id`'s process has exited (for example, fenced by SIGKILL).
+    pub async fn wait_exited(&mut self, id: u16) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let node = self.cluster.node(id).expect("known node");
+            if node.exited() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs `auction-client --server <this cluster> ARGS` and returns (exit code, stdout, stderr).
+    pub async fn client_cmd(&self, args: &[&str]) -> (i32, String, String) {
+        run_client(&self.cluster.spec.client_addr().to_string(), args).await
+    }
+
+    /// Starts an interactive `auction-client --id ID` on this cluster.
+    pub fn interactive_client(&self, id: &str) -> Proc {
+        let mut cmd = Command::new(CLIENT);
+        cmd.args(["--id", id, "--server"])
+            .arg(self.cluster.spec.client_addr().to_string());
+        Proc::spawn(cmd, &format!("client {id}"), &self.cluster.transcript).expect("client")
+    }
+
+    pub fn assert_no_panics(&self) {
+        let panics = self.cluster.transcript.panics();
+        assert!(panics.is_empty(), "a process panicked: {panics:#?}");
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- cluster transcript ----");
+            for line in self.cluster.transcript.lines() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub async fn run_client(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(CLIENT)
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .await
+        .expect("run auction-client");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads one JSON object from a client's stdout.
+pub fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout:?}"))
+}

@@ -1,0 +1,207 @@
+//! Crashes and pauses of leaders and replicas, against real node processes.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use auction::cluster::{is_member, leader_of};
+use auction::types::{Amount, BidderId};
+use common::{Harness, WAIT};
+use rustix::process::Signal;
+
+fn bidder(name: &str) -> BidderId {
+    BidderId::new(name).unwrap()
+}
+fn amount(v: u64) -> Amount {
+    Amount::new(v).unwrap()
+}
+
+/// Polls `count` until it reaches `at_least`.
+async fn wait_count(count: &AtomicUsize, at_least: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while count.load(Ordering::SeqCst) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {at_least} acknowledged bids",
+            count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_four_bidders_loses_no_acknowledged_bid() {
+    let mut h = Harness::start(&[5400, 5401, 5402]).await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut bidders = Vec::new();
+    for i in 0..4u64 {
+        let mut client = h.cluster.client(WAIT);
+        let (accepted, stop) = (accepted.clone(), stop.clone());
+        bidders.push(tokio::spawn(async move {
+            let name = bidder(&format!("bidder{i}"));
+            let mut results = Vec::new();
+            let mut k = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                k += 1;
+                // Interleaved, growing amounts: distinct across bidders, mostly increasing.
+                let value = k * 4 + i;
+                let r = client.bid(&name, amount(value)).await;
+                if matches!(&r, Ok(o) if o.decision.is_ok()) {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                }
+                results.push((value, r));
+            }
+            results
+        }));
+    }
+    wait_count(&accepted, 20).await;
+    h.cluster.kill(5400).await;
+    let before = accepted.load(Ordering::SeqCst);
+    wait_count(&accepted, before + 20).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for b in bidders {
+        for (value, r) in b.await.unwrap() {
+            match r {
+                Ok(o) if o.decision.is_ok() => acked.push(value),
+                Ok(_) => {}
+                Err(e) => panic!("bid {value} got no outcome: {e}"),
+            }
+        }
+    }
+    let max_acked = *acked.iter().max().unwrap();
+    let status = h
+        .wait_for(|s| leader_of(s).is_some_and(|l| l != 5400))
+        .await;
+    assert_eq!(status.auction.as_ref().unwrap().highest_bid, max_acked);
+    // The last survivor holds every acknowledged bid too.
+    h.cluster.kill(leader_of(&status).unwrap()).await;
+    let last = h.wait_for(|s| s.members.len() == 1).await;
+    assert_eq!(last.auction.unwrap().highest_bid, max_acked);
+    h.assert_no_panics();
+}
+
+#[tokio::test]
+async fn killing_a_replica_leaves_the_leader_serving() {
+    let mut h = Harness::start(&[5400, 5401, 5402]).await;
+    let mut c = h.cluster.client(WAIT);
+    assert!(
+        c.bid(&bidder("ann"), amount(10))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    h.cluster.kill(5401).await;
+    assert!(
+        c.bid(&bidder("bob"), amount(20))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    let s = h.wait_for(|s| !is_member(s, 5401)).await;
+    assert_eq!(leader_of(&s), Some(5400));
+    assert!(is_member(&s, 5402));
+    assert!(
+        c.bid(&bidder("ann"), amount(30))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    assert_eq!(c.result().await.unwrap().highest_bid, 30);
+    h.assert_no_panics();
+}
+
+#[tokio::test]
+async fn a_stopped_leader_is_fenced_and_a_replica_takes_over() {
+    let mut h = Harness::start(&[5400, 5401, 5402]).await;
+    let mut c = h.cluster.client(WAIT);
+    assert!(
+        c.bid(&bidder("ann"), amount(10))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    h.cluster.signal(5400, Signal::STOP).unwrap();
+    // The client retries by itself until a new leader answers.
+    let o = c.bid(&bidder("bob"), amount(20)).await.unwrap();
+    assert!(o.decision.is_ok(), "{o:?}");
+    h.wait_exited(5400).await;
+    let s = h.wait_for(|s| leader_of(s) == Some(5401)).await;
+    assert!(!is_member(&s, 5400));
+    assert_eq!(c.result().await.unwrap().highest_bid, 20);
+    h.assert_no_panics();
+}
+
+#[tokio::test]
+async fn a_stopped_replica_is_fenced_and_the_leader_goes_on() {
+    let mut h = Harness::start(&[5400, 5401, 5402]).await;
+    let mut c = h.cluster.client(WAIT);
+    h.cluster.signal(5402, Signal::STOP).unwrap();
+    let o = c.bid(&bidder("ann"), amount(10)).await.unwrap();
+    assert!(o.decision.is_ok(), "{o:?}");
+    h.wait_exited(5402).await;
+    let s = h.wait_for(|s| !is_member(s, 5402)).await;
+    assert_eq!(leader_of(&s), Some(5400));
+    assert!(is_member(&s, 5401));
+    assert!(
+        c.bid(&bidder("bob"), amount(11))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    h.assert_no_panics();
+}
+
+#[tokio::test]
+async fn a_killed_node_restarts_with_its_seed_port_and_rejoins_with_the_full_state() {
+    let mut h = Harness::start(&[5400, 5401]).await;
+    let mut c = h.cluster.client(WAIT);
+    assert!(
+        c.bid(&bidder("ann"), amount(10))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    h.cluster.kill(5400).await;
+    assert!(
+        c.bid(&bidder("bob"), amount(20))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    h.wait_leader(5401).await;
+    // The seed's command for the first node works again: it joins as a replica.
+    h.cluster.start_member(5400, WAIT).await.unwrap();
+    assert_eq!(leader_of(&h.wait_leader(5401).await), Some(5401));
+    // Once the only other node is gone, the restarted node leads with everything.
+    h.cluster.kill(5401).await;
+    let s = h.wait_leader(5400).await;
+    let a = s.auction.unwrap();
+    assert_eq!((a.highest_bid, a.highest_bidder.as_str()), (20, "bob"));
+    assert_eq!(a.bidders, 2);
+    assert!(
+        c.bid(&bidder("ann"), amount(15))
+            .await
+            .unwrap()
+            .decision
+            .is_err()
+    );
+    assert!(
+        c.bid(&bidder("ann"), amount(30))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    h.assert_no_panics();
+}
