@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(m.apply(t(1), id(7, 1), &bid("a", 10)), Ok(()));
         // The retry is not refused as "not higher than itself".
         assert_eq!(m.apply(t(2), id(7, 1), &bid("a", 10)), Ok(()));
-        assert_eq!(m.apply(t(3), id(8, 1), &bid("b", 10)).is_err(), true);
+        assert!(m.apply(t(3), id(8, 1), &bid("b", 10)).is_err());
         assert_eq!(
             m.apply(t(4), id(8, 1), &bid("b", 10)),
             m.apply(t(5), id(8, 1), &bid("b", 10))

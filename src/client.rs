@@ -120,7 +120,7 @@ impl Client {
         };
         let reply = self
             .call(|mut c| {
-                let r = request.clone();
+                let r = request;
                 async move { c.start(r).await }
             })
             .await?;
@@ -137,7 +137,7 @@ impl Client {
         };
         let reply = self
             .call(|mut c| {
-                let r = request.clone();
+                let r = request;
                 async move { c.close(r).await }
             })
             .await?;

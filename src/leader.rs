@@ -205,15 +205,13 @@ impl Leader {
             } => self.on_join(conn, node, outbound),
             Event::Ack { conn, seq, version } => {
                 let first = self.followers.on_ack(conn, seq, version, Instant::now());
-                if first {
-                    if let Some(f) = self.followers.get(conn) {
-                        let node = f.node;
-                        if self.state.has_member(&node) {
-                            info!(node = %node.id, version, "member rejoined");
-                        } else {
-                            info!(node = %node.id, version, "state sync done, adding member");
-                            self.queued_changes.push(ChangeKind::Join(node));
-                        }
+                if first && let Some(f) = self.followers.get(conn) {
+                    let node = f.node;
+                    if self.state.has_member(&node) {
+                        info!(node = %node.id, version, "member rejoined");
+                    } else {
+                        info!(node = %node.id, version, "state sync done, adding member");
+                        self.queued_changes.push(ChangeKind::Join(node));
                     }
                 }
             }
@@ -246,16 +244,16 @@ impl Leader {
             // The same process opened a new stream: the old one is dead to it.
             self.followers.detach(old);
         }
-        if let Some(old) = self.state.member(node.id).copied() {
-            if old != node {
-                match process::ProcessHandle::open(&old) {
-                    Ok(None) => self.remove(old),
-                    _ => {
-                        return refuse(format!(
-                            "node id {} is already a member (pid {})",
-                            node.id, old.pid
-                        ));
-                    }
+        if let Some(old) = self.state.member(node.id).copied()
+            && old != node
+        {
+            match process::ProcessHandle::open(&old) {
+                Ok(None) => self.remove(old),
+                _ => {
+                    return refuse(format!(
+                        "node id {} is already a member (pid {})",
+                        node.id, old.pid
+                    ));
                 }
             }
         }

@@ -58,10 +58,11 @@ impl FromStr for Amount {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
         let digits = t.strip_prefix('+').unwrap_or(t);
-        if let Some(rest) = digits.strip_prefix('-') {
-            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(InputError::AmountNotPositive(t.to_string()));
-            }
+        if let Some(rest) = digits.strip_prefix('-')
+            && !rest.is_empty()
+            && rest.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(InputError::AmountNotPositive(t.to_string()));
         }
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(InputError::AmountNotInteger(t.to_string()));

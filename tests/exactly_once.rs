@@ -52,7 +52,7 @@ async fn a_request_retried_after_failover_returns_its_first_outcome() {
     let first = send(&h, &bid(77, 1, "ann", 100)).await;
     assert!(accepted(&first));
     let refused = send(&h, &bid(78, 1, "bob", 50)).await;
-    let refusal = refused.decision.clone().unwrap().refusal.unwrap();
+    let refusal = refused.decision.unwrap().refusal.unwrap();
     assert_eq!(refusal.kind(), RefusalKind::NotHigher);
     assert_eq!(refusal.highest, 100);
 

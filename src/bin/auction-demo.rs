@@ -256,10 +256,10 @@ async fn interactive(
                 continue;
             }
         };
-        if matches!(command.as_str(), "kill" | "stop" | "cont" | "status") {
-            if let Ok(s) = cluster.status(Duration::from_millis(300)).await {
-                leader = leader_of(&s);
-            }
+        if matches!(command.as_str(), "kill" | "stop" | "cont" | "status")
+            && let Ok(s) = cluster.status(Duration::from_millis(300)).await
+        {
+            leader = leader_of(&s);
         }
         match command.as_str() {
             "quit" | "exit" => break,
