@@ -72,9 +72,12 @@ impl Proc {
     /// # Errors
     /// The process could not be started.
     pub fn spawn(mut cmd: Command, name: &str, transcript: &Transcript) -> std::io::Result<Self> {
+        // A process group of its own, so Ctrl-Z or Ctrl-C in the terminal reaches only the
+        // process that reads it, never every node at once.
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = cmd.spawn()?;
         let pid = child

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auction::{Decision, Op};
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
@@ -178,8 +178,14 @@ impl Leader {
                     Some(event) => self.handle(event),
                     None => break,
                 },
-                // Heartbeats, and fencing of members that fell silent or stayed away.
-                _ = tick.tick() => self.on_tick(Instant::now()),
+                // Heartbeats, and fencing of members that fell silent or stayed away. Events
+                // already queued (acks among them) are handled first, so they count.
+                scheduled = tick.tick() => {
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event);
+                    }
+                    self.on_tick(scheduled.into_std(), Instant::now());
+                }
             }
             // Everything already waiting joins the same batch.
             while let Ok(event) = events.try_recv() {
@@ -204,7 +210,7 @@ impl Leader {
                 outbound,
             } => self.on_join(conn, node, outbound),
             Event::Ack { conn, seq, version } => {
-                let first = self.followers.on_ack(conn, seq, version, Instant::now());
+                let first = self.followers.on_ack(conn, seq, version);
                 if first && let Some(f) = self.followers.get(conn) {
                     let node = f.node;
                     if self.state.has_member(&node) {
@@ -229,33 +235,46 @@ impl Leader {
     }
 
     fn on_join(&mut self, conn: ConnId, node: Member, outbound: Outbound) {
-        let refuse = |why: String| {
-            warn!(node = %node.id, pid = node.pid, "refused: {why}");
-            let _ = outbound.try_send(Err(Status::already_exists(why)));
+        let refuse = |status: Status| {
+            warn!(node = %node.id, pid = node.pid, "refused: {}", status.message());
+            let _ = outbound.try_send(Err(status));
         };
         if node.id == self.me.id {
-            return refuse(format!("node id {} is the leader's own id", node.id));
+            return refuse(Status::already_exists(format!(
+                "node id {} is the leader's own id",
+                node.id
+            )));
         }
-        if let Some(old) = self.followers.conn_of(node.id) {
-            let old_node = self.followers.get(old).map(|f| f.node);
-            if old_node != Some(node) {
-                return refuse(format!("node id {} is already connected", node.id));
+        // Another process under this id, connected or listed: only a dead one gives way.
+        let attached = self
+            .followers
+            .conn_of(node.id)
+            .and_then(|c| self.followers.get(c))
+            .map(|f| f.node);
+        let listed = self.state.member(node.id).copied();
+        for old in [attached, listed].into_iter().flatten() {
+            if old == node {
+                continue;
             }
-            // The same process opened a new stream: the old one is dead to it.
-            self.followers.detach(old);
-        }
-        if let Some(old) = self.state.member(node.id).copied()
-            && old != node
-        {
             match process::ProcessHandle::open(&old) {
                 Ok(None) => self.remove(old),
-                _ => {
-                    return refuse(format!(
-                        "node id {} is already a member (pid {})",
+                Ok(Some(_)) => {
+                    return refuse(Status::already_exists(format!(
+                        "node id {} is already in use by pid {}",
                         node.id, old.pid
-                    ));
+                    )));
+                }
+                Err(e) => {
+                    return refuse(Status::unavailable(format!(
+                        "cannot check the process that used node id {} yet: {e}",
+                        node.id
+                    )));
                 }
             }
+        }
+        // The same process opened a new stream: the old one is dead to it.
+        if let Some(old) = self.followers.conn_of(node.id) {
+            self.followers.detach(old);
         }
         info!(node = %node.id, pid = node.pid, version = self.state.version, "sending state");
         self.followers.attach(conn, node, outbound);
@@ -263,12 +282,17 @@ impl Leader {
         self.send(conn, snapshot);
     }
 
-    /// Fences `node` and commits its removal: a member is never dropped while it can still act.
+    /// Fences `node`, then commits its removal. A member that could not be fenced stays: commits
+    /// wait for it (safe), and the next tick tries again, because a member dropped while it can
+    /// still act could later lead with a stale state.
     fn remove(&mut self, node: Member) {
         match process::fence(&node) {
             Ok(Fenced::Killed) => warn!(node = %node.id, pid = node.pid, "fenced (SIGKILL)"),
-            Ok(Fenced::AlreadyGone) => {}
-            Err(e) => warn!(node = %node.id, pid = node.pid, "fencing failed: {e}"),
+            Ok(Fenced::AlreadyGone) => info!(node = %node.id, pid = node.pid, "process is gone"),
+            Err(e) => {
+                error!(node = %node.id, pid = node.pid, "cannot fence, keeping the member: {e}");
+                return;
+            }
         }
         if let Some(conn) = self.followers.conn_of(node.id) {
             self.followers.detach(conn);
@@ -281,7 +305,18 @@ impl Leader {
         }
     }
 
-    fn on_tick(&mut self, now: Instant) {
+    /// `scheduled` is when the tick was due. A tick that comes much later means this task was
+    /// stalled (paused or starved): the silence it would measure is its own, so every follower
+    /// gets a fresh window instead of being fenced.
+    fn on_tick(&mut self, scheduled: Instant, now: Instant) {
+        let late_by = now.saturating_duration_since(scheduled);
+        if late_by > self.timing.heartbeat {
+            warn!(
+                ?late_by,
+                "the leader was stalled; restarting the followers' clocks"
+            );
+            self.followers.forgive(now);
+        }
         let version = self.state.version;
         let conns: Vec<ConnId> = self.followers.iter_mut().map(|(c, _)| c).collect();
         for conn in conns {

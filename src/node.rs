@@ -3,7 +3,7 @@
 //!
 //! Leadership is ownership of the replica port: the OS lets one process listen on an address, so
 //! there is at most one leader. Only the holder of the replica port binds the client port. A node
-//! founds a new cluster only when no member of any cluster on this replica port is alive (the
+//! founds a new cluster only when no member of the cluster on this replica port is alive (the
 //! cluster lock); otherwise a new node joins, and only members, which hold every committed
 //! change, ever take over.
 
@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::pb;
@@ -119,12 +119,13 @@ fn set_role(cell: &RoleCell, role: Role) {
 /// A well-known port is held by another program, the leader refused this node (its id is in
 /// use), or the node could not read its own process information.
 pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), NodeError> {
+    process::raise_open_file_limit();
     let me = process::this_node(cfg.id).map_err(io("reading /proc/self"))?;
     let lock = ClusterLock::open(cfg.leader_addr()).map_err(io("opening the cluster lock"))?;
     let leader_addr = cfg.leader_addr();
     let mut state: Option<ClusterState> = None;
-    // Backoff between attempts to find a leader, reset whenever a stream delivers state.
-    let mut backoff = Duration::from_millis(5);
+    // Pause between attempts of a node that is not a member, or that found no leader to dial.
+    let mut backoff = MIN_BACKOFF;
     loop {
         let member = state.as_ref().filter(|s| s.has_member(&me));
         if let Some(current) = member {
@@ -137,9 +138,8 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
             }
         } else if lock.try_exclusive().map_err(io("locking"))? {
             let listener = found(&cfg, &lock).await?;
-            info!(%leader_addr, "no node is alive: founding a new cluster");
-            let initial = vec![leader::start_change(cfg.duration)];
-            let state = ClusterState::founded(me);
+            let (state, initial) = founding_state(me, state.take(), cfg.duration);
+            info!(%leader_addr, "no member is alive: founding a new cluster");
             return lead(&cfg, me, state, initial, listener, role, shutdown).await;
         }
         let end = tokio::select! {
@@ -153,32 +153,70 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
                 });
             }) => end,
         };
+        set_role(&role, Role::Joining);
         let is_member = state.as_ref().is_some_and(|s| s.has_member(&me));
-        match end {
+        let retry_at_once = match end {
             FollowEnd::Refused(status) => return Err(NodeError::Refused(status.message().into())),
             FollowEnd::Lost { leader } => {
-                backoff = Duration::from_millis(5);
                 if let Some(leader) = leader.filter(|_| is_member) {
                     warn!(leader = %leader.id, "lost the leader");
-                    fence(&leader, "stream ended");
+                    match process::fence(&leader) {
+                        Ok(Fenced::Killed) => warn!(leader = %leader.id, "fenced the lost leader"),
+                        Ok(Fenced::AlreadyGone) => {}
+                        Err(e) => {
+                            warn!(leader = %leader.id, "could not fence the lost leader: {e}")
+                        }
+                    }
                 }
+                is_member
             }
-            FollowEnd::Silent { leader } => {
-                if is_member {
-                    warn!("the leader is silent");
-                    fence_silent(leader_addr, leader, state.as_ref());
-                }
-            }
+            // A member has fenced the silent leader already.
+            FollowEnd::Silent { .. } => is_member,
             FollowEnd::Unreachable(why) => {
-                tracing::debug!("no leader at {leader_addr}: {why}");
-                tokio::select! {
-                    () = shutdown.clone().wait() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_millis(200));
+                debug!("no leader at {leader_addr}: {why}");
+                false
             }
+        };
+        if retry_at_once {
+            backoff = MIN_BACKOFF;
+        } else {
+            tokio::select! {
+                () = shutdown.clone().wait() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        set_role(&role, Role::Joining);
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// The state a new cluster starts from, and the changes of its first batch. A node that joined
+/// but outlived every member keeps the state it received rather than lose it; otherwise the
+/// cluster starts empty and opens its first auction.
+fn founding_state(
+    me: Member,
+    received: Option<ClusterState>,
+    duration: AuctionDuration,
+) -> (ClusterState, Vec<ChangeKind>) {
+    match received {
+        Some(state) => {
+            // The exclusive cluster lock proves every other member is dead.
+            let mut initial = vec![ChangeKind::Join(me), ChangeKind::Lead(me)];
+            initial.extend(
+                state
+                    .members
+                    .iter()
+                    .filter(|m| m.id != me.id)
+                    .map(|m| ChangeKind::Leave(m.id)),
+            );
+            (state, initial)
+        }
+        None => (
+            ClusterState::founded(me),
+            vec![leader::start_change(duration)],
+        ),
     }
 }
 
@@ -221,34 +259,6 @@ async fn take_over(
         Ok(l) => Ok(Some(l)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
         Err(e) => Err(io("binding the replica port")(e)),
-    }
-}
-
-fn fence(node: &Member, why: &str) {
-    match process::fence(node) {
-        Ok(Fenced::Killed) => warn!(node = %node.id, pid = node.pid, "fenced the leader ({why})"),
-        Ok(Fenced::AlreadyGone) => {}
-        Err(e) => warn!(node = %node.id, "could not fence the leader: {e}"),
-    }
-}
-
-/// Fences whatever member holds the replica port without answering: the leader that went
-/// silent, or a member that took the port over and then stopped. Never a non-member.
-fn fence_silent(leader_addr: SocketAddr, leader: Option<Member>, state: Option<&ClusterState>) {
-    if let Some(leader) = leader {
-        return fence(&leader, "silent");
-    }
-    let Some(state) = state else { return };
-    match process::listener_pid(leader_addr) {
-        Ok(Some(pid)) => match state.members.iter().find(|m| m.pid == pid) {
-            Some(holder) => fence(holder, "holds the replica port but does not answer"),
-            None => warn!(
-                pid,
-                "the replica port is held by a process that is not a member"
-            ),
-        },
-        Ok(None) => {}
-        Err(e) => warn!("could not find who holds {leader_addr}: {e}"),
     }
 }
 
@@ -314,5 +324,51 @@ async fn bind_client_port(addr: SocketAddr) -> Result<TcpListener, NodeError> {
             }
             Err(e) => return Err(io("binding the client port")(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::Change;
+    use crate::types::Millis;
+
+    fn node(id: u16) -> Member {
+        Member {
+            id: NodeId(id),
+            pid: u32::from(id),
+            start_time: 1,
+        }
+    }
+
+    #[test]
+    fn a_fresh_founder_opens_the_first_auction() {
+        let (state, initial) =
+            founding_state(node(1), None, AuctionDuration::from_secs(5).unwrap());
+        assert_eq!(state, ClusterState::founded(node(1)));
+        assert_eq!(initial.len(), 1);
+    }
+
+    #[test]
+    fn a_joiner_that_outlived_every_member_founds_from_what_it_received() {
+        let mut received = ClusterState::founded(node(1));
+        received.apply(&Change {
+            at: Millis(1),
+            kind: ChangeKind::Join(node(2)),
+        });
+        let (mut state, initial) = founding_state(
+            node(3),
+            Some(received),
+            AuctionDuration::from_secs(5).unwrap(),
+        );
+        for kind in initial {
+            state.apply(&Change {
+                at: Millis(2),
+                kind,
+            });
+        }
+        assert_eq!(state.leader, node(3));
+        assert_eq!(state.members, vec![node(3)]);
+        assert_eq!(state.epoch, 2);
     }
 }

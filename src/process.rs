@@ -3,8 +3,9 @@
 //! of a cluster is alive.
 //!
 //! Fencing never signals a process unless it is exactly the node it is meant to be: the pidfd is
-//! opened first, then the process behind the pid is checked to be an `auction-node` of this user
-//! with the recorded start time, so a pid reused by another program is never hit.
+//! opened first, then the process behind the pid is checked to have the member's recorded start
+//! time, so a pid reused by another program is never hit. A process is taken for gone only when
+//! that is certain; when it cannot be checked, fencing fails and the member stays.
 
 use std::fs::File;
 use std::io;
@@ -22,23 +23,41 @@ use crate::types::NodeId;
 /// The process name every node runs under; fencing refuses any other.
 pub const NODE_PROCESS_NAME: &str = "auction-node";
 
+/// What `/proc/PID/stat` says about a process.
+struct Stat {
+    /// One letter: `R` running, `S` sleeping, `T` stopped, `Z` zombie, ...
+    state: char,
+    /// Clock ticks since boot (field 22).
+    start_time: u64,
+}
+
+fn stat(pid: u32) -> io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: the fields after it start
+    // after the last ')'.
+    let malformed = || io::Error::other("malformed /proc stat line");
+    let after = text
+        .rfind(')')
+        .map(|i| &text[i + 1..])
+        .ok_or_else(malformed)?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let state = fields
+        .first()
+        .and_then(|f| f.chars().next())
+        .ok_or_else(malformed)?;
+    let start_time = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(malformed)?;
+    Ok(Stat { state, start_time })
+}
+
 /// The start time of process `pid`, in clock ticks since boot (field 22 of `/proc/PID/stat`).
 ///
 /// # Errors
 /// The process does not exist, or its stat line cannot be read.
 pub fn start_time(pid: u32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces and parentheses: the fields after it start
-    // after the last ')'.
-    let after = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or_else(|| io::Error::other("malformed /proc stat line"))?;
-    after
-        .split_whitespace()
-        .nth(19)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| io::Error::other("malformed /proc stat line"))
+    stat(pid).map(|s| s.start_time)
 }
 
 /// This process as a node with id `id`.
@@ -54,16 +73,37 @@ pub fn this_node(id: NodeId) -> io::Result<Member> {
     })
 }
 
-/// Whether `pid` is, right now, the node process `m` describes: same start time, an
-/// `auction-node`, owned by this user.
-fn is_exactly(m: &Member) -> bool {
-    let pid = m.pid;
-    let same_start = start_time(pid).is_ok_and(|t| t == m.start_time);
-    let same_name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+/// Raises this process's soft limit on open files to the hard limit: a leader holds a socket per
+/// client and must still be able to open a pidfd to fence a member.
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
+/// Whether the process behind `pid` is, right now, the node `m` describes.
+///
+/// `Ok(false)` only when that process is certainly gone: no such pid, another process under it
+/// (another start time), or a zombie. Anything else we cannot read is an error, because treating
+/// it as gone would let a live member be dropped without being fenced.
+fn is_alive_member(m: &Member) -> io::Result<bool> {
+    match stat(m.pid) {
+        Ok(s) => Ok(s.start_time == m.start_time && !matches!(s.state, 'Z' | 'X')),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `pid` runs an `auction-node` of this user.
+fn is_node_of_this_user(pid: u32) -> bool {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|c| c.trim_end() == NODE_PROCESS_NAME);
-    let same_user = std::fs::metadata(format!("/proc/{pid}"))
+    let user = std::fs::metadata(format!("/proc/{pid}"))
         .is_ok_and(|md| md.uid() == rustix::process::geteuid().as_raw());
-    same_start && same_name && same_user
+    name && user
 }
 
 /// A handle on one node process that stays valid even if the process dies and its pid is reused.
@@ -74,11 +114,11 @@ pub struct ProcessHandle {
 }
 
 impl ProcessHandle {
-    /// Opens a handle on `m`. `Ok(None)` when that process no longer exists, or the pid now
-    /// belongs to something else.
+    /// Opens a handle on `m`. `Ok(None)` when that process is certainly gone.
     ///
     /// # Errors
-    /// `pidfd_open` fails for another reason than a missing process.
+    /// The process may still be alive but cannot be checked or opened (for example, out of
+    /// file descriptors).
     pub fn open(m: &Member) -> io::Result<Option<Self>> {
         let Some(pid) = i32::try_from(m.pid).ok().and_then(Pid::from_raw) else {
             return Ok(None);
@@ -90,7 +130,7 @@ impl ProcessHandle {
         };
         // Checked after the pidfd is open: if the pid was reused before the open, the check sees
         // the new process and fails; after the open, the pidfd keeps naming the checked one.
-        Ok(is_exactly(m).then_some(Self { pidfd, member: *m }))
+        Ok(is_alive_member(m)?.then_some(Self { pidfd, member: *m }))
     }
 
     pub fn member(&self) -> &Member {
@@ -121,12 +161,40 @@ pub enum Fenced {
 /// Fences node `m`: SIGKILL if it is still the same process, nothing if it is gone.
 ///
 /// # Errors
-/// The process exists but could not be signalled.
+/// The process may be alive but could not be checked or signalled: it is not fenced.
 pub fn fence(m: &Member) -> io::Result<Fenced> {
     match ProcessHandle::open(m)? {
         Some(h) => h.kill().map(|()| Fenced::Killed),
         None => Ok(Fenced::AlreadyGone),
     }
+}
+
+/// Fences whatever `auction-node` of this user listens on `addr`, when it does not answer. Used
+/// by a member when the port holder is not a member it knows: while a member is alive no node can
+/// found a cluster, so the holder is a member that joined after this one's state, never a
+/// stranger's node. Returns the pid it killed.
+///
+/// # Errors
+/// The holder could not be found, checked or signalled.
+pub fn fence_port_holder(addr: SocketAddr) -> io::Result<Option<u32>> {
+    let Some(pid) = listener_pid(addr)? else {
+        return Ok(None);
+    };
+    let holder = Member {
+        id: NodeId(0),
+        pid,
+        start_time: start_time(pid)?,
+    };
+    let Some(handle) = ProcessHandle::open(&holder)? else {
+        return Ok(None);
+    };
+    // Checked with the pidfd open, so the name and user are those of the process it names.
+    if !is_node_of_this_user(pid) {
+        return Err(io::Error::other(format!(
+            "{addr} is held by pid {pid}, which is not an {NODE_PROCESS_NAME} of this user"
+        )));
+    }
+    handle.kill().map(|()| Some(pid))
 }
 
 /// The pid of the process that listens on `addr`, if any process of this user does.
@@ -183,10 +251,15 @@ fn proc_net_address(addr: SocketAddr) -> String {
     format!("{ip}:{:04X}", addr.port())
 }
 
-/// Tells whether any node of a cluster is alive. Every member holds a shared lock on the
-/// cluster's lock file for as long as it lives (the kernel drops it when the process dies, even
-/// by SIGKILL). A node founds a new cluster only if it can take the lock exclusively: no member
-/// is alive, so no committed state can be lost. POSIX record locks convert between shared and
+/// Where the cluster lock files live: a fixed directory, not `$TMPDIR`, so that nodes started
+/// from different environments still share one lock.
+pub const LOCK_DIR: &str = "/tmp";
+
+/// Tells whether any member of a cluster is alive. Every member holds a shared lock on the
+/// cluster's lock file from the moment it is a member until it dies (the kernel drops the lock
+/// when the process dies, even by SIGKILL). A node founds a new cluster only if it can take the
+/// lock exclusively: no member is alive, so no committed state can be lost. Joining nodes hold
+/// nothing, so a joiner that stalls blocks nobody. POSIX record locks convert between shared and
 /// exclusive atomically, which `flock` does not promise.
 #[derive(Debug)]
 pub struct ClusterLock {
@@ -195,8 +268,8 @@ pub struct ClusterLock {
 }
 
 impl ClusterLock {
-    /// Opens the lock file of the cluster whose replica port is `leader_addr`, in the temporary
-    /// directory. Takes no lock.
+    /// Opens the lock file of the cluster whose replica port is `leader_addr`, in [`LOCK_DIR`].
+    /// Takes no lock.
     ///
     /// # Errors
     /// The file cannot be created or opened.
@@ -206,7 +279,7 @@ impl ClusterLock {
             leader_addr.ip().to_string().replace(':', "_"),
             leader_addr.port()
         );
-        let path = std::env::temp_dir().join(name);
+        let path = PathBuf::from(LOCK_DIR).join(name);
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -265,16 +338,67 @@ mod tests {
     }
 
     #[test]
-    fn fencing_refuses_a_process_that_is_not_the_member() {
-        // This test binary is not an auction-node, so it must never be signalled.
-        let me = this_node(NodeId(1)).unwrap();
-        assert!(ProcessHandle::open(&me).unwrap().is_none());
-        assert_eq!(fence(&me).unwrap(), Fenced::AlreadyGone);
-        let gone = Member {
-            pid: u32::MAX - 1,
-            ..me
+    fn fencing_kills_exactly_the_member_and_nothing_else() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let member = Member {
+            id: NodeId(1),
+            pid,
+            start_time: start_time(pid).unwrap(),
         };
-        assert_eq!(fence(&gone).unwrap(), Fenced::AlreadyGone);
+        // The same pid with another start time is another process: never signalled.
+        let impostor = Member {
+            start_time: member.start_time + 1,
+            ..member
+        };
+        assert_eq!(fence(&impostor).unwrap(), Fenced::AlreadyGone);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process is untouched"
+        );
+        assert_eq!(fence(&member).unwrap(), Fenced::Killed);
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // Once reaped it is gone; a zombie counted as gone already.
+        assert_eq!(fence(&member).unwrap(), Fenced::AlreadyGone);
+        let nobody = Member {
+            pid: u32::MAX - 1,
+            ..member
+        };
+        assert_eq!(fence(&nobody).unwrap(), Fenced::AlreadyGone);
+    }
+
+    #[test]
+    fn a_zombie_counts_as_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: wait until it is a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stat(pid).unwrap().state != 'Z' {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        let m = Member {
+            id: NodeId(1),
+            pid,
+            start_time: start_time(pid).unwrap(),
+        };
+        assert!(!is_alive_member(&m).unwrap());
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn only_an_auction_node_holding_a_port_is_fenced_as_its_holder() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // This test binary holds the port and is not an auction-node: refused, not killed.
+        let e = fence_port_holder(l.local_addr().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("not an auction-node"), "{e}");
     }
 
     #[test]

@@ -4,14 +4,15 @@
 use std::net::SocketAddr;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
-use crate::process::ClusterLock;
+use crate::process::{self, ClusterLock, Fenced};
 use crate::replication::{Change, ClusterState, Member};
 
 /// The largest state a replica accepts in one message.
@@ -23,7 +24,7 @@ pub enum FollowEnd {
     /// Nothing accepted the connection, or the handshake failed before any state arrived.
     Unreachable(String),
     /// Something accepts connections on the replica port but says nothing within the timeout.
-    /// When the stream had delivered a state, `leader` is who sent it.
+    /// When the stream had delivered a state, `leader` is who sent it. A member has fenced it.
     Silent { leader: Option<Member> },
     /// The stream ended or broke: the leader is gone. `leader` is who had sent the state.
     Lost { leader: Option<Member> },
@@ -32,8 +33,8 @@ pub enum FollowEnd {
 }
 
 /// Follows the leader at `leader_addr` as `me`, keeping `state` up to date. `on_state` is called
-/// after every state change. Before it acknowledges its first state a node that is not yet a
-/// member takes the cluster lock shared, so it is counted alive before it can become a member.
+/// after every message. When `me` becomes a member, it takes the cluster lock shared before it
+/// acknowledges anything as a member. A member fences a silent leader before it returns.
 pub async fn follow(
     leader_addr: SocketAddr,
     me: Member,
@@ -63,7 +64,12 @@ pub async fn follow(
     }
     let response =
         match tokio::time::timeout(timing.timeout, client.follow(ReceiverStream::new(rx))).await {
-            Err(_) => return FollowEnd::Silent { leader: None },
+            Err(_) => {
+                if state.as_ref().is_some_and(|s| s.has_member(&me)) {
+                    fence_silent_leader(leader_addr, None);
+                }
+                return FollowEnd::Silent { leader: None };
+            }
             Ok(Err(status)) => {
                 return refused_or(status, |s| FollowEnd::Unreachable(s.to_string()));
             }
@@ -72,13 +78,39 @@ pub async fn follow(
     let mut inbound = response.into_inner();
     // Who sent this stream's snapshot: known once it arrives.
     let mut leader: Option<Member> = None;
+    let mut member = state.as_ref().is_some_and(|s| s.has_member(&me));
+    let mut tick = tokio::time::interval(timing.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     loop {
-        let message = match tokio::time::timeout(timing.timeout, inbound.message()).await {
-            Err(_) => return FollowEnd::Silent { leader },
-            Ok(Err(status)) => return refused_or(status, |_| FollowEnd::Lost { leader }),
-            Ok(Ok(None)) => return FollowEnd::Lost { leader },
-            Ok(Ok(Some(m))) => m,
+        let message = tokio::select! {
+            biased;
+            message = inbound.message() => match message {
+                Err(status) => return refused_or(status, |_| FollowEnd::Lost { leader }),
+                Ok(None) => return FollowEnd::Lost { leader },
+                Ok(Some(m)) => m,
+            },
+            // The leader's silence, measured on this replica's own ticks: a tick that comes
+            // much later than due means this replica was stalled (paused, or starved), so the
+            // silence was its own and the clock restarts.
+            scheduled = tick.tick() => {
+                let now = Instant::now();
+                let late_by = now.saturating_duration_since(scheduled);
+                if late_by > timing.heartbeat {
+                    info!(?late_by, "this replica was stalled; restarting the leader's clock");
+                    last_heard = now;
+                } else if now.saturating_duration_since(last_heard) > timing.timeout {
+                    if member {
+                        // Fenced while this stream is still open, so a leader that was only
+                        // slow never sees it end and fences this replica in return.
+                        fence_silent_leader(leader_addr, leader);
+                    }
+                    return FollowEnd::Silent { leader };
+                }
+                continue;
+            }
         };
+        last_heard = Instant::now();
         let seq = message.seq;
         match message.msg {
             Some(from_leader::Msg::Snapshot(snapshot)) => {
@@ -86,12 +118,6 @@ pub async fn follow(
                     Ok(s) => s,
                     Err(e) => return protocol_error(leader, &format!("bad snapshot: {e}")),
                 };
-                if !new.has_member(&me) {
-                    match lock.try_shared() {
-                        Ok(true) => {}
-                        _ => return protocol_error(leader, "cluster lock is held exclusively"),
-                    }
-                }
                 info!(
                     leader = %new.leader.id,
                     epoch = new.epoch,
@@ -99,7 +125,6 @@ pub async fn follow(
                     "received the full state"
                 );
                 leader = Some(new.leader);
-                on_state(&new);
                 *state = Some(new);
             }
             Some(from_leader::Msg::Append(append)) => {
@@ -125,17 +150,49 @@ pub async fn follow(
                 }
                 debug!(version = current.version, "applied");
                 leader = Some(current.leader);
-                on_state(current);
             }
             Some(from_leader::Msg::Heartbeat(_)) => {}
             None => return protocol_error(leader, "empty message"),
         }
-        let version = state.as_ref().map_or(0, |s| s.version);
+        let Some(current) = state.as_ref() else {
+            return protocol_error(leader, "a heartbeat before the state");
+        };
+        if !member && current.has_member(&me) {
+            // A member holds the cluster lock before its first ack as a member, so no node can
+            // found a new cluster while it lives. Nobody holds it exclusively while a leader
+            // is alive, so this succeeds.
+            if !matches!(lock.try_shared(), Ok(true)) {
+                return protocol_error(leader, "cannot take the cluster lock");
+            }
+            info!(version = current.version, "now a member");
+            member = true;
+        }
+        on_state(current);
         let ack = FromReplica {
-            msg: Some(from_replica::Msg::Ack(pb::Ack { seq, version })),
+            msg: Some(from_replica::Msg::Ack(pb::Ack {
+                seq,
+                version: current.version,
+            })),
         };
         // Acks are cumulative: when the queue is full, the next ack carries this one.
         let _ = acks.try_send(ack);
+    }
+}
+
+/// Fences a leader that fell silent: the one that sent this stream's state, or, if none did,
+/// whatever node holds the replica port without answering.
+pub fn fence_silent_leader(leader_addr: SocketAddr, leader: Option<Member>) {
+    match leader {
+        Some(l) => match process::fence(&l) {
+            Ok(Fenced::Killed) => warn!(leader = %l.id, pid = l.pid, "fenced the silent leader"),
+            Ok(Fenced::AlreadyGone) => {}
+            Err(e) => warn!(leader = %l.id, "could not fence the silent leader: {e}"),
+        },
+        None => match process::fence_port_holder(leader_addr) {
+            Ok(Some(pid)) => warn!(pid, "fenced the silent holder of the replica port"),
+            Ok(None) => {}
+            Err(e) => warn!("could not fence the holder of the replica port: {e}"),
+        },
     }
 }
 

@@ -1,7 +1,7 @@
 //! The replicated state and the leader's pure bookkeeping of its followers: versions, acks,
 //! members, and who is late. No sockets and no clock: the leader's shell passes `Instant`s in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::auction::{Decision, Machine, Op};
@@ -122,14 +122,19 @@ pub struct Follower<C> {
     pub acked: u64,
     /// The state version the replica has applied.
     pub version: u64,
-    /// When the oldest message not yet acknowledged was sent.
-    pub waiting_since: Option<Instant>,
+    /// Send times of the messages not yet acknowledged, oldest first, as (seq, when).
+    unacked: VecDeque<(u64, Instant)>,
 }
 
 impl<C> Follower<C> {
     /// Whether the replica has applied its snapshot, and so follows every change.
     pub fn synced(&self) -> bool {
         self.acked >= 1
+    }
+
+    /// When the oldest message not yet acknowledged was sent.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.unacked.front().map(|(_, t)| *t)
     }
 }
 
@@ -170,7 +175,7 @@ impl<C> Followers<C> {
                 sent: 0,
                 acked: 0,
                 version: 0,
-                waiting_since: None,
+                unacked: VecDeque::new(),
             },
         );
     }
@@ -199,19 +204,21 @@ impl<C> Followers<C> {
     pub fn on_sent(&mut self, conn_id: ConnId, now: Instant) -> Option<u64> {
         let f = self.by_conn.get_mut(&conn_id)?;
         f.sent += 1;
-        f.waiting_since.get_or_insert(now);
+        f.unacked.push_back((f.sent, now));
         Some(f.sent)
     }
 
     /// Records an ack. Returns `true` when it was the replica's first (its snapshot is applied).
-    pub fn on_ack(&mut self, conn_id: ConnId, seq: u64, version: u64, now: Instant) -> bool {
+    pub fn on_ack(&mut self, conn_id: ConnId, seq: u64, version: u64) -> bool {
         let Some(f) = self.by_conn.get_mut(&conn_id) else {
             return false;
         };
         let first = !f.synced() && seq >= 1;
         f.acked = f.acked.max(seq.min(f.sent));
         f.version = f.version.max(version);
-        f.waiting_since = (f.acked < f.sent).then_some(now);
+        while f.unacked.front().is_some_and(|(s, _)| *s <= f.acked) {
+            f.unacked.pop_front();
+        }
         first
     }
 
@@ -222,6 +229,19 @@ impl<C> Followers<C> {
                 .values()
                 .any(|f| f.node == *m && f.synced() && f.version >= version)
         })
+    }
+
+    /// Restarts every waiting clock at `now`. The leader calls it after it was itself stalled
+    /// (paused, or starved of CPU): the silence it measured was its own, not its followers'.
+    pub fn forgive(&mut self, now: Instant) {
+        for f in self.by_conn.values_mut() {
+            for (_, t) in &mut f.unacked {
+                *t = now;
+            }
+        }
+        for t in self.absent_since.values_mut() {
+            *t = now;
+        }
     }
 
     /// Members that must be fenced: unresponsive for longer than `timeout`, or absent for longer.
@@ -238,7 +258,7 @@ impl<C> Followers<C> {
         for m in state.followers() {
             match self.by_conn.values().find(|f| f.node == *m) {
                 Some(f) => {
-                    if f.waiting_since
+                    if f.waiting_since()
                         .is_some_and(|t| now.saturating_duration_since(t) > timeout)
                     {
                         late.push((*m, Lateness::Unresponsive));
@@ -327,13 +347,13 @@ mod tests {
         f.attach(11, node(3), ());
         assert!(!f.committed(&s, 2));
         let seq = f.on_sent(10, now).unwrap();
-        assert!(f.on_ack(10, seq, 2, now), "first ack syncs");
+        assert!(f.on_ack(10, seq, 2), "first ack syncs");
         assert!(!f.committed(&s, 2));
         f.on_sent(11, now);
-        f.on_ack(11, 1, 1, now);
+        f.on_ack(11, 1, 1);
         assert!(!f.committed(&s, 2), "node 3 is behind");
         f.on_sent(11, now);
-        assert!(!f.on_ack(11, 2, 2, now));
+        assert!(!f.on_ack(11, 2, 2));
         assert!(f.committed(&s, 2));
         assert!(!f.committed(&s, 3));
     }
@@ -358,9 +378,33 @@ mod tests {
         assert_eq!(late.len(), 2);
         assert!(late.contains(&(node(2), Lateness::Unresponsive)));
         assert!(late.contains(&(node(3), Lateness::Absent)));
-        f.on_ack(10, 1, 2, t1);
+        f.on_ack(10, 1, 2);
         f.attach(11, node(3), ());
         assert!(f.late(&s, t1, timeout).is_empty());
+    }
+
+    #[test]
+    fn lateness_counts_from_the_oldest_unacknowledged_message() {
+        let s = three_members();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut f = Followers::default();
+        f.attach(10, node(2), ());
+        f.attach(11, node(3), ());
+        for t in [t0, t0 + ms(60), t0 + ms(120)] {
+            f.on_sent(10, t);
+            f.on_sent(11, t);
+        }
+        // Node 2 acks, but lags: its oldest unacknowledged message was sent at 60 ms, so it is
+        // late after 160 ms, however recently it acked.
+        f.on_ack(10, 1, 2);
+        f.on_ack(11, 3, 2);
+        assert!(f.late(&s, t0 + ms(150), ms(100)).is_empty());
+        let late = f.late(&s, t0 + ms(170), ms(100));
+        assert_eq!(late, vec![(node(2), Lateness::Unresponsive)]);
+        // After the leader's own stall, everyone gets a fresh window.
+        f.forgive(t0 + ms(170));
+        assert!(f.late(&s, t0 + ms(260), ms(100)).is_empty());
     }
 
     #[test]
@@ -370,9 +414,9 @@ mod tests {
         assert!(!s.has_member(&impostor));
         let mut f = Followers::default();
         f.attach(10, impostor, ());
-        f.on_ack(10, 1, 2, Instant::now());
+        f.on_ack(10, 1, 2);
         f.attach(11, node(3), ());
-        f.on_ack(11, 1, 2, Instant::now());
+        f.on_ack(11, 1, 2);
         assert!(!f.committed(&s, 2));
     }
 }

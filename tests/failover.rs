@@ -205,3 +205,59 @@ async fn a_killed_node_restarts_with_its_seed_port_and_rejoins_with_the_full_sta
     );
     h.assert_no_panics();
 }
+
+#[tokio::test]
+async fn pausing_the_whole_cluster_past_the_timeout_fences_nobody() {
+    let mut h = Harness::start(&[5400, 5401, 5402]).await;
+    let mut c = h.cluster.client(WAIT);
+    assert!(
+        c.bid(&bidder("ann"), amount(10))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    let ids = [5400, 5401, 5402];
+    for id in ids {
+        h.cluster.signal(id, Signal::STOP).unwrap();
+    }
+    // The fault itself: every node is paused for twice the timeout, as by Ctrl-Z.
+    tokio::time::sleep(Duration::from_millis(2 * common::TIMEOUT_MS)).await;
+    for id in ids {
+        h.cluster.signal(id, Signal::CONT).unwrap();
+    }
+    // Each node notices that the silence was its own.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let lines = h.cluster.transcript.lines();
+        let stalled = |id: u16| {
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("[node {id}]")) && l.contains("stalled"))
+        };
+        if ids.iter().all(|&id| stalled(id)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no stall noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        c.bid(&bidder("bob"), amount(20))
+            .await
+            .unwrap()
+            .decision
+            .is_ok()
+    );
+    let s = h.wait_leader(5400).await;
+    assert_eq!(s.members.len(), 3, "{s:?}");
+    assert_eq!(h.cluster.running(), ids.to_vec());
+    let fenced: Vec<String> = h
+        .cluster
+        .transcript
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("fenced"))
+        .collect();
+    assert!(fenced.is_empty(), "{fenced:#?}");
+    h.assert_no_panics();
+}

@@ -29,8 +29,9 @@ struct Args {
     /// The cluster's client address.
     #[arg(long, default_value = "127.0.0.1:5000")]
     server: String,
-    /// How long to keep retrying (across failovers) before reporting an exception, in ms.
-    #[arg(long, default_value_t = 5000)]
+    /// How long to keep retrying (across failovers) before reporting an exception, in ms: at most
+    /// a minute, far below the 10 minutes a node remembers a session for exactly-once.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     retry_ms: u64,
     /// Print one JSON object per answer.
     #[arg(long, global = true)]

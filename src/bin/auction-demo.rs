@@ -246,7 +246,15 @@ async fn interactive(
     });
     // The leader as last seen, for `kill` while the leader cannot answer.
     let mut leader = Some(ids[0]);
-    while let Some(line) = lines.recv().await {
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => match line {
+                Some(line) => line,
+                None => break,
+            },
+            // Ctrl-C ends the demo and, with it, every process it started.
+            _ = tokio::signal::ctrl_c() => break,
+        };
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or("").to_ascii_lowercase();
         let target: Option<u16> = match words.next().map(str::parse).transpose() {
