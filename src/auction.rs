@@ -21,7 +21,7 @@ pub enum Op {
 }
 
 /// Why a request was refused. The auction number says which auction the refusal is about.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Error)]
 pub enum Refusal {
     #[error("no auction has been started yet")]
     NoAuction,
@@ -39,14 +39,14 @@ pub enum Refusal {
 pub type Decision = Result<(), Refusal>;
 
 /// The highest bid and who placed it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Bid {
     pub bidder: BidderId,
     pub amount: Amount,
 }
 
 /// One auction: number 0 means none was ever started.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Auction {
     /// Counts the auctions started, so replies say which one they are about.
     pub number: u64,
@@ -121,7 +121,7 @@ impl Auction {
 }
 
 /// What exactly-once remembers of a client session: its last request and that request's outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Session {
     pub last_seq: u64,
     pub last_seen: Millis,
@@ -129,7 +129,7 @@ pub struct Session {
 }
 
 /// The auction plus the sessions that make requests exactly-once.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Machine {
     pub auction: Auction,
     /// Last request and outcome per session id.

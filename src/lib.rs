@@ -12,12 +12,16 @@
 //!   stream;
 //! - [`node`]: role switching and port ownership; [`console`]: the node's terminal;
 //! - [`client`] and [`input`]: the retrying client session and what a person types;
-//! - [`cluster`]: starting and breaking real node processes, for the demo and the tests.
+//! - [`cluster`]: starting and breaking real node processes, for the demo and the tests;
+//! - [`history`] and [`checker`]: recorded client operations and the linearizability checker
+//!   whose sequential model is [`auction`] itself.
 
 pub mod auction;
+pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod console;
+pub mod history;
 pub mod input;
 pub mod leader;
 pub mod node;

@@ -1,0 +1,554 @@
+//! A linearizability checker for auction histories: is there one order of the operations, each
+//! placed between its invocation and its return, in which the pure auction state machine gives
+//! every recorded answer?
+//!
+//! The search is Wing and Gong's, with Lowe's memoization of (operations placed, model state):
+//! the operations' invocations and returns form one time-ordered list; the search repeatedly
+//! places the earliest invocation it can (the model must give its recorded answer), and
+//! backtracks when it meets the return of an operation it has not placed. An operation whose
+//! outcome is unknown returns "never": it may be placed anywhere after its invocation, with any
+//! outcome. Operations on different auctions are independent and are checked separately.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use crate::auction::{Machine, Op as AuctionOp};
+use crate::history::{Call, Op, ReadView, Return};
+use crate::types::{Duration as AuctionDuration, Millis};
+
+/// A search gives up after this many steps, so a pathological history cannot hang a test run.
+const STEP_BUDGET: u64 = 200_000_000;
+
+/// Why a history is not linearizable, for a person to read.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub auction: u64,
+    /// When the smallest failing prefix of the history ends: every operation that returned after
+    /// this point is treated as unanswered, and still no order exists.
+    pub prefix_end: Duration,
+    /// How many operations the longest order found could place.
+    pub placed: usize,
+    /// The last operations of that order, oldest first.
+    pub last_placed: Vec<Op>,
+    /// The model state after that order.
+    pub state: String,
+    /// The operations of the failing prefix that no order could place, by invocation.
+    pub unplaced: Vec<Op>,
+    /// Set when the search gave up rather than proved a violation.
+    pub gave_up: bool,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.gave_up {
+            writeln!(
+                f,
+                "auction {}: the search gave up after {STEP_BUDGET} steps",
+                self.auction
+            )?;
+        }
+        writeln!(
+            f,
+            "auction {}: no linearization of the history up to {:.3}s",
+            self.auction,
+            self.prefix_end.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "the longest order found places {} operations and ends in: {}",
+            self.placed, self.state
+        )?;
+        writeln!(f, "its last operations:")?;
+        for op in &self.last_placed {
+            writeln!(f, "  {op}")?;
+        }
+        writeln!(f, "operations that cannot be placed after it:")?;
+        for op in &self.unplaced {
+            writeln!(f, "  {op}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `history`.
+///
+/// # Errors
+/// The smallest window of the history that cannot be linearized.
+pub fn check(history: &[Op]) -> Result<(), Box<Violation>> {
+    let mut by_auction: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
+    for op in history {
+        by_auction.entry(op.auction).or_default().push(op.clone());
+    }
+    for (auction, ops) in by_auction {
+        if let Err(failure) = search(&ops, model(auction)) {
+            return Err(Box::new(explain(auction, &ops, failure.gave_up)));
+        }
+    }
+    Ok(())
+}
+
+/// The model of auction `number` as the cluster opens it: open, no bids, and a deadline the run
+/// never reaches (time in the model stays at 0).
+fn model(number: u64) -> Machine {
+    let mut m = Machine::default();
+    let forever = AuctionDuration::from_secs(AuctionDuration::MAX_SECS).expect("in range");
+    for _ in 0..number {
+        m.auction.closed_early = true;
+        let started = m.apply(Millis(0), None, &AuctionOp::Start { duration: forever });
+        debug_assert!(started.is_ok());
+    }
+    m
+}
+
+/// The model's next state if `op` can take effect now with its recorded answer.
+fn step(state: &Machine, op: &Op) -> Option<Machine> {
+    match (&op.call, &op.ret) {
+        (Call::Bid { bidder, amount }, ret) => {
+            let mut next = state.clone();
+            let bid = AuctionOp::Bid {
+                bidder: bidder.clone(),
+                amount: *amount,
+            };
+            let decision = next.apply(Millis(0), None, &bid);
+            match ret {
+                Return::Unknown => Some(next),
+                Return::Bid(recorded) if *recorded == decision => Some(next),
+                _ => None,
+            }
+        }
+        (Call::Read, Return::Read(seen)) => (*seen == read(state)).then(|| state.clone()),
+        (Call::Read, Return::Unknown) => Some(state.clone()),
+        (Call::Read, Return::Bid(_)) => None,
+    }
+}
+
+fn read(state: &Machine) -> ReadView {
+    let a = &state.auction;
+    ReadView {
+        highest: a.highest.as_ref().map(|h| (h.bidder.clone(), h.amount)),
+        bidders: a.bidders.len() as u64,
+    }
+}
+
+fn describe(state: &Machine) -> String {
+    let v = read(state);
+    match v.highest {
+        Some((who, amount)) => format!("highest {amount} by {who}, {} bidders", v.bidders),
+        None => format!("no bids, {} bidders", v.bidders),
+    }
+}
+
+/// The longest order a failed search found.
+struct Failure {
+    order: Vec<usize>,
+    state: Machine,
+    gave_up: bool,
+}
+
+/// One invocation or return in the time-ordered list.
+#[derive(Clone, Copy)]
+struct Event {
+    op: usize,
+    call: bool,
+}
+
+fn search(ops: &[Op], init: Machine) -> Result<(), Failure> {
+    let n = ops.len();
+    let mut events: Vec<(Duration, bool, usize)> = Vec::with_capacity(2 * n);
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.invoked, false, i));
+        let end = match op.ret {
+            Return::Unknown => Duration::MAX,
+            _ => op.returned.unwrap_or(Duration::MAX),
+        };
+        events.push((end, true, i));
+    }
+    // By time; at equal times invocations first, so touching operations count as concurrent.
+    events.sort_by_key(|&(t, is_return, i)| (t, is_return, i));
+    let list: Vec<Event> = events
+        .iter()
+        .map(|&(_, is_return, op)| Event {
+            op,
+            call: !is_return,
+        })
+        .collect();
+    // A doubly linked list over the events, with a head (2n) and a tail (2n + 1).
+    let (head, tail) = (2 * n, 2 * n + 1);
+    let mut next: Vec<usize> = (1..=2 * n).chain([0, 0]).collect();
+    let mut prev: Vec<usize> = std::iter::once(head)
+        .chain(0..2 * n)
+        .chain([0, 0])
+        .collect();
+    next[head] = if n == 0 { tail } else { 0 };
+    prev[tail] = if n == 0 { head } else { 2 * n - 1 };
+    if n > 0 {
+        next[2 * n - 1] = tail;
+    }
+    let mut return_of = vec![0; n];
+    for (e, ev) in list.iter().enumerate() {
+        if !ev.call {
+            return_of[ev.op] = e;
+        }
+    }
+    let unlink = |e: usize, next: &mut Vec<usize>, prev: &mut Vec<usize>| {
+        let (p, q) = (prev[e], next[e]);
+        next[p] = q;
+        prev[q] = p;
+    };
+    let relink = |e: usize, next: &mut Vec<usize>, prev: &mut Vec<usize>| {
+        let (p, q) = (prev[e], next[e]);
+        next[p] = e;
+        prev[q] = e;
+    };
+
+    let words = n.div_ceil(64);
+    let mut placed = vec![0u64; words];
+    let mut seen: HashSet<(Vec<u64>, Machine)> = HashSet::new();
+    let mut stack: Vec<(usize, Machine)> = Vec::new();
+    let mut best = Failure {
+        order: Vec::new(),
+        state: init.clone(),
+        gave_up: false,
+    };
+    let mut state = init;
+    let mut e = next[head];
+    let mut steps = 0u64;
+    while next[head] != tail {
+        steps += 1;
+        if steps > STEP_BUDGET {
+            best.gave_up = true;
+            return Err(best);
+        }
+        let ev = list[e];
+        if ev.call {
+            if let Some(after) = step(&state, &ops[ev.op]) {
+                placed[ev.op / 64] |= 1 << (ev.op % 64);
+                if seen.insert((placed.clone(), after.clone())) {
+                    let before = std::mem::replace(&mut state, after);
+                    stack.push((e, before));
+                    unlink(e, &mut next, &mut prev);
+                    unlink(return_of[ev.op], &mut next, &mut prev);
+                    if stack.len() > best.order.len() {
+                        best.order = stack.iter().map(|(c, _)| list[*c].op).collect();
+                        best.state = state.clone();
+                    }
+                    e = next[head];
+                    continue;
+                }
+                placed[ev.op / 64] &= !(1 << (ev.op % 64));
+            }
+            e = next[e];
+        } else {
+            // The return of an operation not yet placed: the order so far cannot go on.
+            let Some((c, before)) = stack.pop() else {
+                return Err(best);
+            };
+            let op = list[c].op;
+            state = before;
+            placed[op / 64] &= !(1 << (op % 64));
+            relink(return_of[op], &mut next, &mut prev);
+            relink(c, &mut next, &mut prev);
+            e = next[c];
+        }
+    }
+    Ok(())
+}
+
+/// The smallest failing prefix of `ops` (linearizability is prefix-closed, so a binary search
+/// over return times finds it), and the longest order found in it.
+fn explain(auction: u64, ops: &[Op], gave_up: bool) -> Violation {
+    let prefix = |end: Duration| -> Vec<Op> {
+        ops.iter()
+            .filter(|op| op.invoked <= end)
+            .map(|op| {
+                let mut op = op.clone();
+                if op.returned.is_none_or(|r| r > end) {
+                    op.returned = None;
+                    op.ret = Return::Unknown;
+                }
+                op
+            })
+            .collect()
+    };
+    let mut ends: Vec<Duration> = ops.iter().filter_map(|op| op.returned).collect();
+    ends.sort();
+    ends.dedup();
+    // The full history fails; find the first end whose prefix fails too.
+    let (mut lo, mut hi) = (0, ends.len());
+    while lo < hi && !gave_up {
+        let mid = (lo + hi) / 2;
+        if search(&prefix(ends[mid]), model(auction)).is_err() {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let end = ends.get(lo).copied().unwrap_or(Duration::MAX);
+    let window = prefix(end);
+    let failure = match search(&window, model(auction)) {
+        Err(f) => f,
+        Ok(()) => Failure {
+            order: Vec::new(),
+            state: model(auction),
+            gave_up,
+        },
+    };
+    let placed: HashSet<usize> = failure.order.iter().copied().collect();
+    let mut unplaced: Vec<Op> = (0..window.len())
+        .filter(|i| !placed.contains(i))
+        .map(|i| window[i].clone())
+        .collect();
+    unplaced.sort_by_key(|op| op.invoked);
+    let last_placed = failure.order[failure.order.len().saturating_sub(8)..]
+        .iter()
+        .map(|&i| window[i].clone())
+        .collect();
+    Violation {
+        auction,
+        prefix_end: end,
+        placed: failure.order.len(),
+        last_placed,
+        state: describe(&failure.state),
+        unplaced,
+        gave_up: failure.gave_up || gave_up,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auction::Refusal;
+    use crate::types::{Amount, BidderId};
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+    fn bid(client: u32, amount: u64, span: (u64, Option<u64>), ret: Return) -> Op {
+        Op {
+            client,
+            auction: 1,
+            call: Call::Bid {
+                bidder: BidderId::new(format!("c{client}")).unwrap(),
+                amount: Amount::new(amount).unwrap(),
+            },
+            invoked: ms(span.0),
+            returned: span.1.map(ms),
+            ret,
+        }
+    }
+    fn ok() -> Return {
+        Return::Bid(Ok(()))
+    }
+    fn not_higher(highest: u64) -> Return {
+        Return::Bid(Err(Refusal::NotHigher {
+            auction: 1,
+            highest: Amount::new(highest).unwrap(),
+        }))
+    }
+    fn read(client: u32, span: (u64, u64), highest: Option<(u32, u64)>, bidders: u64) -> Op {
+        Op {
+            client,
+            auction: 1,
+            call: Call::Read,
+            invoked: ms(span.0),
+            returned: Some(ms(span.1)),
+            ret: Return::Read(ReadView {
+                highest: highest.map(|(c, a)| {
+                    (
+                        BidderId::new(format!("c{c}")).unwrap(),
+                        Amount::new(a).unwrap(),
+                    )
+                }),
+                bidders,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_sequential_history_is_linearizable() {
+        let h = [
+            bid(1, 10, (0, Some(1)), ok()),
+            read(2, (2, 3), Some((1, 10)), 1),
+            bid(2, 10, (4, Some(5)), not_higher(10)),
+            bid(2, 11, (6, Some(7)), ok()),
+            read(1, (8, 9), Some((2, 11)), 2),
+        ];
+        check(&h).unwrap();
+    }
+
+    #[test]
+    fn concurrent_operations_may_take_effect_in_either_order() {
+        // The read overlaps the bid, so it may see the bid or not.
+        let h = [
+            bid(1, 10, (0, Some(10)), ok()),
+            read(2, (1, 2), None, 0),
+            read(3, (3, 4), Some((1, 10)), 1),
+        ];
+        check(&h).unwrap();
+        // Two overlapping bids of 10 and 20 both succeed: only the order 10, 20 works.
+        let h = [
+            bid(1, 20, (0, Some(10)), ok()),
+            bid(2, 10, (1, Some(9)), ok()),
+            read(3, (11, 12), Some((1, 20)), 2),
+        ];
+        check(&h).unwrap();
+    }
+
+    #[test]
+    fn a_stale_read_is_caught() {
+        let h = [bid(1, 10, (0, Some(1)), ok()), read(2, (2, 3), None, 0)];
+        let v = check(&h).unwrap_err();
+        assert!(!v.gave_up);
+        assert_eq!(v.unplaced.len(), 1, "{v}");
+    }
+
+    #[test]
+    fn a_lost_acknowledged_bid_is_caught() {
+        let h = [
+            bid(1, 10, (0, Some(1)), ok()),
+            bid(2, 20, (2, Some(3)), ok()),
+            read(3, (4, 5), Some((1, 10)), 2),
+        ];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn a_bid_applied_twice_is_caught() {
+        // Retried after a failover and applied again: refused as "not higher" than itself.
+        let h = [
+            bid(1, 10, (0, Some(5)), not_higher(10)),
+            read(2, (6, 7), Some((1, 10)), 1),
+        ];
+        let v = check(&h).unwrap_err();
+        let text = v.to_string();
+        assert!(text.contains("bid 10 as c1 -> fail"), "{text}");
+    }
+
+    #[test]
+    fn two_successes_for_equal_amounts_are_caught() {
+        let h = [
+            bid(1, 10, (0, Some(5)), ok()),
+            bid(2, 10, (1, Some(6)), ok()),
+        ];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn an_unknown_bid_may_take_effect_late_or_never() {
+        let lost = bid(1, 10, (0, None), Return::Unknown);
+        // Never seen.
+        check(&[lost.clone(), read(2, (5, 6), None, 0)]).unwrap();
+        // Seen much later, after a read that did not see it.
+        check(&[
+            lost.clone(),
+            read(2, (5, 6), None, 0),
+            read(2, (7, 8), Some((1, 10)), 1),
+        ])
+        .unwrap();
+        // But not before it was invoked.
+        let late = bid(1, 10, (10, None), Return::Unknown);
+        assert!(check(&[late, read(2, (5, 6), Some((1, 10)), 1)]).is_err());
+    }
+
+    #[test]
+    fn the_window_of_a_violation_is_small_and_readable() {
+        let mut h: Vec<Op> = (0..50)
+            .map(|i| {
+                bid(
+                    i % 4,
+                    10 + i as u64,
+                    (10 * i as u64, Some(10 * i as u64 + 5)),
+                    ok(),
+                )
+            })
+            .collect();
+        // A stale read after 50 good bids.
+        h.push(read(9, (600, 601), Some((0, 10)), 4));
+        h.extend((0..20).map(|i| read(9, (700 + 2 * i, 701 + 2 * i), Some((1, 59)), 4)));
+        let v = check(&h).unwrap_err();
+        assert_eq!(v.prefix_end, ms(601));
+        assert_eq!(v.placed, 50);
+        assert_eq!(v.unplaced.len(), 1);
+        assert_eq!(v.last_placed.len(), 8);
+        let text = v.to_string();
+        assert!(text.contains("up to 0.601s"), "{text}");
+        assert!(text.contains("read -> highest 10 by c0"), "{text}");
+    }
+
+    #[test]
+    fn auctions_are_checked_separately() {
+        let mut second = bid(1, 5, (0, Some(1)), ok());
+        second.auction = 2;
+        let h = [bid(1, 10, (0, Some(1)), ok()), second];
+        check(&h).unwrap();
+    }
+
+    #[test]
+    fn a_history_of_two_thousand_operations_from_eight_clients_checks() {
+        let h = contended_history(125);
+        assert_eq!(h.len(), 2000);
+        check(&h).unwrap();
+        // The same history with one acknowledged bid lost from the final read is refused.
+        let mut lost = h.clone();
+        let last = lost.len() - 1;
+        if let Return::Read(view) = &mut lost[last].ret {
+            view.highest = Some((BidderId::new("c0").unwrap(), Amount::new(1).unwrap()));
+        }
+        assert!(check(&lost).is_err());
+    }
+}
+
+/// A history of `rounds` rounds in which 8 clients all bid one more than the highest bid at the
+/// same moment (one wins, seven are refused), then all read. For tests and benchmarks.
+pub fn contended_history(rounds: u64) -> Vec<Op> {
+    use crate::auction::Refusal;
+    use crate::types::{Amount, BidderId};
+    let name = |c: u32| BidderId::new(format!("c{c}")).expect("valid name");
+    let ms = Duration::from_millis;
+    let mut h = Vec::new();
+    let mut t = 0u64;
+    for round in 0..rounds {
+        let amount = Amount::new(round + 1).expect("positive");
+        let winner = (round % 8) as u32;
+        for c in 0..8u32 {
+            let ret = if c == winner {
+                Return::Bid(Ok(()))
+            } else {
+                Return::Bid(Err(Refusal::NotHigher {
+                    auction: 1,
+                    highest: amount,
+                }))
+            };
+            // All invoked within 2 ms; the winner returns first.
+            let end = if c == winner { 5 } else { 6 + u64::from(c) };
+            h.push(Op {
+                client: c,
+                auction: 1,
+                call: Call::Bid {
+                    bidder: name(c),
+                    amount,
+                },
+                invoked: ms(t + u64::from(c) % 3),
+                returned: Some(ms(t + end)),
+                ret,
+            });
+        }
+        t += 20;
+        for c in 0..8u32 {
+            h.push(Op {
+                client: c,
+                auction: 1,
+                call: Call::Read,
+                invoked: ms(t + u64::from(c) % 2),
+                returned: Some(ms(t + 3)),
+                ret: Return::Read(ReadView {
+                    highest: Some((name(winner), amount)),
+                    bidders: 8,
+                }),
+            });
+        }
+        t += 5;
+    }
+    h
+}
