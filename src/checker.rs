@@ -77,10 +77,15 @@ impl fmt::Display for Violation {
 /// The smallest window of the history that cannot be linearized.
 pub fn check(history: &[Op]) -> Result<(), Box<Violation>> {
     let mut by_auction: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
-    for op in history {
+    // A read without an answer constrains nothing.
+    for op in history
+        .iter()
+        .filter(|op| op.call != Call::Read || op.is_known())
+    {
         by_auction.entry(op.auction).or_default().push(op.clone());
     }
-    for (auction, ops) in by_auction {
+    for (auction, mut ops) in by_auction {
+        ops.sort_by_key(|op| op.invoked);
         if let Err(failure) = search(&ops, model(auction)) {
             return Err(Box::new(explain(auction, &ops, failure.gave_up)));
         }
@@ -153,7 +158,40 @@ struct Event {
     call: bool,
 }
 
-fn search(ops: &[Op], init: Machine) -> Result<(), Failure> {
+/// The set of placed operations, with operations numbered by invocation: every operation below
+/// `frontier` is placed except the `holes`. Concurrency is bounded, so the holes stay few and the
+/// set is cheap to copy into the memo, where a bitset of the whole history would not be.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Placed {
+    frontier: usize,
+    holes: Vec<usize>,
+}
+
+impl Placed {
+    fn place(&mut self, i: usize) {
+        if i >= self.frontier {
+            self.holes.extend(self.frontier..i);
+            self.frontier = i + 1;
+        } else if let Ok(at) = self.holes.binary_search(&i) {
+            self.holes.remove(at);
+        }
+    }
+
+    fn unplace(&mut self, i: usize) {
+        if i + 1 == self.frontier {
+            self.frontier = i;
+            while self.holes.last().is_some_and(|h| h + 1 == self.frontier) {
+                self.holes.pop();
+                self.frontier -= 1;
+            }
+        } else if let Err(at) = self.holes.binary_search(&i) {
+            self.holes.insert(at, i);
+        }
+    }
+}
+
+/// Searches for a linearization of `ops`, which must be sorted by invocation.
+fn search(ops: &[Op], init: Machine) -> Result<(), Box<Failure>> {
     let n = ops.len();
     let mut events: Vec<(Duration, bool, usize)> = Vec::with_capacity(2 * n);
     for (i, op) in ops.iter().enumerate() {
@@ -202,15 +240,14 @@ fn search(ops: &[Op], init: Machine) -> Result<(), Failure> {
         prev[q] = e;
     };
 
-    let words = n.div_ceil(64);
-    let mut placed = vec![0u64; words];
-    let mut seen: HashSet<(Vec<u64>, Machine)> = HashSet::new();
+    let mut placed = Placed::default();
+    let mut seen: HashSet<(Placed, Machine)> = HashSet::new();
     let mut stack: Vec<(usize, Machine)> = Vec::new();
-    let mut best = Failure {
+    let mut best = Box::new(Failure {
         order: Vec::new(),
         state: init.clone(),
         gave_up: false,
-    };
+    });
     let mut state = init;
     let mut e = next[head];
     let mut steps = 0u64;
@@ -223,7 +260,7 @@ fn search(ops: &[Op], init: Machine) -> Result<(), Failure> {
         let ev = list[e];
         if ev.call {
             if let Some(after) = step(&state, &ops[ev.op]) {
-                placed[ev.op / 64] |= 1 << (ev.op % 64);
+                placed.place(ev.op);
                 if seen.insert((placed.clone(), after.clone())) {
                     let before = std::mem::replace(&mut state, after);
                     stack.push((e, before));
@@ -236,7 +273,7 @@ fn search(ops: &[Op], init: Machine) -> Result<(), Failure> {
                     e = next[head];
                     continue;
                 }
-                placed[ev.op / 64] &= !(1 << (ev.op % 64));
+                placed.unplace(ev.op);
             }
             e = next[e];
         } else {
@@ -246,7 +283,7 @@ fn search(ops: &[Op], init: Machine) -> Result<(), Failure> {
             };
             let op = list[c].op;
             state = before;
-            placed[op / 64] &= !(1 << (op % 64));
+            placed.unplace(op);
             relink(return_of[op], &mut next, &mut prev);
             relink(c, &mut next, &mut prev);
             e = next[c];
@@ -287,7 +324,7 @@ fn explain(auction: u64, ops: &[Op], gave_up: bool) -> Violation {
     let end = ends.get(lo).copied().unwrap_or(Duration::MAX);
     let window = prefix(end);
     let failure = match search(&window, model(auction)) {
-        Err(f) => f,
+        Err(f) => *f,
         Ok(()) => Failure {
             order: Vec::new(),
             state: model(auction),
@@ -313,6 +350,60 @@ fn explain(auction: u64, ops: &[Op], gave_up: bool) -> Violation {
         unplaced,
         gave_up: failure.gave_up || gave_up,
     }
+}
+
+/// A history of `rounds` rounds in which 8 clients all bid one more than the highest bid at the
+/// same moment (one wins, seven are refused), then all read. For tests and benchmarks.
+pub fn contended_history(rounds: u64) -> Vec<Op> {
+    use crate::auction::Refusal;
+    use crate::types::{Amount, BidderId};
+    let name = |c: u32| BidderId::new(format!("c{c}")).expect("valid name");
+    let ms = Duration::from_millis;
+    let mut h = Vec::new();
+    let mut t = 0u64;
+    for round in 0..rounds {
+        let amount = Amount::new(round + 1).expect("positive");
+        let winner = (round % 8) as u32;
+        for c in 0..8u32 {
+            let ret = if c == winner {
+                Return::Bid(Ok(()))
+            } else {
+                Return::Bid(Err(Refusal::NotHigher {
+                    auction: 1,
+                    highest: amount,
+                }))
+            };
+            // All invoked within 2 ms; the winner returns first.
+            let end = if c == winner { 5 } else { 6 + u64::from(c) };
+            h.push(Op {
+                client: c,
+                auction: 1,
+                call: Call::Bid {
+                    bidder: name(c),
+                    amount,
+                },
+                invoked: ms(t + u64::from(c) % 3),
+                returned: Some(ms(t + end)),
+                ret,
+            });
+        }
+        t += 20;
+        for c in 0..8u32 {
+            h.push(Op {
+                client: c,
+                auction: 1,
+                call: Call::Read,
+                invoked: ms(t + u64::from(c) % 2),
+                returned: Some(ms(t + 3)),
+                ret: Return::Read(ReadView {
+                    highest: Some((name(winner), amount)),
+                    bidders: 8,
+                }),
+            });
+        }
+        t += 5;
+    }
+    h
 }
 
 #[cfg(test)]
@@ -363,6 +454,22 @@ mod tests {
                 bidders,
             }),
         }
+    }
+
+    #[test]
+    fn the_placed_set_is_a_frontier_with_holes() {
+        let mut p = Placed::default();
+        p.place(2);
+        assert_eq!((p.frontier, p.holes.clone()), (3, vec![0, 1]));
+        p.place(0);
+        p.place(4);
+        assert_eq!((p.frontier, p.holes.clone()), (5, vec![1, 3]));
+        p.unplace(4);
+        assert_eq!((p.frontier, p.holes.clone()), (3, vec![1]));
+        p.unplace(0);
+        assert_eq!((p.frontier, p.holes.clone()), (3, vec![0, 1]));
+        p.unplace(2);
+        assert_eq!(p, Placed::default());
     }
 
     #[test]
@@ -497,58 +604,4 @@ mod tests {
         }
         assert!(check(&lost).is_err());
     }
-}
-
-/// A history of `rounds` rounds in which 8 clients all bid one more than the highest bid at the
-/// same moment (one wins, seven are refused), then all read. For tests and benchmarks.
-pub fn contended_history(rounds: u64) -> Vec<Op> {
-    use crate::auction::Refusal;
-    use crate::types::{Amount, BidderId};
-    let name = |c: u32| BidderId::new(format!("c{c}")).expect("valid name");
-    let ms = Duration::from_millis;
-    let mut h = Vec::new();
-    let mut t = 0u64;
-    for round in 0..rounds {
-        let amount = Amount::new(round + 1).expect("positive");
-        let winner = (round % 8) as u32;
-        for c in 0..8u32 {
-            let ret = if c == winner {
-                Return::Bid(Ok(()))
-            } else {
-                Return::Bid(Err(Refusal::NotHigher {
-                    auction: 1,
-                    highest: amount,
-                }))
-            };
-            // All invoked within 2 ms; the winner returns first.
-            let end = if c == winner { 5 } else { 6 + u64::from(c) };
-            h.push(Op {
-                client: c,
-                auction: 1,
-                call: Call::Bid {
-                    bidder: name(c),
-                    amount,
-                },
-                invoked: ms(t + u64::from(c) % 3),
-                returned: Some(ms(t + end)),
-                ret,
-            });
-        }
-        t += 20;
-        for c in 0..8u32 {
-            h.push(Op {
-                client: c,
-                auction: 1,
-                call: Call::Read,
-                invoked: ms(t + u64::from(c) % 2),
-                returned: Some(ms(t + 3)),
-                ret: Return::Read(ReadView {
-                    highest: Some((name(winner), amount)),
-                    bidders: 8,
-                }),
-            });
-        }
-        t += 5;
-    }
-    h
 }

@@ -17,7 +17,7 @@ use crate::pb::{
     self, AuctionView, BidRequest, CloseRequest, DecisionReply, ResultRequest, StartRequest,
     StatusReply, StatusRequest, auction_client::AuctionClient,
 };
-use crate::types::{Amount, BidderId, Duration as AuctionDuration};
+use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId};
 
 /// The default time a client keeps retrying before it reports an exception.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
@@ -71,6 +71,11 @@ impl Client {
 
     pub fn session(&self) -> u64 {
         self.session
+    }
+
+    /// The id of the last request that changes state (bid, start, close), if any was sent.
+    pub fn last_request(&self) -> Option<RequestId> {
+        RequestId::new(self.session, self.seq).ok()
     }
 
     /// Places a bid.

@@ -65,20 +65,27 @@ pub async fn execute(
     let current = role.lock().expect("role lock poisoned").clone();
     let handle = match current {
         Role::Leader(h) => h,
-        Role::Replica {
-            leader,
-            epoch,
-            version,
-            member,
-        } => {
-            let what = if member { "replica" } else { "joining replica" };
-            return writeln!(
-                out,
-                "this node is a {what}; node {leader} leads (epoch {epoch}, version {version}). \
-                 Type start/close on the leader's terminal, or use auction-client."
-            );
+        Role::Replica { me, state } => {
+            // Invariant: no code panics while holding this lock, so it is never poisoned.
+            let line = match state.lock().expect("state lock poisoned").as_ref() {
+                None => "this node is looking for the leader".to_string(),
+                Some(s) => format!(
+                    "this node is a {}; node {} leads (epoch {}, version {}, digest {:016x}). \
+                     Type start/close on the leader's terminal, or use auction-client.",
+                    if s.has_member(&me) {
+                        "replica"
+                    } else {
+                        "joining replica"
+                    },
+                    s.leader.id,
+                    s.epoch,
+                    s.version,
+                    pb::digest(s)
+                ),
+            };
+            return writeln!(out, "{line}");
         }
-        Role::Joining => return writeln!(out, "this node is looking for the leader"),
+        Role::Starting => return writeln!(out, "this node is starting"),
     };
     let request = match command {
         Command::Status => Request::Status,
@@ -148,10 +155,11 @@ pub fn describe_status(s: &pb::StatusReply) -> String {
         .collect();
     let auction = s.auction.as_ref().map(describe_auction).unwrap_or_default();
     format!(
-        "leader {leader}, next in line [{}], epoch {}, version {}; {auction}",
+        "leader {leader}, next in line [{}], epoch {}, version {}, digest {:016x}; {auction}",
         queue.join(", "),
         s.epoch,
-        s.version
+        s.version,
+        s.digest
     )
 }
 

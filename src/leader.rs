@@ -439,6 +439,7 @@ impl Leader {
             epoch: self.state.epoch,
             version: self.state.version,
             auction: Some(self.view(now)),
+            digest: pb::digest(&self.state),
         }
     }
 }

@@ -14,7 +14,8 @@
 //! - [`client`] and [`input`]: the retrying client session and what a person types;
 //! - [`cluster`]: starting and breaking real node processes, for the demo and the tests;
 //! - [`history`] and [`checker`]: recorded client operations and the linearizability checker
-//!   whose sequential model is [`auction`] itself.
+//!   whose sequential model is [`auction`] itself; [`nemesis`]: fault runs against a real
+//!   cluster that record a history and check it.
 
 pub mod auction;
 pub mod checker;
@@ -24,6 +25,7 @@ pub mod console;
 pub mod history;
 pub mod input;
 pub mod leader;
+pub mod nemesis;
 pub mod node;
 pub mod pb;
 pub mod process;

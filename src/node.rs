@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::pb;
 use crate::process::{self, ClusterLock, Fenced};
-use crate::replica::{self, FollowEnd};
+use crate::replica::{self, FollowEnd, SharedState};
 use crate::replication::{ChangeKind, ClusterState, Member};
 use crate::server::{AuctionService, ReplicationService};
 use crate::types::{Duration as AuctionDuration, NodeId};
@@ -77,15 +77,10 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> NodeError {
 /// What the node is doing, for its terminal.
 #[derive(Clone, Debug)]
 pub enum Role {
-    /// Looking for a leader, not yet holding the state.
-    Joining,
-    /// Following `leader` at the given state version.
-    Replica {
-        leader: NodeId,
-        epoch: u64,
-        version: u64,
-        member: bool,
-    },
+    /// Not yet running.
+    Starting,
+    /// Following a leader, or looking for one; the state it holds, if any.
+    Replica { me: Member, state: SharedState },
     /// Leading; requests go through the handle.
     Leader(LeaderHandle),
 }
@@ -123,14 +118,21 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
     let me = process::this_node(cfg.id).map_err(io("reading /proc/self"))?;
     let lock = ClusterLock::open(cfg.leader_addr()).map_err(io("opening the cluster lock"))?;
     let leader_addr = cfg.leader_addr();
-    let mut state: Option<ClusterState> = None;
+    let shared = SharedState::default();
+    set_role(
+        &role,
+        Role::Replica {
+            me,
+            state: shared.clone(),
+        },
+    );
     // Pause between attempts of a node that is not a member, or that found no leader to dial.
     let mut backoff = MIN_BACKOFF;
     loop {
-        let member = state.as_ref().filter(|s| s.has_member(&me));
-        if let Some(current) = member {
-            if let Some(listener) = take_over(&cfg, &me, current).await? {
-                let current = state.take().expect("checked above");
+        if replica::is_member(&shared, &me) {
+            let current = shared.lock().expect("state lock poisoned").clone();
+            let current = current.expect("a member has a state");
+            if let Some(listener) = take_over(&cfg, &me, &current).await? {
                 let old = current.leader;
                 let initial = vec![ChangeKind::Lead(me), ChangeKind::Leave(old.id)];
                 info!(old_leader = %old.id, "took over the replica port");
@@ -138,23 +140,16 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
             }
         } else if lock.try_exclusive().map_err(io("locking"))? {
             let listener = found(&cfg, &lock).await?;
-            let (state, initial) = founding_state(me, state.take(), cfg.duration);
+            let received = shared.lock().expect("state lock poisoned").take();
+            let (state, initial) = founding_state(me, received, cfg.duration);
             info!(%leader_addr, "no member is alive: founding a new cluster");
             return lead(&cfg, me, state, initial, listener, role, shutdown).await;
         }
         let end = tokio::select! {
             () = shutdown.clone().wait() => return Ok(()),
-            end = replica::follow(leader_addr, me, cfg.timing, &lock, &mut state, |s| {
-                set_role(&role, Role::Replica {
-                    leader: s.leader.id,
-                    epoch: s.epoch,
-                    version: s.version,
-                    member: s.has_member(&me),
-                });
-            }) => end,
+            end = replica::follow(leader_addr, me, cfg.timing, &lock, &shared) => end,
         };
-        set_role(&role, Role::Joining);
-        let is_member = state.as_ref().is_some_and(|s| s.has_member(&me));
+        let is_member = replica::is_member(&shared, &me);
         let retry_at_once = match end {
             FollowEnd::Refused(status) => return Err(NodeError::Refused(status.message().into())),
             FollowEnd::Lost { leader } => {

@@ -160,6 +160,18 @@ pub fn decision_reply(decision: &auction::Decision, auction: AuctionView) -> Dec
     }
 }
 
+/// A hash of the whole replicated state (FNV-1a of its encoding, which is deterministic: every
+/// collection in it is ordered), so nodes can compare states with one number.
+pub fn digest(state: &ClusterState) -> u64 {
+    use prost::Message;
+    State::from(state)
+        .encode_to_vec()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 /// The auction as a reader sees it at `now`.
 pub fn auction_view(a: &Auction, now: Millis) -> AuctionView {
     AuctionView {

@@ -2,6 +2,7 @@
 //! and acknowledge it, until the leader fails, falls silent or refuses us.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,16 +33,19 @@ pub enum FollowEnd {
     Refused(Status),
 }
 
-/// Follows the leader at `leader_addr` as `me`, keeping `state` up to date. `on_state` is called
-/// after every message. When `me` becomes a member, it takes the cluster lock shared before it
-/// acknowledges anything as a member. A member fences a silent leader before it returns.
+/// A replica's state, shared with its terminal. Locked briefly per message, never across an
+/// await.
+pub type SharedState = Arc<Mutex<Option<ClusterState>>>;
+
+/// Follows the leader at `leader_addr` as `me`, keeping `shared` up to date. When `me` becomes a
+/// member, it takes the cluster lock shared before it acknowledges anything as a member. A member
+/// fences a silent leader before it returns.
 pub async fn follow(
     leader_addr: SocketAddr,
     me: Member,
     timing: Timing,
     lock: &ClusterLock,
-    state: &mut Option<ClusterState>,
-    mut on_state: impl FnMut(&ClusterState),
+    shared: &SharedState,
 ) -> FollowEnd {
     let endpoint = match Endpoint::from_shared(format!("http://{leader_addr}")) {
         Ok(e) => e.connect_timeout(timing.timeout).tcp_nodelay(true),
@@ -65,7 +69,7 @@ pub async fn follow(
     let response =
         match tokio::time::timeout(timing.timeout, client.follow(ReceiverStream::new(rx))).await {
             Err(_) => {
-                if state.as_ref().is_some_and(|s| s.has_member(&me)) {
+                if is_member(shared, &me) {
                     fence_silent_leader(leader_addr, None);
                 }
                 return FollowEnd::Silent { leader: None };
@@ -78,7 +82,7 @@ pub async fn follow(
     let mut inbound = response.into_inner();
     // Who sent this stream's snapshot: known once it arrives.
     let mut leader: Option<Member> = None;
-    let mut member = state.as_ref().is_some_and(|s| s.has_member(&me));
+    let mut member = is_member(shared, &me);
     let mut tick = tokio::time::interval(timing.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -112,6 +116,8 @@ pub async fn follow(
         };
         last_heard = Instant::now();
         let seq = message.seq;
+        // Invariant: no code panics while holding this lock, so it is never poisoned.
+        let mut state = shared.lock().expect("state lock poisoned");
         match message.msg {
             Some(from_leader::Msg::Snapshot(snapshot)) => {
                 let new = match ClusterState::try_from(snapshot) {
@@ -154,7 +160,7 @@ pub async fn follow(
             Some(from_leader::Msg::Heartbeat(_)) => {}
             None => return protocol_error(leader, "empty message"),
         }
-        let Some(current) = state.as_ref() else {
+        let Some(current) = state.as_ref().filter(|_| leader.is_some()) else {
             return protocol_error(leader, "a heartbeat before the state");
         };
         if !member && current.has_member(&me) {
@@ -167,16 +173,26 @@ pub async fn follow(
             info!(version = current.version, "now a member");
             member = true;
         }
-        on_state(current);
         let ack = FromReplica {
             msg: Some(from_replica::Msg::Ack(pb::Ack {
                 seq,
                 version: current.version,
             })),
         };
+        drop(state);
         // Acks are cumulative: when the queue is full, the next ack carries this one.
         let _ = acks.try_send(ack);
     }
+}
+
+/// Whether `me` is a member in `shared`.
+pub fn is_member(shared: &SharedState, me: &Member) -> bool {
+    // Invariant: no code panics while holding this lock, so it is never poisoned.
+    shared
+        .lock()
+        .expect("state lock poisoned")
+        .as_ref()
+        .is_some_and(|s| s.has_member(me))
 }
 
 /// Fences a leader that fell silent: the one that sent this stream's state, or, if none did,

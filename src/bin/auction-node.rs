@@ -99,7 +99,7 @@ fn start(args: &Args, cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    let role = Arc::new(Mutex::new(Role::Joining));
+    let role = Arc::new(Mutex::new(Role::Starting));
     let (stop, shutdown) = Shutdown::new();
     // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
