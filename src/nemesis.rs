@@ -170,6 +170,102 @@ impl Report {
     }
 }
 
+/// Figures over many runs: what a soak reports.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub runs: usize,
+    /// Seeds of the runs that found a problem.
+    pub failed: Vec<u64>,
+    pub ops: usize,
+    pub unknown: usize,
+    pub faults: BTreeMap<FaultKind, usize>,
+    /// Recovery times per fault kind.
+    pub recovery: BTreeMap<FaultKind, Vec<Duration>>,
+    /// Faults after which no bid was answered before the run ended.
+    pub unrecovered: BTreeMap<FaultKind, usize>,
+    /// The longest linearizability check of a run.
+    pub longest_check: Duration,
+}
+
+impl Summary {
+    pub fn add(&mut self, report: &Report) {
+        self.runs += 1;
+        if !report.passed() {
+            self.failed.push(report.seed);
+        }
+        self.ops += report.ops;
+        self.unknown += report.unknown;
+        for f in &report.faults {
+            *self.faults.entry(f.kind).or_default() += 1;
+        }
+        for (kind, time) in &report.recovery {
+            match time {
+                Some(t) => self.recovery.entry(*kind).or_default().push(*t),
+                None => *self.unrecovered.entry(*kind).or_default() += 1,
+            }
+        }
+        self.longest_check = self.longest_check.max(report.check_time);
+    }
+}
+
+/// The value below which `p` percent of `sorted` lie (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} runs, {} operations ({} with unknown outcome), {} faults, {} violations",
+            self.runs,
+            self.ops,
+            self.unknown,
+            self.faults.values().sum::<usize>(),
+            self.failed.len()
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "| fault | count | time to the next answered bid: median | p99 | max |"
+        )?;
+        writeln!(f, "| --- | ---: | ---: | ---: | ---: |")?;
+        let ms = |d: Option<Duration>| {
+            d.map_or_else(
+                || "-".to_string(),
+                |d| format!("{:.0} ms", d.as_secs_f64() * 1e3),
+            )
+        };
+        for (kind, count) in &self.faults {
+            let mut times = self.recovery.get(kind).cloned().unwrap_or_default();
+            times.sort();
+            let unrecovered = self.unrecovered.get(kind).copied().unwrap_or(0);
+            let note = if unrecovered > 0 {
+                format!(" ({unrecovered} without a later bid)")
+            } else {
+                String::new()
+            };
+            writeln!(
+                f,
+                "| {} | {count}{note} | {} | {} | {} |",
+                kind.name(),
+                ms(percentile(&times, 50.0)),
+                ms(percentile(&times, 99.0)),
+                ms(times.last().copied())
+            )?;
+        }
+        if !self.failed.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "failed seeds: {:?}", self.failed)?;
+        }
+        Ok(())
+    }
+}
+
 /// The last bid of a client session: what exactly-once must answer again.
 #[derive(Clone, Debug)]
 struct LastBid {
@@ -677,6 +773,17 @@ mod tests {
         let mut r = Rng::new(1);
         assert!((0..100).all(|_| (3..9).contains(&r.range(3, 9))));
         assert_eq!(r.range(4, 4), 4);
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let ms = Duration::from_millis;
+        let v: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(percentile(&v, 50.0), Some(ms(50)));
+        assert_eq!(percentile(&v, 99.0), Some(ms(99)));
+        assert_eq!(percentile(&v, 100.0), Some(ms(100)));
+        assert_eq!(percentile(&[ms(7)], 99.0), Some(ms(7)));
+        assert_eq!(percentile(&[], 50.0), None);
     }
 
     #[test]

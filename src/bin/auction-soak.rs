@@ -1,0 +1,103 @@
+//! `auction-soak`: many fault runs in a row against real clusters, each checked for
+//! linearizability, lost bids, diverging members, panics and exactly-once, with a summary of the
+//! faults and of how long the cluster took to answer bids again after each kind.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use auction::nemesis::{Config, Summary, run};
+use clap::Parser;
+
+/// Runs seeded fault runs and reports. A failing run's transcript is written to --log-dir, and
+/// `--seed SEED --runs 1` replays it.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// How many runs.
+    #[arg(long, default_value_t = 200)]
+    runs: u64,
+    /// Seconds of faults per run.
+    #[arg(long, default_value_t = 20)]
+    secs: u64,
+    /// The first run's seed; run k uses seed + k.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Concurrent clients per run.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// The nodes' --timeout-ms.
+    #[arg(long, default_value_t = 500)]
+    timeout_ms: u64,
+    /// The nodes' --heartbeat-ms.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Where transcripts of failing runs go.
+    #[arg(long, default_value = "target/soak")]
+    log_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(soak(args)))
+    {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn soak(args: Args) -> anyhow::Result<bool> {
+    let node_bin = std::env::current_exe()?.with_file_name("auction-node");
+    if !node_bin.exists() {
+        bail!(
+            "{} not found; build all binaries first: cargo build --release",
+            node_bin.display()
+        );
+    }
+    if args.clients == 0 || args.secs == 0 {
+        bail!("--clients and --secs must be at least 1");
+    }
+    let mut summary = Summary::default();
+    for k in 0..args.runs {
+        let seed = args.seed + k;
+        let mut cfg = Config::new(&node_bin, seed);
+        cfg.faults_for = Duration::from_secs(args.secs);
+        cfg.clients = args.clients;
+        cfg.timeout_ms = args.timeout_ms;
+        cfg.heartbeat_ms = args.heartbeat_ms;
+        let report = run(&cfg).await;
+        println!(
+            "run {}/{} seed {seed}: {} ops ({} unknown), {} faults, checked in {:.2}s: {}",
+            k + 1,
+            args.runs,
+            report.ops,
+            report.unknown,
+            report.faults.len(),
+            report.check_time.as_secs_f64(),
+            if report.passed() { "ok" } else { "FAILED" }
+        );
+        if !report.passed() {
+            std::fs::create_dir_all(&args.log_dir).context("creating --log-dir")?;
+            let path = args.log_dir.join(format!("seed-{seed}.log"));
+            let text = format!(
+                "{}\n\n{}\n",
+                report.problems.join("\n"),
+                report.transcript.join("\n")
+            );
+            std::fs::write(&path, text).context("writing the transcript")?;
+            println!("{}", report.problems.join("\n"));
+            println!("transcript: {}", path.display());
+        }
+        summary.add(&report);
+    }
+    println!();
+    print!("{summary}");
+    Ok(summary.failed.is_empty())
+}
