@@ -87,7 +87,7 @@ pub fn check(history: &[Op]) -> Result<(), Box<Violation>> {
     for (auction, mut ops) in by_auction {
         ops.sort_by_key(|op| op.invoked);
         if let Err(failure) = search(&ops, model(auction)) {
-            return Err(Box::new(explain(auction, &ops, failure.gave_up)));
+            return Err(Box::new(explain(auction, &ops, *failure)));
         }
     }
     Ok(())
@@ -131,6 +131,8 @@ fn step(state: &Machine, op: &Op) -> Option<Machine> {
 fn read(state: &Machine) -> ReadView {
     let a = &state.auction;
     ReadView {
+        number: a.number,
+        open: a.is_open(Millis(0)),
         highest: a.highest.as_ref().map(|h| (h.bidder.clone(), h.amount)),
         bidders: a.bidders.len() as u64,
     }
@@ -169,6 +171,7 @@ struct Placed {
 
 impl Placed {
     fn place(&mut self, i: usize) {
+        debug_assert!(!self.contains(i), "{i} is placed already");
         if i >= self.frontier {
             self.holes.extend(self.frontier..i);
             self.frontier = i + 1;
@@ -177,7 +180,12 @@ impl Placed {
         }
     }
 
+    fn contains(&self, i: usize) -> bool {
+        i < self.frontier && self.holes.binary_search(&i).is_err()
+    }
+
     fn unplace(&mut self, i: usize) {
+        debug_assert!(self.contains(i), "{i} is not placed");
         if i + 1 == self.frontier {
             self.frontier = i;
             while self.holes.last().is_some_and(|h| h + 1 == self.frontier) {
@@ -294,7 +302,7 @@ fn search(ops: &[Op], init: Machine) -> Result<(), Box<Failure>> {
 
 /// The smallest failing prefix of `ops` (linearizability is prefix-closed, so a binary search
 /// over return times finds it), and the longest order found in it.
-fn explain(auction: u64, ops: &[Op], gave_up: bool) -> Violation {
+fn explain(auction: u64, ops: &[Op], whole: Failure) -> Violation {
     let prefix = |end: Duration| -> Vec<Op> {
         ops.iter()
             .filter(|op| op.invoked <= end)
@@ -308,28 +316,33 @@ fn explain(auction: u64, ops: &[Op], gave_up: bool) -> Violation {
             })
             .collect()
     };
-    let mut ends: Vec<Duration> = ops.iter().filter_map(|op| op.returned).collect();
-    ends.sort();
-    ends.dedup();
-    // The full history fails; find the first end whose prefix fails too.
-    let (mut lo, mut hi) = (0, ends.len());
-    while lo < hi && !gave_up {
-        let mid = (lo + hi) / 2;
-        if search(&prefix(ends[mid]), model(auction)).is_err() {
-            hi = mid;
-        } else {
-            lo = mid + 1;
+    // When the search gave up, no smaller window is sure to fail: report the whole history.
+    let (end, window, failure) = if whole.gave_up {
+        (Duration::MAX, ops.to_vec(), whole)
+    } else {
+        let mut ends: Vec<Duration> = ops.iter().filter_map(|op| op.returned).collect();
+        ends.sort();
+        ends.dedup();
+        // The full history fails; find the first end whose prefix fails too. A probe that gives
+        // up proves nothing, so it counts as passing.
+        let fails =
+            |end: Duration| matches!(search(&prefix(end), model(auction)), Err(f) if !f.gave_up);
+        let (mut lo, mut hi) = (0, ends.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if fails(ends[mid]) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
         }
-    }
-    let end = ends.get(lo).copied().unwrap_or(Duration::MAX);
-    let window = prefix(end);
-    let failure = match search(&window, model(auction)) {
-        Err(f) => *f,
-        Ok(()) => Failure {
-            order: Vec::new(),
-            state: model(auction),
-            gave_up,
-        },
+        let end = ends.get(lo).copied().unwrap_or(Duration::MAX);
+        let window = prefix(end);
+        let failure = match search(&window, model(auction)) {
+            Err(f) => *f,
+            Ok(()) => whole,
+        };
+        (end, window, failure)
     };
     let placed: HashSet<usize> = failure.order.iter().copied().collect();
     let mut unplaced: Vec<Op> = (0..window.len())
@@ -348,7 +361,7 @@ fn explain(auction: u64, ops: &[Op], gave_up: bool) -> Violation {
         last_placed,
         state: describe(&failure.state),
         unplaced,
-        gave_up: failure.gave_up || gave_up,
+        gave_up: failure.gave_up,
     }
 }
 
@@ -396,6 +409,8 @@ pub fn contended_history(rounds: u64) -> Vec<Op> {
                 invoked: ms(t + u64::from(c) % 2),
                 returned: Some(ms(t + 3)),
                 ret: Return::Read(ReadView {
+                    number: 1,
+                    open: true,
                     highest: Some((name(winner), amount)),
                     bidders: 8,
                 }),
@@ -445,6 +460,8 @@ mod tests {
             invoked: ms(span.0),
             returned: Some(ms(span.1)),
             ret: Return::Read(ReadView {
+                number: 1,
+                open: true,
                 highest: highest.map(|(c, a)| {
                     (
                         BidderId::new(format!("c{c}")).unwrap(),

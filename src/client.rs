@@ -56,6 +56,8 @@ pub struct Client {
     seq: u64,
     /// The open connection, dropped after any failure so the next attempt dials afresh.
     channel: Option<AuctionClient<Channel>>,
+    /// How many attempts the last request took.
+    last_attempts: u32,
 }
 
 impl Client {
@@ -66,11 +68,18 @@ impl Client {
             session: random_session(),
             seq: 0,
             channel: None,
+            last_attempts: 0,
         }
     }
 
     pub fn session(&self) -> u64 {
         self.session
+    }
+
+    /// How many attempts the last request took: more than one means it was retried, for
+    /// example across a failover.
+    pub fn last_attempts(&self) -> u32 {
+        self.last_attempts
     }
 
     /// The id of the last request that changes state (bid, start, close), if any was sent.
@@ -178,6 +187,7 @@ impl Client {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            self.last_attempts = attempts;
             let left = deadline.saturating_duration_since(Instant::now());
             let result = tokio::time::timeout(left, async {
                 let client = match &self.channel {

@@ -19,6 +19,9 @@ pub enum Call {
 /// What a read saw: enough of the auction to compare with the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadView {
+    /// The auction's number.
+    pub number: u64,
+    pub open: bool,
     pub highest: Option<(BidderId, Amount)>,
     pub bidders: u64,
 }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::process::Signal;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::auction::Decision;
@@ -160,6 +159,10 @@ pub struct Report {
     pub problems: Vec<String>,
     /// How long the linearizability check took.
     pub check_time: Duration,
+    /// Sessions whose last bid was replayed, and how many of those had needed retries (across a
+    /// failover) to get their first answer.
+    pub replayed: usize,
+    pub replayed_after_retries: usize,
     /// Every node's and client's output.
     pub transcript: Vec<String>,
 }
@@ -185,6 +188,10 @@ pub struct Summary {
     pub unrecovered: BTreeMap<FaultKind, usize>,
     /// The longest linearizability check of a run.
     pub longest_check: Duration,
+    /// Last bids of sessions replayed at the end of runs, and those among them that had needed
+    /// retries to get their first answer.
+    pub replayed: usize,
+    pub replayed_after_retries: usize,
 }
 
 impl Summary {
@@ -205,6 +212,8 @@ impl Summary {
             }
         }
         self.longest_check = self.longest_check.max(report.check_time);
+        self.replayed += report.replayed;
+        self.replayed_after_retries += report.replayed_after_retries;
     }
 }
 
@@ -228,10 +237,18 @@ impl std::fmt::Display for Summary {
             self.faults.values().sum::<usize>(),
             self.failed.len()
         )?;
+        writeln!(
+            f,
+            "{} requests replayed with their first id ({} of them first answered after \
+             retries), every one with its first outcome; longest check of a history: {:.2} s",
+            self.replayed,
+            self.replayed_after_retries,
+            self.longest_check.as_secs_f64()
+        )?;
         writeln!(f)?;
         writeln!(
             f,
-            "| fault | count | time to the next answered bid: median | p99 | max |"
+            "| fault | count | time from the fault to the next answered bid: median | p99 | max |"
         )?;
         writeln!(f, "| --- | ---: | ---: | ---: | ---: |")?;
         let ms = |d: Option<Duration>| {
@@ -273,6 +290,8 @@ struct LastBid {
     bidder: BidderId,
     amount: Amount,
     ret: Return,
+    /// Whether the first answer took more than one attempt.
+    retried: bool,
 }
 
 /// What one client task recorded.
@@ -293,6 +312,8 @@ pub async fn run(cfg: &Config) -> Report {
         recovery: Vec::new(),
         problems: Vec::new(),
         check_time: Duration::ZERO,
+        replayed: 0,
+        replayed_after_retries: 0,
         transcript: Vec::new(),
     };
     let mut cluster = match start_cluster(cfg).await {
@@ -307,7 +328,9 @@ pub async fn run(cfg: &Config) -> Report {
     let addr = cluster.spec.client_addr();
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let kills: Vec<Arc<Notify>> = (0..cfg.clients).map(|_| Arc::new(Notify::new())).collect();
+    let kills: Vec<Arc<AtomicBool>> = (0..cfg.clients)
+        .map(|_| Arc::new(AtomicBool::new(false)))
+        .collect();
     let tasks: Vec<_> = (0..cfg.clients)
         .map(|i| {
             let seed = cfg.seed ^ (i as u64 + 1).wrapping_mul(0x5851_f42d_4c95_7f2d);
@@ -318,28 +341,28 @@ pub async fn run(cfg: &Config) -> Report {
 
     let mut rng = Rng::new(cfg.seed);
     while t0.elapsed() < cfg.faults_for {
-        tokio::time::sleep(Duration::from_millis(rng.range(300, 1000))).await;
+        // Every iteration draws the same numbers, whatever it then does, so a seed replays the
+        // same choices even when timing makes a fault impossible.
+        let draws = Draws::new(&mut rng);
+        tokio::time::sleep(Duration::from_millis(300 + draws.gap % 700)).await;
         restart_dead(&mut cluster);
-        if let Some(fault) = inject(&mut cluster, cfg, &mut rng, &kills, t0).await {
+        if let Some(fault) = inject(&mut cluster, cfg, &draws, &kills, t0).await {
             report.faults.push(fault);
         }
     }
 
-    // Heal: resume everything, bring the dead back, and let the clients see the healed cluster.
+    // Heal: resume everything and bring the dead back until all three are members again.
     for id in NODES {
         let _ = cluster.signal(id, Signal::CONT);
     }
-    restart_dead(&mut cluster);
-    let healed = cluster
-        .wait_for(Duration::from_secs(30), |s| {
-            s.members.len() == NODES.len() && leader_of(s).is_some()
-        })
-        .await;
-    if let Err(e) = healed {
+    if let Err(e) = heal(&mut cluster).await {
         report
             .problems
             .push(format!("the cluster did not heal: {e}"));
     }
+    // The clients go on against the healed cluster, so every member applies many changes
+    // itself, not only a snapshot, before the states are compared.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let mut ops = Vec::new();
     let mut last_bids = Vec::new();
@@ -385,7 +408,21 @@ pub async fn run(cfg: &Config) -> Report {
         check_acknowledged(&ops, view, &mut report.problems);
     }
     check_same_state(&mut cluster, &mut report.problems).await;
-    check_replays(addr, &last_bids, &mut report.problems).await;
+    let (replayed, retried) = check_replays(addr, &last_bids, &mut report.problems).await;
+    report.replayed = replayed;
+    report.replayed_after_retries = retried;
+    if let Ok(before) = &final_view {
+        let mut reader = Client::new(addr, Duration::from_secs(10));
+        match reader.result().await {
+            Ok(after) if read_view(&after) == read_view(before) => {}
+            Ok(after) => report.problems.push(format!(
+                "replaying requests changed the auction: {before:?} became {after:?}"
+            )),
+            Err(e) => report
+                .problems
+                .push(format!("the read after the replays failed: {e}")),
+        }
+    }
     let panics = cluster.transcript.panics();
     if !panics.is_empty() {
         report
@@ -420,6 +457,23 @@ async fn start_cluster(cfg: &Config) -> Result<LocalCluster, String> {
     Ok(cluster)
 }
 
+/// Restarts dead nodes until all are members again, for at most 30 s.
+async fn heal(cluster: &mut LocalCluster) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        restart_dead(cluster);
+        let last = match cluster.status(Duration::from_millis(500)).await {
+            Ok(s) if s.members.len() == NODES.len() && leader_of(&s).is_some() => return Ok(()),
+            Ok(s) => format!("{s:?}"),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn restart_dead(cluster: &mut LocalCluster) {
     let running = cluster.running();
     for id in NODES {
@@ -429,54 +483,89 @@ fn restart_dead(cluster: &mut LocalCluster) {
     }
 }
 
-/// Injects one fault chosen by `rng`. Pauses are waited out here: their length is the fault.
+/// The random numbers one nemesis iteration uses, all drawn up front.
+struct Draws {
+    gap: u64,
+    kind: u64,
+    target: u64,
+    pause: u64,
+    between: u64,
+}
+
+impl Draws {
+    fn new(rng: &mut Rng) -> Self {
+        Self {
+            gap: rng.next_u64(),
+            kind: rng.next_u64(),
+            target: rng.next_u64(),
+            pause: rng.next_u64(),
+            between: rng.next_u64(),
+        }
+    }
+
+    fn pause(&self, timeout_ms: u64, long: bool) -> Duration {
+        Duration::from_millis(if long {
+            timeout_ms * 3 / 2 + self.pause % (timeout_ms * 3 / 2)
+        } else {
+            20 + self.pause % (timeout_ms / 2 - 20)
+        })
+    }
+}
+
+/// Injects the fault `draws` chooses, if the cluster's state allows it. Pauses are waited out
+/// here: their length is the fault.
 async fn inject(
     cluster: &mut LocalCluster,
     cfg: &Config,
-    rng: &mut Rng,
-    kills: &[Arc<Notify>],
+    draws: &Draws,
+    kills: &[Arc<AtomicBool>],
     t0: Instant,
 ) -> Option<Fault> {
-    let kind = *rng.pick(&FaultKind::ALL)?;
-    let status = cluster.status(Duration::from_millis(300)).await.ok();
-    let leader = status.as_ref().and_then(leader_of);
-    let running = cluster.running();
+    let kind = FaultKind::ALL[(draws.kind % FaultKind::ALL.len() as u64) as usize];
+    let at = t0.elapsed();
+    if kind == FaultKind::KillClient {
+        let i = (draws.target % kills.len() as u64) as usize;
+        kills[i].store(true, Ordering::SeqCst);
+        return Some(Fault {
+            kind,
+            at,
+            target: format!("client {i}"),
+        });
+    }
+    // Node faults need to know who leads.
+    let status = cluster.status(Duration::from_millis(300)).await.ok()?;
+    let leader = leader_of(&status)?;
+    // Members whose process runs now: the same pid, not a restarted process with the same id.
+    let members: Vec<u16> = status
+        .members
+        .iter()
+        .filter_map(|m| {
+            let id = u16::try_from(m.id).ok()?;
+            let node = cluster.node(id)?;
+            (node.pid() == m.pid && !node.exited()).then_some(id)
+        })
+        .collect();
+    // Followers in succession order: the first one takes over.
+    let followers: Vec<u16> = members.iter().copied().filter(|id| *id != leader).collect();
+    let pick = |from: &[u16]| -> Option<u16> {
+        (!from.is_empty()).then(|| from[(draws.target % from.len() as u64) as usize])
+    };
     // The failure model promises nothing once no member survives: a fault must leave at least
     // one running member outside its targets.
-    let members: Vec<u16> = status
-        .iter()
-        .flat_map(|s| s.members.iter())
-        .filter_map(|m| u16::try_from(m.id).ok())
-        .filter(|id| running.contains(id))
-        .collect();
     let survives = |targets: &[u16]| members.iter().any(|m| !targets.contains(m));
-    // Members in succession order, then any other running node.
-    let mut others: Vec<u16> = status
-        .iter()
-        .flat_map(|s| s.members.iter())
-        .filter_map(|m| u16::try_from(m.id).ok())
-        .filter(|id| Some(*id) != leader && running.contains(id))
-        .collect();
-    for id in running {
-        if Some(id) != leader && !others.contains(&id) {
-            others.push(id);
-        }
-    }
     let timeout = cfg.timeout_ms;
     let at = t0.elapsed();
     let target = match kind {
-        FaultKind::KillClient => {
-            let i = rng.range(0, kills.len() as u64) as usize;
-            kills[i].notify_one();
-            format!("client {i}")
-        }
+        FaultKind::KillClient => unreachable!("handled above"),
         FaultKind::KillLeader => {
-            let id = leader.filter(|l| survives(&[*l]))?;
-            cluster.kill(id).await;
-            format!("node {id}")
+            if !survives(&[leader]) {
+                return None;
+            }
+            cluster.kill(leader).await;
+            format!("node {leader}")
         }
         FaultKind::KillReplica => {
-            let id = *rng.pick(&others)?;
+            let id = pick(&followers)?;
             if !survives(&[id]) {
                 return None;
             }
@@ -485,44 +574,37 @@ async fn inject(
         }
         FaultKind::PauseLeaderShort | FaultKind::PauseLeaderLong => {
             let long = kind == FaultKind::PauseLeaderLong;
-            let id = leader.filter(|l| !long || survives(&[*l]))?;
-            pause(cluster, id, pause_length(rng, timeout, long)).await;
-            format!("node {id}")
+            if long && !survives(&[leader]) {
+                return None;
+            }
+            pause(cluster, leader, draws.pause(timeout, long)).await;
+            format!("node {leader}")
         }
         FaultKind::PauseReplicaShort | FaultKind::PauseReplicaLong => {
-            let id = *rng.pick(&others)?;
+            let id = pick(&followers)?;
             let long = kind == FaultKind::PauseReplicaLong;
             if long && !survives(&[id]) {
                 return None;
             }
-            pause(cluster, id, pause_length(rng, timeout, long)).await;
+            pause(cluster, id, draws.pause(timeout, long)).await;
             format!("node {id}")
         }
         FaultKind::KillDuringFailover | FaultKind::PauseDuringFailover => {
-            let id = leader?;
-            let next = *others.first()?;
-            if !survives(&[id, next]) {
+            let next = *followers.first()?;
+            if !survives(&[leader, next]) {
                 return None;
             }
-            cluster.kill(id).await;
-            tokio::time::sleep(Duration::from_millis(rng.range(0, 30))).await;
+            cluster.kill(leader).await;
+            tokio::time::sleep(Duration::from_millis(draws.between % 30)).await;
             if kind == FaultKind::KillDuringFailover {
                 cluster.kill(next).await;
             } else {
-                pause(cluster, next, pause_length(rng, timeout, true)).await;
+                pause(cluster, next, draws.pause(timeout, true)).await;
             }
-            format!("node {id}, then node {next}")
+            format!("node {leader}, then node {next}")
         }
     };
     Some(Fault { kind, at, target })
-}
-
-fn pause_length(rng: &mut Rng, timeout_ms: u64, long: bool) -> Duration {
-    Duration::from_millis(if long {
-        rng.range(timeout_ms * 3 / 2, timeout_ms * 3)
-    } else {
-        rng.range(20, timeout_ms / 2)
-    })
 }
 
 async fn pause(cluster: &LocalCluster, id: u16, length: Duration) {
@@ -541,6 +623,8 @@ fn read_view(view: &pb::AuctionView) -> ReadView {
         _ => None,
     };
     ReadView {
+        number: view.number,
+        open: view.open,
         highest,
         bidders: view.bidders,
     }
@@ -554,7 +638,7 @@ async fn client_loop(
     seed: u64,
     t0: Instant,
     stop: Arc<AtomicBool>,
-    kill: Arc<Notify>,
+    kill: Arc<AtomicBool>,
 ) -> ClientLog {
     let mut log = ClientLog::default();
     let mut rng = Rng::new(seed);
@@ -578,12 +662,19 @@ async fn client_loop(
         } else {
             Call::Read
         };
+        // A client to be killed dies within its next request, while the request is in flight.
+        let dies_in = kill
+            .load(Ordering::SeqCst)
+            .then(|| Duration::from_micros(rng.range(0, 2000)));
         let invoked = t0.elapsed();
         let answer = tokio::select! {
             answer = perform(&mut client, &call) => Some(answer),
-            () = kill.notified() => None,
+            () = sleep_or_never(dies_in) => None,
         };
         let killed = answer.is_none();
+        if killed {
+            kill.store(false, Ordering::SeqCst);
+        }
         let (returned, ret) = match answer {
             None => (None, Return::Unknown),
             Some(Ok((ret, highest))) => {
@@ -605,6 +696,7 @@ async fn client_loop(
                 bidder: bidder.clone(),
                 amount: *amount,
                 ret: ret.clone(),
+                retried: client.last_attempts() > 1,
             });
         }
         log.ops.push(Op {
@@ -615,13 +707,27 @@ async fn client_loop(
             returned,
             ret,
         });
+        let answered_after_retries = log.ops.last().is_some_and(|op| {
+            matches!(op.call, Call::Bid { .. }) && op.is_known() && client.last_attempts() > 1
+        });
         if killed {
             // The client process died: its successor starts a new session.
             client = Client::new(addr, Duration::from_secs(5));
             process = process.saturating_add(1000);
+        } else if answered_after_retries {
+            // A bid answered only after retries (across a failover) stays its session's last,
+            // so the replay at the end checks its exactly-once answer.
+            client = Client::new(addr, Duration::from_secs(5));
         }
     }
     log
+}
+
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Performs one call; returns its outcome and the highest bid the answer showed.
@@ -716,13 +822,20 @@ fn version_and_digest(line: &str) -> Option<(u64, String)> {
 }
 
 /// Replays each session's last bid with its own request id: exactly-once must give back the
-/// first outcome, and apply nothing.
-async fn check_replays(addr: SocketAddr, last_bids: &[LastBid], problems: &mut Vec<String>) {
+/// first outcome. Returns how many bids were replayed, and how many of those had needed retries.
+async fn check_replays(
+    addr: SocketAddr,
+    last_bids: &[LastBid],
+    problems: &mut Vec<String>,
+) -> (usize, usize) {
     let url = format!("http://{addr}");
-    let Ok(mut c) = pb::auction_client::AuctionClient::connect(url).await else {
+    let patience = Duration::from_secs(10);
+    let connected = tokio::time::timeout(patience, pb::auction_client::AuctionClient::connect(url));
+    let Ok(Ok(mut c)) = connected.await else {
         problems.push("cannot connect to replay requests".into());
-        return;
+        return (0, 0);
     };
+    let (mut replayed, mut retried) = (0, 0);
     for bid in last_bids {
         let Return::Bid(first) = &bid.ret else {
             continue;
@@ -732,16 +845,22 @@ async fn check_replays(addr: SocketAddr, last_bids: &[LastBid], problems: &mut V
             bidder: bid.bidder.to_string(),
             amount: bid.amount.get(),
         };
-        let again: Option<Decision> = match c.bid(request).await {
-            Ok(reply) => reply
+        let again: Option<Decision> = match tokio::time::timeout(patience, c.bid(request)).await {
+            Ok(Ok(reply)) => reply
                 .into_inner()
                 .decision
                 .and_then(|d| Decision::try_from(d).ok()),
-            Err(e) => {
+            Ok(Err(e)) => {
                 problems.push(format!("replaying {:?} failed: {e}", bid.id));
                 continue;
             }
+            Err(_) => {
+                problems.push(format!("replaying {:?} got no answer", bid.id));
+                continue;
+            }
         };
+        replayed += 1;
+        retried += usize::from(bid.retried);
         if again.as_ref() != Some(first) {
             problems.push(format!(
                 "request {:?} first got {first:?}, and {again:?} when replayed",
@@ -749,6 +868,7 @@ async fn check_replays(addr: SocketAddr, last_bids: &[LastBid], problems: &mut V
             ));
         }
     }
+    (replayed, retried)
 }
 
 #[cfg(test)]
