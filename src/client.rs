@@ -8,14 +8,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use thiserror::Error;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use crate::auction::Decision;
 use crate::pb::{
-    self, AuctionView, BidRequest, CloseRequest, DecisionReply, ResultRequest, StartRequest,
-    StatusReply, StatusRequest, auction_client::AuctionClient,
+    self, AuctionView, BidRequest, CloseRequest, DecisionReply, ResultRequest, SessionReply,
+    SessionRequest, StartRequest, StatusReply, StatusRequest, auction_client::AuctionClient,
+    session_reply, session_request,
 };
 use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId};
 
@@ -54,10 +57,33 @@ pub struct Client {
     session: u64,
     /// The sequence number of the last request sent.
     seq: u64,
-    /// The open connection, dropped after any failure so the next attempt dials afresh.
-    channel: Option<AuctionClient<Channel>>,
+    /// The open connection and session stream, dropped after any failure so the next attempt
+    /// dials afresh.
+    conn: Option<Connection>,
     /// How many attempts the last request took.
     last_attempts: u32,
+    /// The tag of the last request sent on a session stream.
+    tag: u64,
+}
+
+/// What a client asks.
+enum Call {
+    Session(session_request::Op),
+    Status,
+}
+
+/// What the leader answered.
+enum Answer {
+    Session(session_reply::Reply),
+    Status(StatusReply),
+}
+
+/// One connection to the leader with a session stream open on it.
+#[derive(Debug)]
+struct Connection {
+    unary: AuctionClient<Channel>,
+    requests: mpsc::Sender<SessionRequest>,
+    replies: Streaming<SessionReply>,
 }
 
 impl Client {
@@ -67,8 +93,9 @@ impl Client {
             retry_budget,
             session: random_session(),
             seq: 0,
-            channel: None,
+            conn: None,
             last_attempts: 0,
+            tag: 0,
         }
     }
 
@@ -92,19 +119,12 @@ impl Client {
     /// # Errors
     /// [`ClientError::Exception`] when no leader answered in time.
     pub async fn bid(&mut self, bidder: &BidderId, amount: Amount) -> Result<Outcome, ClientError> {
-        let id = self.next_id();
-        let request = BidRequest {
-            id: Some(id),
+        let op = session_request::Op::Bid(BidRequest {
+            id: Some(self.next_id()),
             bidder: bidder.to_string(),
             amount: amount.get(),
-        };
-        let reply = self
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.bid(r).await }
-            })
-            .await?;
-        outcome(reply)
+        });
+        decision(self.session_call(op).await?)
     }
 
     /// Reads the result: the highest bid while open, the winner once closed.
@@ -112,12 +132,15 @@ impl Client {
     /// # Errors
     /// [`ClientError::Exception`] when no leader answered in time.
     pub async fn result(&mut self) -> Result<AuctionView, ClientError> {
-        let reply = self
-            .call(|mut c| async move { c.result(ResultRequest {}).await })
-            .await?;
-        reply
-            .auction
-            .ok_or_else(|| ClientError::Invalid("reply without auction".into()))
+        match self
+            .session_call(session_request::Op::Result(ResultRequest {}))
+            .await?
+        {
+            session_reply::Reply::Result(r) => r
+                .auction
+                .ok_or_else(|| ClientError::Invalid("reply without auction".into())),
+            other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Starts the next auction; `None` uses the leader's default duration.
@@ -128,17 +151,11 @@ impl Client {
         &mut self,
         duration: Option<AuctionDuration>,
     ) -> Result<Outcome, ClientError> {
-        let request = StartRequest {
+        let op = session_request::Op::Start(StartRequest {
             id: Some(self.next_id()),
             duration_ms: duration.map_or(0, AuctionDuration::as_millis),
-        };
-        let reply = self
-            .call(|mut c| {
-                let r = request;
-                async move { c.start(r).await }
-            })
-            .await?;
-        outcome(reply)
+        });
+        decision(self.session_call(op).await?)
     }
 
     /// Closes the open auction now.
@@ -146,16 +163,10 @@ impl Client {
     /// # Errors
     /// [`ClientError::Exception`] when no leader answered in time.
     pub async fn close(&mut self) -> Result<Outcome, ClientError> {
-        let request = CloseRequest {
+        let op = session_request::Op::Close(CloseRequest {
             id: Some(self.next_id()),
-        };
-        let reply = self
-            .call(|mut c| {
-                let r = request;
-                async move { c.close(r).await }
-            })
-            .await?;
-        outcome(reply)
+        });
+        decision(self.session_call(op).await?)
     }
 
     /// The cluster as the leader sees it.
@@ -163,8 +174,12 @@ impl Client {
     /// # Errors
     /// [`ClientError::Exception`] when no leader answered in time.
     pub async fn status(&mut self) -> Result<StatusReply, ClientError> {
-        self.call(|mut c| async move { c.status(StatusRequest {}).await })
-            .await
+        match self.retrying(&Call::Status).await? {
+            Answer::Status(s) => Ok(s),
+            Answer::Session(other) => {
+                Err(ClientError::Invalid(format!("unexpected reply {other:?}")))
+            }
+        }
     }
 
     fn next_id(&mut self) -> pb::RequestId {
@@ -175,13 +190,21 @@ impl Client {
         }
     }
 
-    /// Runs one request until it gets an answer or the retry budget is spent. Each attempt may
-    /// take what is left of the budget; attempts back off from 5 ms to 200 ms.
-    async fn call<T, F, Fut>(&mut self, mut attempt: F) -> Result<T, ClientError>
-    where
-        F: FnMut(AuctionClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
+    /// Sends `op` on the session stream; retried with the same request id inside `op`.
+    async fn session_call(
+        &mut self,
+        op: session_request::Op,
+    ) -> Result<session_reply::Reply, ClientError> {
+        match self.retrying(&Call::Session(op)).await? {
+            Answer::Session(r) => Ok(r),
+            Answer::Status(_) => Err(ClientError::Invalid("unexpected status reply".into())),
+        }
+    }
+
+    /// Runs one call until it gets an answer or the retry budget is spent. Each attempt may
+    /// take what is left of the budget, on a fresh connection after a failure; attempts back
+    /// off from 5 ms to 200 ms.
+    async fn retrying(&mut self, call: &Call) -> Result<Answer, ClientError> {
         let deadline = Instant::now() + self.retry_budget;
         let mut backoff = Duration::from_millis(5);
         let mut attempts = 0;
@@ -189,29 +212,16 @@ impl Client {
             attempts += 1;
             self.last_attempts = attempts;
             let left = deadline.saturating_duration_since(Instant::now());
-            let result = tokio::time::timeout(left, async {
-                let client = match &self.channel {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = self.connect(left).await?;
-                        self.channel = Some(c.clone());
-                        c
-                    }
-                };
-                attempt(client).await.map(tonic::Response::into_inner)
-            })
-            .await;
-            let error = match result {
-                Ok(Ok(reply)) => return Ok(reply),
+            let error = match tokio::time::timeout(left, self.attempt(call, left)).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) if !retryable(&status) => {
                     return Err(ClientError::Invalid(status.message().to_string()));
                 }
                 Ok(Err(status)) => status_text(&status),
                 Err(_) => "timed out".to_string(),
             };
-            self.channel = None;
-            let now = Instant::now();
-            if now + backoff >= deadline {
+            self.conn = None;
+            if Instant::now() + backoff >= deadline {
                 return Err(ClientError::Exception {
                     budget: self.retry_budget,
                     attempts,
@@ -223,7 +233,47 @@ impl Client {
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<AuctionClient<Channel>, Status> {
+    /// One attempt: connects if needed, sends, and waits for the answer.
+    async fn attempt(&mut self, call: &Call, left: Duration) -> Result<Answer, Status> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect(left).await?);
+        }
+        self.tag += 1;
+        let tag = self.tag;
+        let conn = self.conn.as_mut().expect("connected above");
+        let op = match call {
+            Call::Status => {
+                let s = conn.unary.status(StatusRequest {}).await?;
+                return Ok(Answer::Status(s.into_inner()));
+            }
+            Call::Session(op) => op.clone(),
+        };
+        let request = SessionRequest { tag, op: Some(op) };
+        conn.requests
+            .send(request)
+            .await
+            .map_err(|_| Status::unavailable("the session stream is closed"))?;
+        loop {
+            let reply = conn
+                .replies
+                .message()
+                .await?
+                .ok_or_else(|| Status::unavailable("the session stream ended"))?;
+            // A reply to an earlier, abandoned attempt is skipped.
+            if reply.tag != tag {
+                continue;
+            }
+            return match reply.reply {
+                Some(session_reply::Reply::Error(e)) => {
+                    Err(Status::new(Code::from(e.code), e.message))
+                }
+                Some(r) => Ok(Answer::Session(r)),
+                None => Err(Status::internal("empty reply")),
+            };
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Connection, Status> {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.server))
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .connect_timeout(timeout)
@@ -232,7 +282,21 @@ impl Client {
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("cannot connect to {}: {e}", self.server)))?;
-        Ok(AuctionClient::new(channel))
+        let mut unary = AuctionClient::new(channel);
+        let (requests, rx) = mpsc::channel(16);
+        let replies = unary.session(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Connection {
+            unary,
+            requests,
+            replies,
+        })
+    }
+}
+
+fn decision(reply: session_reply::Reply) -> Result<Outcome, ClientError> {
+    match reply {
+        session_reply::Reply::Decision(d) => outcome(d),
+        other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
     }
 }
 

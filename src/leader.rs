@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tonic::Status;
 use tracing::{debug, error, info, warn};
 
@@ -51,6 +51,57 @@ pub enum Reply {
     Status(pb::StatusReply),
 }
 
+/// The outbound half of a client session stream.
+pub type SessionSender = mpsc::UnboundedSender<Result<pb::SessionReply, Status>>;
+
+/// Where a reply goes.
+#[derive(Debug)]
+pub enum ReplyTo {
+    /// One waiting caller: a unary call, or the terminal.
+    Caller(oneshot::Sender<Reply>),
+    /// A client session stream. The permit bounds the session's requests in flight; it is
+    /// released when the reply is sent.
+    Session {
+        tag: u64,
+        stream: SessionSender,
+        permit: OwnedSemaphorePermit,
+    },
+}
+
+impl ReplyTo {
+    /// Delivers `reply`. A caller or session that went away no longer wants it.
+    pub fn send(self, reply: Reply) {
+        match self {
+            Self::Caller(tx) => {
+                let _ = tx.send(reply);
+            }
+            Self::Session {
+                tag,
+                stream,
+                permit,
+            } => {
+                let reply = match reply {
+                    Reply::Decision(d, view) => {
+                        pb::session_reply::Reply::Decision(pb::decision_reply(&d, view))
+                    }
+                    Reply::Result(view) => pb::session_reply::Reply::Result(pb::ResultReply {
+                        auction: Some(view),
+                    }),
+                    Reply::Status(_) => pb::session_reply::Reply::Error(pb::ErrorReply {
+                        code: tonic::Code::Unimplemented as i32,
+                        message: "status is not served on a session".into(),
+                    }),
+                };
+                let _ = stream.send(Ok(pb::SessionReply {
+                    tag,
+                    reply: Some(reply),
+                }));
+                drop(permit);
+            }
+        }
+    }
+}
+
 /// The outbound half of one replica stream.
 pub type Outbound = mpsc::Sender<Result<FromLeader, Status>>;
 
@@ -59,7 +110,7 @@ pub type Outbound = mpsc::Sender<Result<FromLeader, Status>>;
 pub enum Event {
     Request {
         request: Request,
-        reply: oneshot::Sender<Reply>,
+        reply: ReplyTo,
     },
     /// A replica opened a stream and said who it is.
     Join {
@@ -73,7 +124,9 @@ pub enum Event {
         version: u64,
     },
     /// A replica stream ended.
-    Gone { conn: ConnId },
+    Gone {
+        conn: ConnId,
+    },
 }
 
 /// A cheap handle to the leader task.
@@ -89,6 +142,7 @@ impl LeaderHandle {
     /// `UNAVAILABLE` when the leader task has stopped.
     pub async fn call(&self, request: Request) -> Result<Reply, Status> {
         let (reply, rx) = oneshot::channel();
+        let reply = ReplyTo::Caller(reply);
         self.events
             .send(Event::Request { request, reply })
             .await
@@ -112,7 +166,7 @@ impl LeaderHandle {
 /// A batch whose replies wait for every member to apply `version`.
 struct Round {
     version: u64,
-    replies: Vec<(oneshot::Sender<Reply>, Reply)>,
+    replies: Vec<(ReplyTo, Reply)>,
 }
 
 /// The leader task's state.
@@ -122,7 +176,7 @@ struct Leader {
     followers: Followers<Outbound>,
     timing: Timing,
     /// Requests that arrived since the last batch went out.
-    queued: Vec<(Request, oneshot::Sender<Reply>)>,
+    queued: Vec<(Request, ReplyTo)>,
     /// Membership changes that arrived since the last batch went out.
     queued_changes: Vec<ChangeKind>,
     /// Batches sent and not yet acknowledged by every member, oldest first.
@@ -199,9 +253,7 @@ impl Leader {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Request { request, reply } => match request {
-                Request::Status => {
-                    let _ = reply.send(Reply::Status(self.status()));
-                }
+                Request::Status => reply.send(Reply::Status(self.status())),
                 request => self.queued.push((request, reply)),
             },
             Event::Join {
@@ -369,9 +421,8 @@ impl Leader {
                 break;
             }
             let round = self.rounds.pop_front().expect("front exists");
-            for (tx, reply) in round.replies {
-                // A client that went away no longer wants its reply.
-                let _ = tx.send(reply);
+            for (to, reply) in round.replies {
+                to.send(reply);
             }
         }
     }

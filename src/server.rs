@@ -1,20 +1,26 @@
 //! The leader's two gRPC services: the client-facing `Auction` service and the `Replication`
 //! stream. Both only validate and forward to the leader task; all deciding happens there.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Semaphore;
+
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::auction::Op;
-use crate::leader::{Event, LeaderHandle, Reply, Request, Timing};
+use crate::leader::{Event, LeaderHandle, Reply, ReplyTo, Request, Timing};
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
     ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_replica,
 };
 use crate::replication::Member;
 use crate::types::{Amount, BidderId, Duration};
+
+/// The most requests one client session may have in flight; more wait until replies go out.
+pub const SESSION_IN_FLIGHT: usize = 1024;
 
 /// Serves clients on the client port.
 #[derive(Debug)]
@@ -32,13 +38,8 @@ impl AuctionService {
         }
     }
 
-    async fn decide(&self, id: Option<pb::RequestId>, op: Op) -> Result<DecisionReply, Status> {
-        let id = pb::request_id(id)?;
-        match self
-            .leader
-            .call(Request::Change { id: Some(id), op })
-            .await?
-        {
+    async fn decide(&self, request: Request) -> Result<DecisionReply, Status> {
+        match self.leader.call(request).await? {
             Reply::Decision(d, view) => Ok(pb::decision_reply(&d, view)),
             other => Err(unexpected(&other)),
         }
@@ -49,15 +50,64 @@ fn unexpected(reply: &Reply) -> Status {
     Status::internal(format!("unexpected reply from the leader task: {reply:?}"))
 }
 
+/// Validates a bid: the one place a bid from the wire becomes a request.
+fn bid(r: BidRequest) -> Result<Request, Status> {
+    let op = Op::Bid {
+        bidder: BidderId::new(r.bidder).map_err(WireError::from)?,
+        amount: Amount::new(r.amount).map_err(WireError::from)?,
+    };
+    Ok(Request::Change {
+        id: Some(pb::request_id(r.id)?),
+        op,
+    })
+}
+
+fn start(r: StartRequest, default_duration: Duration) -> Result<Request, Status> {
+    let duration = match r.duration_ms {
+        0 => default_duration,
+        ms => Duration::from_millis(ms).map_err(WireError::from)?,
+    };
+    Ok(Request::Change {
+        id: Some(pb::request_id(r.id)?),
+        op: Op::Start { duration },
+    })
+}
+
+fn close(r: CloseRequest) -> Result<Request, Status> {
+    Ok(Request::Change {
+        id: Some(pb::request_id(r.id)?),
+        op: Op::Close,
+    })
+}
+
+fn session_request(
+    op: Option<pb::session_request::Op>,
+    default_duration: Duration,
+) -> Result<Request, Status> {
+    match op.ok_or(WireError::Missing("op"))? {
+        pb::session_request::Op::Bid(r) => bid(r),
+        pb::session_request::Op::Result(_) => Ok(Request::Result),
+        pb::session_request::Op::Start(r) => start(r, default_duration),
+        pb::session_request::Op::Close(r) => close(r),
+    }
+}
+
+fn error_reply(tag: u64, status: &Status) -> pb::SessionReply {
+    pb::SessionReply {
+        tag,
+        reply: Some(pb::session_reply::Reply::Error(pb::ErrorReply {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        })),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::auction_server::Auction for AuctionService {
+    type SessionStream = UnboundedReceiverStream<Result<pb::SessionReply, Status>>;
+
     async fn bid(&self, req: GrpcRequest<BidRequest>) -> Result<Response<DecisionReply>, Status> {
-        let r = req.into_inner();
-        let op = Op::Bid {
-            bidder: BidderId::new(r.bidder).map_err(WireError::from)?,
-            amount: Amount::new(r.amount).map_err(WireError::from)?,
-        };
-        self.decide(r.id, op).await.map(Response::new)
+        self.decide(bid(req.into_inner())?).await.map(Response::new)
     }
 
     async fn result(
@@ -76,12 +126,7 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         req: GrpcRequest<StartRequest>,
     ) -> Result<Response<DecisionReply>, Status> {
-        let r = req.into_inner();
-        let duration = match r.duration_ms {
-            0 => self.default_duration,
-            ms => Duration::from_millis(ms).map_err(WireError::from)?,
-        };
-        self.decide(r.id, Op::Start { duration })
+        self.decide(start(req.into_inner(), self.default_duration)?)
             .await
             .map(Response::new)
     }
@@ -90,7 +135,7 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         req: GrpcRequest<CloseRequest>,
     ) -> Result<Response<DecisionReply>, Status> {
-        self.decide(req.into_inner().id, Op::Close)
+        self.decide(close(req.into_inner())?)
             .await
             .map(Response::new)
     }
@@ -103,6 +148,43 @@ impl pb::auction_server::Auction for AuctionService {
             Reply::Status(s) => Ok(Response::new(s)),
             other => Err(unexpected(&other)),
         }
+    }
+
+    async fn session(
+        &self,
+        req: GrpcRequest<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (stream, replies) = tokio::sync::mpsc::unbounded_channel();
+        let leader = self.leader.clone();
+        let default_duration = self.default_duration;
+        let in_flight = Arc::new(Semaphore::new(SESSION_IN_FLIGHT));
+        tokio::spawn(async move {
+            // Requests until the client ends the stream; a failed read means it is gone.
+            while let Ok(Some(message)) = inbound.message().await {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let tag = message.tag;
+                match session_request(message.op, default_duration) {
+                    Ok(request) => {
+                        let reply = ReplyTo::Session {
+                            tag,
+                            stream: stream.clone(),
+                            permit,
+                        };
+                        if let Err(status) = leader.send(Event::Request { request, reply }).await {
+                            let _ = stream.send(Ok(error_reply(tag, &status)));
+                            break;
+                        }
+                    }
+                    Err(status) => {
+                        let _ = stream.send(Ok(error_reply(tag, &status)));
+                    }
+                }
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(replies)))
     }
 }
 
