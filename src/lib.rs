@@ -15,9 +15,11 @@
 //! - [`cluster`]: starting and breaking real node processes, for the demo and the tests;
 //! - [`history`] and [`checker`]: recorded client operations and the linearizability checker
 //!   whose sequential model is [`auction`] itself; [`nemesis`]: fault runs against a real
-//!   cluster that record a history and check it.
+//!   cluster that record a history and check it;
+//! - [`bench`]: closed- and open-loop load for `auction-bench`.
 
 pub mod auction;
+pub mod bench;
 pub mod checker;
 pub mod client;
 pub mod cluster;

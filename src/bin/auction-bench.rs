@@ -1,0 +1,117 @@
+//! `auction-bench`: loads a running cluster with concurrent clients and reports throughput and
+//! latency percentiles.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use auction::bench::{LoadSpec, Progress, Workload, run};
+use clap::{Parser, ValueEnum};
+
+/// Loads the cluster at --server: a closed loop of --clients clients, or an open loop at --rate
+/// requests per second, for --secs seconds. Progress goes to stderr every second; the result
+/// is a table, or one JSON object with --json.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The cluster's client address.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    server: String,
+    /// Concurrent clients, each with its own session.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Total requests per second (an open loop); without it, a closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// What each client does.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Contended)]
+    workload: WorkloadArg,
+    /// How long a request may be retried before it counts as an error, in ms.
+    #[arg(long, default_value_t = 5000)]
+    retry_ms: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WorkloadArg {
+    /// Every request bids on the one auction.
+    Contended,
+    /// 80% bids, 20% result reads.
+    Mix,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(bench(args)))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    server
+        .to_socket_addrs()
+        .with_context(|| format!("--server {server:?} is not HOST:PORT"))?
+        .next()
+        .ok_or_else(|| anyhow!("--server {server:?} resolves to no address"))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    if args.clients == 0 || args.secs == 0 {
+        bail!("--clients and --secs must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number");
+    }
+    let spec = LoadSpec {
+        server: resolve(&args.server)?,
+        clients: args.clients,
+        duration: Duration::from_secs(args.secs),
+        rate: args.rate,
+        workload: match args.workload {
+            WorkloadArg::Contended => Workload::Contended,
+            WorkloadArg::Mix => Workload::Mix8020,
+        },
+        retry_budget: Duration::from_millis(args.retry_ms),
+    };
+    let progress = Arc::new(Progress::default());
+    let shown = progress.clone();
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let (mut last, mut second) = (0, 0);
+        loop {
+            tick.tick().await;
+            second += 1;
+            let done = shown.bids.load(Ordering::Relaxed) + shown.reads.load(Ordering::Relaxed);
+            eprintln!(
+                "{second:>4} s  {:>9} requests/s  {} errors",
+                done - last,
+                shown.errors.load(Ordering::Relaxed)
+            );
+            last = done;
+        }
+    });
+    let report = run(&spec, progress).await;
+    ticker.abort();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
