@@ -10,10 +10,27 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::client::Client;
+use crate::pb::{self, EchoMessage, echo_client::EchoClient};
 use crate::types::{Amount, BidderId};
 
-/// What each client does.
+/// What is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The auction, with this workload.
+    Auction(Workload),
+    /// The echo service, one unary call per request: the floor for unary gRPC.
+    EchoUnary,
+    /// The echo service, one bidirectional stream per client: the floor for streams.
+    EchoStream,
+}
+
+/// What each auction client does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
     /// Every request is a bid on the one auction, amounts from a shared counter so they keep
@@ -31,7 +48,7 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Total requests per second for an open loop; `None` for a closed loop.
     pub rate: Option<f64>,
-    pub workload: Workload,
+    pub target: Target,
     /// How long clients keep retrying one request before it counts as an error.
     pub retry_budget: Duration,
 }
@@ -75,16 +92,21 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
     let tasks: Vec<_> = (0..spec.clients)
         .map(|i| {
             let (amounts, stop, progress) = (amounts.clone(), stop.clone(), progress.clone());
-            let mut client = Client::new(spec.server, spec.retry_budget);
-            let workload = spec.workload;
-            let clients = spec.clients;
+            let spec = spec.clone();
             tokio::spawn(async move {
-                let name = BidderId::new(format!("bench{i}")).expect("valid name");
                 let mut hist = new_histogram();
+                let mut worker = match Worker::connect(&spec, i).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!("client {i} could not connect: {e}");
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                        return hist;
+                    }
+                };
                 // Open loop: client i starts at its own offset in the interval, and each request
                 // counts from when it was due.
-                let mut due =
-                    per_client_interval.map(|iv| start + iv.mul_f64(i as f64 / clients as f64));
+                let mut due = per_client_interval
+                    .map(|iv| start + iv.mul_f64(i as f64 / spec.clients as f64));
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let sent = match (due.as_mut(), per_client_interval) {
@@ -97,28 +119,17 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
                         _ => Instant::now(),
                     };
                     n += 1;
-                    let read = workload == Workload::Mix8020 && n % 5 == 0;
-                    let answered = if read {
-                        client.result().await.map(|_| ())
-                    } else {
-                        let amount = amounts.fetch_add(1, Ordering::Relaxed) + 1;
-                        match Amount::new(amount) {
-                            Ok(a) => client.bid(&name, a).await.map(|_| ()),
-                            Err(e) => Err(ClientError::Invalid(e.to_string())),
-                        }
-                    };
-                    match answered {
-                        Ok(()) => {
+                    match worker.once(n, &amounts).await {
+                        Ok(kind) => {
                             let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                             let _ = hist.record(us.max(1));
-                            let counter = if read {
-                                &progress.reads
-                            } else {
-                                &progress.bids
+                            let counter = match kind {
+                                Kind::Read => &progress.reads,
+                                Kind::Bid => &progress.bids,
                             };
                             counter.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(_) => {
+                        Err(()) => {
                             progress.errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -151,6 +162,136 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
         max_us: histogram.max(),
         histogram,
     }
+}
+
+/// What a request was, for the counters.
+enum Kind {
+    Bid,
+    Read,
+}
+
+/// One load client and its connection.
+enum Worker {
+    Auction {
+        client: Box<Client>,
+        name: BidderId,
+        workload: Workload,
+    },
+    EchoUnary(EchoClient<Channel>),
+    EchoStream {
+        requests: mpsc::Sender<EchoMessage>,
+        replies: Streaming<EchoMessage>,
+    },
+}
+
+/// An echo payload about the size of a bid's bidder and amount.
+const ECHO_PAYLOAD: &[u8] = b"bench17:123456789";
+
+impl Worker {
+    async fn connect(spec: &LoadSpec, i: usize) -> Result<Self, String> {
+        let echo = || async {
+            let url = format!("http://{}", spec.server);
+            EchoClient::connect(url).await.map_err(|e| e.to_string())
+        };
+        Ok(match spec.target {
+            Target::Auction(workload) => Self::Auction {
+                client: Box::new(Client::new(spec.server, spec.retry_budget)),
+                name: BidderId::new(format!("bench{i}")).map_err(|e| e.to_string())?,
+                workload,
+            },
+            Target::EchoUnary => Self::EchoUnary(echo().await?),
+            Target::EchoStream => {
+                let (requests, rx) = mpsc::channel(16);
+                let replies = echo()
+                    .await?
+                    .stream(ReceiverStream::new(rx))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                Self::EchoStream { requests, replies }
+            }
+        })
+    }
+
+    /// One request; `Err` when it got no answer.
+    async fn once(&mut self, n: u64, amounts: &AtomicU64) -> Result<Kind, ()> {
+        match self {
+            Self::Auction {
+                client,
+                name,
+                workload,
+            } => {
+                if *workload == Workload::Mix8020 && n.is_multiple_of(5) {
+                    return client.result().await.map(|_| Kind::Read).map_err(|_| ());
+                }
+                let amount =
+                    Amount::new(amounts.fetch_add(1, Ordering::Relaxed) + 1).map_err(|_| ())?;
+                client
+                    .bid(name, amount)
+                    .await
+                    .map(|_| Kind::Bid)
+                    .map_err(|_| ())
+            }
+            Self::EchoUnary(c) => {
+                let m = EchoMessage {
+                    tag: n,
+                    payload: ECHO_PAYLOAD.to_vec(),
+                };
+                c.unary(m).await.map(|_| Kind::Bid).map_err(|_| ())
+            }
+            Self::EchoStream { requests, replies } => {
+                let m = EchoMessage {
+                    tag: n,
+                    payload: ECHO_PAYLOAD.to_vec(),
+                };
+                requests.send(m).await.map_err(|_| ())?;
+                match replies.message().await {
+                    Ok(Some(_)) => Ok(Kind::Bid),
+                    _ => Err(()),
+                }
+            }
+        }
+    }
+}
+
+/// The echo service: answers each message with itself.
+#[derive(Debug, Default)]
+pub struct EchoService;
+
+#[tonic::async_trait]
+impl pb::echo_server::Echo for EchoService {
+    type StreamStream = Streaming<EchoMessage>;
+
+    async fn unary(
+        &self,
+        req: tonic::Request<EchoMessage>,
+    ) -> Result<tonic::Response<EchoMessage>, Status> {
+        Ok(tonic::Response::new(req.into_inner()))
+    }
+
+    async fn stream(
+        &self,
+        req: tonic::Request<Streaming<EchoMessage>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, Status> {
+        Ok(tonic::Response::new(req.into_inner()))
+    }
+}
+
+/// Serves the echo service on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// The server fails.
+pub async fn serve_echo(
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(pb::echo_server::EchoServer::new(EchoService))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
 }
 
 fn new_histogram() -> Histogram<u64> {

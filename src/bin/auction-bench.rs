@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use auction::bench::{LoadSpec, Progress, Workload, run};
+use auction::bench::{LoadSpec, Progress, Target, Workload, run, serve_echo};
 use clap::{Parser, ValueEnum};
 
 /// Loads the cluster at --server: a closed loop of --clients clients, or an open loop at --rate
@@ -32,12 +32,26 @@ struct Args {
     /// What each client does.
     #[arg(long, value_enum, default_value_t = WorkloadArg::Contended)]
     workload: WorkloadArg,
+    /// What to load: the auction, or the echo service (the transport's floor) with one unary
+    /// call per request or one stream per client.
+    #[arg(long, value_enum, default_value_t = TargetArg::Auction)]
+    target: TargetArg,
+    /// Instead of loading anything, serve the echo service on this address until Ctrl-C.
+    #[arg(long, value_name = "HOST:PORT")]
+    serve_echo: Option<String>,
     /// How long a request may be retried before it counts as an error, in ms.
     #[arg(long, default_value_t = 5000)]
     retry_ms: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TargetArg {
+    Auction,
+    EchoUnary,
+    EchoStream,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -71,6 +85,16 @@ fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
+    if let Some(addr) = &args.serve_echo {
+        let listener = tokio::net::TcpListener::bind(resolve(addr)?)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!("echo service on {}", listener.local_addr()?);
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        return serve_echo(listener, ctrl_c).await.map_err(Into::into);
+    }
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
     }
@@ -82,9 +106,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         clients: args.clients,
         duration: Duration::from_secs(args.secs),
         rate: args.rate,
-        workload: match args.workload {
-            WorkloadArg::Contended => Workload::Contended,
-            WorkloadArg::Mix => Workload::Mix8020,
+        target: match (args.target, args.workload) {
+            (TargetArg::Auction, WorkloadArg::Contended) => Target::Auction(Workload::Contended),
+            (TargetArg::Auction, WorkloadArg::Mix) => Target::Auction(Workload::Mix8020),
+            (TargetArg::EchoUnary, _) => Target::EchoUnary,
+            (TargetArg::EchoStream, _) => Target::EchoStream,
         },
         retry_budget: Duration::from_millis(args.retry_ms),
     };

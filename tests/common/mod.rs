@@ -11,6 +11,7 @@ use tokio::process::Command;
 pub const NODE: &str = env!("CARGO_BIN_EXE_auction-node");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_auction-client");
 pub const DEMO: &str = env!("CARGO_BIN_EXE_auction-demo");
+pub const BENCH: &str = env!("CARGO_BIN_EXE_auction-bench");
 
 /// The longest any condition may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
