@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use auction::bench::{LoadSpec, Progress, Target, Workload, run, serve_echo};
+use auction::bench::{
+    FailoverSpec, FaultMode, LoadSpec, Progress, Target, Workload, failover, run, serve_echo,
+};
 use clap::{Parser, ValueEnum};
 
 /// Loads the cluster at --server: a closed loop of --clients clients, or an open loop at --rate
@@ -39,12 +41,31 @@ struct Args {
     /// Instead of loading anything, serve the echo service on this address until Ctrl-C.
     #[arg(long, value_name = "HOST:PORT")]
     serve_echo: Option<String>,
+    /// Instead of loading --server: start a 3-node cluster (auction-node beside this binary),
+    /// load it, and take its leader down --faults times (kill -9, or SIGSTOP).
+    #[arg(long, value_enum)]
+    failover: Option<FaultArg>,
+    /// How many leader failures with --failover.
+    #[arg(long, default_value_t = 20)]
+    faults: usize,
+    /// The nodes' --timeout-ms with --failover.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// The nodes' --heartbeat-ms with --failover.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
     /// How long a request may be retried before it counts as an error, in ms.
     #[arg(long, default_value_t = 5000)]
     retry_ms: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FaultArg {
+    Kill,
+    Stop,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -97,6 +118,37 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
+    }
+    if let Some(mode) = args.failover {
+        let node_bin = std::env::current_exe()?.with_file_name("auction-node");
+        if !node_bin.exists() {
+            bail!(
+                "{} not found; build all binaries: cargo build --release",
+                node_bin.display()
+            );
+        }
+        let spec = FailoverSpec {
+            node_bin,
+            clients: args.clients,
+            faults: args.faults,
+            mode: match mode {
+                FaultArg::Kill => FaultMode::Kill,
+                FaultArg::Stop => FaultMode::Stop,
+            },
+            node_args: vec![
+                "--timeout-ms".into(),
+                args.timeout_ms.to_string(),
+                "--heartbeat-ms".into(),
+                args.heartbeat_ms.to_string(),
+            ],
+        };
+        let report = failover(&spec).await.map_err(|e| anyhow!(e))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(());
     }
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number");
