@@ -240,15 +240,24 @@ async fn bind_patiently(addr: SocketAddr, patience: Duration) -> Result<TcpListe
     }
 }
 
-/// A member without a leader waits its turn, then tries to bind the replica port.
+/// A member without a leader waits its turn, then tries to bind the replica port. While it
+/// waits it watches the port, so it follows a successor that took over earlier at once instead
+/// of sleeping out its turn.
 async fn take_over(
     cfg: &Config,
     me: &Member,
     state: &ClusterState,
 ) -> Result<Option<TcpListener>, NodeError> {
     let rank = state.succession_rank(me.id).unwrap_or(0);
-    if rank > 0 {
-        tokio::time::sleep(cfg.stagger * u32::try_from(rank).unwrap_or(u32::MAX)).await;
+    let turn = tokio::time::Instant::now() + cfg.stagger * u32::try_from(rank).unwrap_or(u32::MAX);
+    while tokio::time::Instant::now() < turn {
+        if tokio::net::TcpStream::connect(cfg.leader_addr())
+            .await
+            .is_ok()
+        {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     match TcpListener::bind(cfg.leader_addr()).await {
         Ok(l) => Ok(Some(l)),
