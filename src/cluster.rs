@@ -331,6 +331,22 @@ impl LocalCluster {
         }
     }
 
+    /// Starts `ids[0]` as the founding leader, then every other id as a member, in order, each
+    /// within `patience`.
+    ///
+    /// # Errors
+    /// A node could not be started, or did not lead or join in time.
+    pub async fn start_nodes(&mut self, ids: &[u16], patience: Duration) -> Result<(), String> {
+        let (&first, rest) = ids.split_first().ok_or("no nodes to start")?;
+        self.start(first).map_err(|e| e.to_string())?;
+        self.wait_for(patience, |s| leader_of(s) == Some(first))
+            .await?;
+        for &id in rest {
+            self.start_member(id, patience).await?;
+        }
+        Ok(())
+    }
+
     /// Starts node `id` and waits until the leader lists it as a member.
     ///
     /// # Errors

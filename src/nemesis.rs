@@ -447,13 +447,7 @@ async fn start_cluster(cfg: &Config) -> Result<LocalCluster, String> {
         "36000".into(),
     ];
     let mut cluster = LocalCluster::new(spec, Transcript::new(false));
-    cluster.start(NODES[0]).map_err(|e| e.to_string())?;
-    cluster
-        .wait_for(Duration::from_secs(20), |s| leader_of(s) == Some(NODES[0]))
-        .await?;
-    for id in &NODES[1..] {
-        cluster.start_member(*id, Duration::from_secs(20)).await?;
-    }
+    cluster.start_nodes(&NODES, Duration::from_secs(20)).await?;
     Ok(cluster)
 }
 

@@ -16,6 +16,12 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// A client for the subset of etcd's KV API that `auction-bench --target etcd` uses.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// A message that does not describe a valid value.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WireError {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use auction::bench::{
-    FailoverSpec, FaultMode, LoadSpec, Progress, Target, Workload, failover, run, serve_echo,
+    FailoverSpec, FaultMode, LoadSpec, MemorySpec, Progress, Target, Workload, failover, memory,
+    prepare, run, serve_echo,
 };
 use clap::{Parser, ValueEnum};
 
@@ -34,8 +35,8 @@ struct Args {
     /// What each client does.
     #[arg(long, value_enum, default_value_t = WorkloadArg::Contended)]
     workload: WorkloadArg,
-    /// What to load: the auction, or the echo service (the transport's floor) with one unary
-    /// call per request or one stream per client.
+    /// What to load: the auction; the echo service (the transport's floor) with one unary call
+    /// per request or one stream per client; or Redis or etcd for comparison.
     #[arg(long, value_enum, default_value_t = TargetArg::Auction)]
     target: TargetArg,
     /// Instead of loading anything, serve the echo service on this address until Ctrl-C.
@@ -45,6 +46,16 @@ struct Args {
     /// load it, and take its leader down --faults times (kill -9, or SIGSTOP).
     #[arg(long, value_enum)]
     failover: Option<FaultArg>,
+    /// Instead of loading --server: start a 3-node cluster, send --bids bids from --sessions
+    /// distinct sessions and bidders, and report the leader's resident memory as they go in.
+    #[arg(long)]
+    memory: bool,
+    /// Bids in all with --memory.
+    #[arg(long, default_value_t = 1_000_000)]
+    bids: u64,
+    /// Distinct sessions (and bidders) with --memory.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: u64,
     /// How many leader failures with --failover.
     #[arg(long, default_value_t = 20)]
     faults: usize,
@@ -73,6 +84,10 @@ enum TargetArg {
     Auction,
     EchoUnary,
     EchoStream,
+    /// A Redis primary at --server, replicated to two replicas (bid: Lua script + WAIT 2).
+    Redis,
+    /// An etcd member at --server (bid: a Txn that puts only if the stored value is lower).
+    Etcd,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -97,6 +112,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `auction-node` binary beside this one.
+fn node_bin() -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("auction-node");
+    if !path.exists() {
+        bail!(
+            "{} not found; build all binaries: cargo build --release",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
     server
         .to_socket_addrs()
@@ -118,6 +145,24 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
+    }
+    if args.memory {
+        if args.sessions == 0 || args.bids == 0 {
+            bail!("--sessions and --bids must be at least 1");
+        }
+        let spec = MemorySpec {
+            node_bin: node_bin()?,
+            sessions: args.sessions,
+            bids: args.bids,
+            streams: args.clients as u64,
+        };
+        let report = memory(&spec).await.map_err(|e| anyhow!(e))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(());
     }
     if let Some(mode) = args.failover {
         let node_bin = std::env::current_exe()?.with_file_name("auction-node");
@@ -158,14 +203,22 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         clients: args.clients,
         duration: Duration::from_secs(args.secs),
         rate: args.rate,
-        target: match (args.target, args.workload) {
-            (TargetArg::Auction, WorkloadArg::Contended) => Target::Auction(Workload::Contended),
-            (TargetArg::Auction, WorkloadArg::Mix) => Target::Auction(Workload::Mix8020),
-            (TargetArg::EchoUnary, _) => Target::EchoUnary,
-            (TargetArg::EchoStream, _) => Target::EchoStream,
+        target: match args.target {
+            TargetArg::Auction => Target::Auction,
+            TargetArg::EchoUnary => Target::EchoUnary,
+            TargetArg::EchoStream => Target::EchoStream,
+            TargetArg::Redis => Target::Redis,
+            TargetArg::Etcd => Target::Etcd,
+        },
+        workload: match args.workload {
+            WorkloadArg::Contended => Workload::Contended,
+            WorkloadArg::Mix => Workload::Mix8020,
         },
         retry_budget: Duration::from_millis(args.retry_ms),
     };
+    prepare(&spec)
+        .await
+        .map_err(|e| anyhow!("preparing {:?}: {e}", spec.target))?;
     let progress = Arc::new(Progress::default());
     let shown = progress.clone();
     let ticker = tokio::spawn(async move {

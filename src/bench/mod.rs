@@ -12,25 +12,83 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::transport::Channel;
-use tonic::{Status, Streaming};
 
 use crate::client::Client;
-use crate::pb::{self, EchoMessage, echo_client::EchoClient};
+
+mod echo;
+mod failover;
+mod memory;
+mod resp;
+
+use crate::pb::etcd::{self, kv_client::KvClient as EtcdClient};
+use crate::pb::{EchoMessage, echo_client::EchoClient};
 use crate::types::{Amount, BidderId};
+pub use echo::{EchoService, serve_echo};
+pub use failover::{FailoverReport, FailoverSpec, FaultMode, failover};
+pub use memory::{MemoryReport, MemorySpec, memory};
 
 /// What is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// The auction, with this workload.
-    Auction(Workload),
+    /// The auction.
+    Auction,
     /// The echo service, one unary call per request: the floor for unary gRPC.
     EchoUnary,
     /// The echo service, one bidirectional stream per client: the floor for streams.
     EchoStream,
+    /// A Redis primary: a bid is a Lua script that accepts only a higher amount, followed by
+    /// `WAIT 2` (pipelined): synchronous replication to two replicas, as the auction does.
+    Redis,
+    /// An etcd cluster: a bid is a Txn that puts only if the stored value is lower.
+    Etcd,
 }
 
-/// What each auction client does.
+/// The Redis bid: sets the highest bid and bidder only if the amount is higher.
+const REDIS_BID: &str = "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') \
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]); \
+redis.call('SET', KEYS[2], ARGV[2]); return 1 end return 0";
+
+/// The keys both stores use for the auction.
+const KEY_HIGHEST: &[u8] = b"auction/highest";
+const KEY_BIDDER: &[u8] = b"auction/bidder";
+
+/// An amount as a fixed-width string, so byte order is numeric order (etcd compares bytes).
+fn padded(amount: u64) -> Vec<u8> {
+    format!("{amount:016}").into_bytes()
+}
+
+/// Resets the stores' auction before a run, so every run starts from the same state.
+///
+/// # Errors
+/// The store cannot be reached.
+pub async fn prepare(spec: &LoadSpec) -> Result<(), String> {
+    match spec.target {
+        Target::Redis => {
+            let mut c = resp::Conn::connect(spec.server)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.call(&[b"DEL", KEY_HIGHEST, KEY_BIDDER])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Target::Etcd => {
+            let mut kv = EtcdClient::connect(format!("http://{}", spec.server))
+                .await
+                .map_err(|e| e.to_string())?;
+            let put = etcd::PutRequest {
+                key: KEY_HIGHEST.to_vec(),
+                value: padded(0),
+            };
+            kv.put(put).await.map_err(|e| e.to_string())?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// What each client does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
     /// Every request is a bid on the one auction, amounts from a shared counter so they keep
@@ -49,6 +107,8 @@ pub struct LoadSpec {
     /// Total requests per second for an open loop; `None` for a closed loop.
     pub rate: Option<f64>,
     pub target: Target,
+    /// What each client does (bids only, or bids and reads).
+    pub workload: Workload,
     /// How long clients keep retrying one request before it counts as an error.
     pub retry_budget: Duration,
 }
@@ -95,6 +155,7 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
             let spec = spec.clone();
             tokio::spawn(async move {
                 let mut hist = new_histogram();
+                let mix = spec.workload == Workload::Mix8020;
                 let mut worker = match Worker::connect(&spec, i).await {
                     Ok(w) => w,
                     Err(e) => {
@@ -119,7 +180,7 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
                         _ => Instant::now(),
                     };
                     n += 1;
-                    match worker.once(n, &amounts).await {
+                    match worker.once(n, &amounts, mix).await {
                         Ok(kind) => {
                             let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                             let _ = hist.record(us.max(1));
@@ -175,12 +236,20 @@ enum Worker {
     Auction {
         client: Box<Client>,
         name: BidderId,
-        workload: Workload,
     },
     EchoUnary(EchoClient<Channel>),
     EchoStream {
         requests: mpsc::Sender<EchoMessage>,
         replies: Streaming<EchoMessage>,
+    },
+    Redis {
+        conn: resp::Conn,
+        sha: Vec<u8>,
+        name: Vec<u8>,
+    },
+    Etcd {
+        kv: EtcdClient<Channel>,
+        name: Vec<u8>,
     },
 }
 
@@ -194,10 +263,9 @@ impl Worker {
             EchoClient::connect(url).await.map_err(|e| e.to_string())
         };
         Ok(match spec.target {
-            Target::Auction(workload) => Self::Auction {
+            Target::Auction => Self::Auction {
                 client: Box::new(Client::new(spec.server, spec.retry_budget)),
                 name: BidderId::new(format!("bench{i}")).map_err(|e| e.to_string())?,
-                workload,
             },
             Target::EchoUnary => Self::EchoUnary(echo().await?),
             Target::EchoStream => {
@@ -210,18 +278,34 @@ impl Worker {
                     .into_inner();
                 Self::EchoStream { requests, replies }
             }
+            Target::Redis => {
+                let mut conn = resp::Conn::connect(spec.server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sha = match conn.call(&[b"SCRIPT", b"LOAD", REDIS_BID.as_bytes()]).await {
+                    Ok(resp::Value::Bulk(Some(sha))) => sha,
+                    other => return Err(format!("SCRIPT LOAD answered {other:?}")),
+                };
+                Self::Redis {
+                    conn,
+                    sha,
+                    name: format!("bench{i}").into_bytes(),
+                }
+            }
+            Target::Etcd => Self::Etcd {
+                kv: EtcdClient::connect(format!("http://{}", spec.server))
+                    .await
+                    .map_err(|e| e.to_string())?,
+                name: format!("bench{i}").into_bytes(),
+            },
         })
     }
 
-    /// One request; `Err` when it got no answer.
-    async fn once(&mut self, n: u64, amounts: &AtomicU64) -> Result<Kind, ()> {
+    /// One request; `Err` when it got no answer. `mix` makes every fifth request a read.
+    async fn once(&mut self, n: u64, amounts: &AtomicU64, mix: bool) -> Result<Kind, ()> {
         match self {
-            Self::Auction {
-                client,
-                name,
-                workload,
-            } => {
-                if *workload == Workload::Mix8020 && n.is_multiple_of(5) {
+            Self::Auction { client, name } => {
+                if mix && n.is_multiple_of(5) {
                     return client.result().await.map(|_| Kind::Read).map_err(|_| ());
                 }
                 let amount =
@@ -239,6 +323,58 @@ impl Worker {
                 };
                 c.unary(m).await.map(|_| Kind::Bid).map_err(|_| ())
             }
+            Self::Redis { conn, sha, name } => {
+                if mix && n.is_multiple_of(5) {
+                    let v = conn.call(&[b"MGET", KEY_HIGHEST, KEY_BIDDER]).await;
+                    return match v {
+                        Ok(resp::Value::Array(Some(_))) => Ok(Kind::Read),
+                        _ => Err(()),
+                    };
+                }
+                let amount = (amounts.fetch_add(1, Ordering::Relaxed) + 1).to_string();
+                let keys: &[&[u8]] = &[KEY_HIGHEST, KEY_BIDDER];
+                let mut args: Vec<&[u8]> = vec![b"EVALSHA", sha, b"2"];
+                args.extend_from_slice(keys);
+                args.extend_from_slice(&[amount.as_bytes(), name]);
+                conn.queue(&args).await.map_err(|_| ())?;
+                conn.queue(&[b"WAIT", b"2", b"1000"])
+                    .await
+                    .map_err(|_| ())?;
+                match conn.finish(2).await.map_err(|_| ())?.as_slice() {
+                    // Accepted or refused, and on both replicas.
+                    [resp::Value::Int(0 | 1), resp::Value::Int(acked)] if *acked >= 2 => {
+                        Ok(Kind::Bid)
+                    }
+                    _ => Err(()),
+                }
+            }
+            Self::Etcd { kv, name } => {
+                if mix && n.is_multiple_of(5) {
+                    let range = etcd::RangeRequest {
+                        key: KEY_HIGHEST.to_vec(),
+                        range_end: Vec::new(),
+                    };
+                    return kv.range(range).await.map(|_| Kind::Read).map_err(|_| ());
+                }
+                let amount = padded(amounts.fetch_add(1, Ordering::Relaxed) + 1);
+                let put = |key: &[u8], value: Vec<u8>| etcd::RequestOp {
+                    request: Some(etcd::request_op::Request::RequestPut(etcd::PutRequest {
+                        key: key.to_vec(),
+                        value,
+                    })),
+                };
+                let txn = etcd::TxnRequest {
+                    compare: vec![etcd::Compare {
+                        result: etcd::compare::CompareResult::Less as i32,
+                        target: etcd::compare::CompareTarget::Value as i32,
+                        key: KEY_HIGHEST.to_vec(),
+                        target_union: Some(etcd::compare::TargetUnion::Value(amount.clone())),
+                    }],
+                    success: vec![put(KEY_HIGHEST, amount), put(KEY_BIDDER, name.clone())],
+                    failure: Vec::new(),
+                };
+                kv.txn(txn).await.map(|_| Kind::Bid).map_err(|_| ())
+            }
             Self::EchoStream { requests, replies } => {
                 let m = EchoMessage {
                     tag: n,
@@ -252,46 +388,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// The echo service: answers each message with itself.
-#[derive(Debug, Default)]
-pub struct EchoService;
-
-#[tonic::async_trait]
-impl pb::echo_server::Echo for EchoService {
-    type StreamStream = Streaming<EchoMessage>;
-
-    async fn unary(
-        &self,
-        req: tonic::Request<EchoMessage>,
-    ) -> Result<tonic::Response<EchoMessage>, Status> {
-        Ok(tonic::Response::new(req.into_inner()))
-    }
-
-    async fn stream(
-        &self,
-        req: tonic::Request<Streaming<EchoMessage>>,
-    ) -> Result<tonic::Response<Self::StreamStream>, Status> {
-        Ok(tonic::Response::new(req.into_inner()))
-    }
-}
-
-/// Serves the echo service on `listener` until `shutdown` resolves.
-///
-/// # Errors
-/// The server fails.
-pub async fn serve_echo(
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(pb::echo_server::EchoServer::new(EchoService))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -319,187 +415,4 @@ impl std::fmt::Display for LoadReport {
             ms(self.max_us)
         )
     }
-}
-
-/// How the leader is taken down in a failover measurement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FaultMode {
-    /// kill -9.
-    Kill,
-    /// SIGSTOP: replicas must notice the silence and fence it.
-    Stop,
-}
-
-/// A failover measurement against a cluster this process starts.
-#[derive(Clone, Debug)]
-pub struct FailoverSpec {
-    pub node_bin: std::path::PathBuf,
-    pub clients: usize,
-    pub faults: usize,
-    pub mode: FaultMode,
-    /// Extra `auction-node` arguments (timing).
-    pub node_args: Vec<String>,
-}
-
-/// Time from each fault to the first acknowledged bid sent after it.
-#[derive(Debug, Serialize)]
-pub struct FailoverReport {
-    pub mode: FaultMode,
-    pub faults: usize,
-    pub median_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// Every measured time, in fault order.
-    pub times_ms: Vec<f64>,
-}
-
-impl std::fmt::Display for FailoverReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "{} leader failovers ({:?}): time from the fault to the first acknowledged bid sent after it",
-            self.faults, self.mode
-        )?;
-        writeln!(f, "| median | p99 | max |")?;
-        writeln!(f, "| ---: | ---: | ---: |")?;
-        writeln!(
-            f,
-            "| {:.1} ms | {:.1} ms | {:.1} ms |",
-            self.median_ms, self.p99_ms, self.max_ms
-        )
-    }
-}
-
-/// Starts a three-node cluster, loads it with contended bids, and takes its leader down
-/// `spec.faults` times, one fault at a time, restarting the dead node after each.
-///
-/// # Errors
-/// The cluster could not be started or did not heal between faults.
-pub async fn failover(spec: &FailoverSpec) -> Result<FailoverReport, String> {
-    use crate::cluster::{LocalCluster, Spec, Transcript, leader_of};
-    use rustix::process::Signal;
-
-    const NODES: [u16; 3] = [5400, 5401, 5402];
-    let patience = Duration::from_secs(30);
-    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin).map_err(|e| e.to_string())?;
-    cluster_spec.node_args = spec.node_args.clone();
-    cluster_spec
-        .node_args
-        .extend(["--duration".into(), "36000".into()]);
-    let mut cluster = LocalCluster::new(cluster_spec, Transcript::new(false));
-    cluster.start(NODES[0]).map_err(|e| e.to_string())?;
-    cluster
-        .wait_for(patience, |s| leader_of(s) == Some(NODES[0]))
-        .await?;
-    for id in &NODES[1..] {
-        cluster.start_member(*id, patience).await?;
-    }
-
-    let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let amounts = Arc::new(AtomicU64::new(0));
-    // The send time (µs since start) of the latest-sent bid that was acknowledged.
-    let latest_acked = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..spec.clients)
-        .map(|i| {
-            let (stop, amounts, latest) = (stop.clone(), amounts.clone(), latest_acked.clone());
-            let mut client = Client::new(cluster.spec.client_addr(), Duration::from_secs(30));
-            tokio::spawn(async move {
-                let name = BidderId::new(format!("bench{i}")).expect("valid name");
-                // (sent, answered) of each acknowledged bid, µs since start.
-                let mut acked: Vec<(u64, u64)> = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(amount) = Amount::new(amounts.fetch_add(1, Ordering::Relaxed) + 1)
-                    else {
-                        break;
-                    };
-                    let sent = micros(start.elapsed());
-                    if client.bid(&name, amount).await.is_ok() {
-                        acked.push((sent, micros(start.elapsed())));
-                        latest.fetch_max(sent, Ordering::Relaxed);
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
-
-    let mut fault_times = Vec::with_capacity(spec.faults);
-    for _ in 0..spec.faults {
-        let healthy = cluster
-            .wait_for(patience, |s| s.members.len() == NODES.len())
-            .await?;
-        let leader = leader_of(&healthy).ok_or("no leader")?;
-        // Some steady load before the fault.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let at = micros(start.elapsed());
-        match spec.mode {
-            FaultMode::Kill => cluster.kill(leader).await,
-            FaultMode::Stop => cluster
-                .signal(leader, Signal::STOP)
-                .map_err(|e| e.to_string())?,
-        }
-        fault_times.push(at);
-        // Recovered once a bid sent after the fault is acknowledged.
-        let deadline = Instant::now() + patience;
-        while latest_acked.load(Ordering::Relaxed) < at {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "no bid was acknowledged within {patience:?} of a fault"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // A stopped leader has been fenced (killed); bring the node back either way.
-        let deadline = Instant::now() + patience;
-        while cluster.node(leader).is_some_and(|p| !p.exited()) {
-            if Instant::now() >= deadline {
-                return Err(format!("node {leader} was not fenced"));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        cluster.start(leader).map_err(|e| e.to_string())?;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for t in tasks {
-        acked.extend(t.await.map_err(|e| e.to_string())?);
-    }
-    for id in cluster.running() {
-        cluster.kill(id).await;
-    }
-    let times_ms: Vec<f64> = fault_times
-        .iter()
-        .map(|&at| {
-            let first = acked
-                .iter()
-                .filter(|(sent, _)| *sent >= at)
-                .map(|(_, done)| *done)
-                .min()
-                .unwrap_or(at);
-            (first - at) as f64 / 1000.0
-        })
-        .collect();
-    let mut sorted = times_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let rank = |p: f64| {
-        let r = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted
-            .get(r.clamp(1, sorted.len().max(1)) - 1)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Ok(FailoverReport {
-        mode: spec.mode,
-        faults: times_ms.len(),
-        median_ms: rank(50.0),
-        p99_ms: rank(99.0),
-        max_ms: sorted.last().copied().unwrap_or(0.0),
-        times_ms,
-    })
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
