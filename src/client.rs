@@ -22,6 +22,20 @@ use crate::pb::{
 };
 use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId};
 
+/// Resolves a `HOST:PORT` given by a person to the address to dial.
+///
+/// # Errors
+/// It is not `HOST:PORT`, or the host resolves to no address.
+pub fn resolve(server: &str) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    server
+        .to_socket_addrs()
+        .map_err(|e| invalid(format!("{server:?} is not HOST:PORT: {e}")))?
+        .next()
+        .ok_or_else(|| invalid(format!("{server:?} resolves to no address")))
+}
+
 /// The default time a client keeps retrying before it reports an exception.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
 

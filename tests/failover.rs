@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use auction::client::Client;
 use auction::cluster::{is_member, leader_of};
 use auction::types::{Amount, BidderId};
 use common::{Harness, WAIT};
@@ -16,6 +17,15 @@ fn bidder(name: &str) -> BidderId {
 }
 fn amount(v: u64) -> Amount {
     Amount::new(v).unwrap()
+}
+
+/// Bids `value` as `who`; whether the bid was accepted.
+async fn accepted(c: &mut Client, who: &str, value: u64) -> bool {
+    c.bid(&bidder(who), amount(value))
+        .await
+        .expect("an outcome")
+        .decision
+        .is_ok()
 }
 
 /// Polls `count` until it reaches `at_least`.
@@ -88,31 +98,13 @@ async fn killing_the_leader_under_four_bidders_loses_no_acknowledged_bid() {
 async fn killing_a_replica_leaves_the_leader_serving() {
     let mut h = Harness::start(&[5400, 5401, 5402]).await;
     let mut c = h.cluster.client(WAIT);
-    assert!(
-        c.bid(&bidder("ann"), amount(10))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "ann", 10).await);
     h.cluster.kill(5401).await;
-    assert!(
-        c.bid(&bidder("bob"), amount(20))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "bob", 20).await);
     let s = h.wait_for(|s| !is_member(s, 5401)).await;
     assert_eq!(leader_of(&s), Some(5400));
     assert!(is_member(&s, 5402));
-    assert!(
-        c.bid(&bidder("ann"), amount(30))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "ann", 30).await);
     assert_eq!(c.result().await.unwrap().highest_bid, 30);
     h.assert_no_panics();
 }
@@ -121,13 +113,7 @@ async fn killing_a_replica_leaves_the_leader_serving() {
 async fn a_stopped_leader_is_fenced_and_a_replica_takes_over() {
     let mut h = Harness::start(&[5400, 5401, 5402]).await;
     let mut c = h.cluster.client(WAIT);
-    assert!(
-        c.bid(&bidder("ann"), amount(10))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "ann", 10).await);
     h.cluster.signal(5400, Signal::STOP).unwrap();
     // The client retries by itself until a new leader answers.
     let o = c.bid(&bidder("bob"), amount(20)).await.unwrap();
@@ -150,13 +136,7 @@ async fn a_stopped_replica_is_fenced_and_the_leader_goes_on() {
     let s = h.wait_for(|s| !is_member(s, 5402)).await;
     assert_eq!(leader_of(&s), Some(5400));
     assert!(is_member(&s, 5401));
-    assert!(
-        c.bid(&bidder("bob"), amount(11))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "bob", 11).await);
     h.assert_no_panics();
 }
 
@@ -164,21 +144,9 @@ async fn a_stopped_replica_is_fenced_and_the_leader_goes_on() {
 async fn a_killed_node_restarts_with_its_seed_port_and_rejoins_with_the_full_state() {
     let mut h = Harness::start(&[5400, 5401]).await;
     let mut c = h.cluster.client(WAIT);
-    assert!(
-        c.bid(&bidder("ann"), amount(10))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "ann", 10).await);
     h.cluster.kill(5400).await;
-    assert!(
-        c.bid(&bidder("bob"), amount(20))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "bob", 20).await);
     h.wait_leader(5401).await;
     // The seed's command for the first node works again: it joins as a replica.
     h.cluster.start_member(5400, WAIT).await.unwrap();
@@ -196,13 +164,7 @@ async fn a_killed_node_restarts_with_its_seed_port_and_rejoins_with_the_full_sta
             .decision
             .is_err()
     );
-    assert!(
-        c.bid(&bidder("ann"), amount(30))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "ann", 30).await);
     h.assert_no_panics();
 }
 
@@ -210,13 +172,7 @@ async fn a_killed_node_restarts_with_its_seed_port_and_rejoins_with_the_full_sta
 async fn pausing_the_whole_cluster_past_the_timeout_fences_nobody() {
     let mut h = Harness::start(&[5400, 5401, 5402]).await;
     let mut c = h.cluster.client(WAIT);
-    assert!(
-        c.bid(&bidder("ann"), amount(10))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "ann", 10).await);
     let ids = [5400, 5401, 5402];
     for id in ids {
         h.cluster.signal(id, Signal::STOP).unwrap();
@@ -241,13 +197,7 @@ async fn pausing_the_whole_cluster_past_the_timeout_fences_nobody() {
         assert!(tokio::time::Instant::now() < deadline, "no stall noticed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        c.bid(&bidder("bob"), amount(20))
-            .await
-            .unwrap()
-            .decision
-            .is_ok()
-    );
+    assert!(accepted(&mut c, "bob", 20).await);
     let s = h.wait_leader(5400).await;
     assert_eq!(s.members.len(), 3, "{s:?}");
     assert_eq!(h.cluster.running(), ids.to_vec());

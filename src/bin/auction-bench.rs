@@ -1,7 +1,6 @@
 //! `auction-bench`: loads a running cluster with concurrent clients and reports throughput and
 //! latency percentiles.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -124,19 +123,12 @@ fn node_bin() -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    server
-        .to_socket_addrs()
-        .with_context(|| format!("--server {server:?} is not HOST:PORT"))?
-        .next()
-        .ok_or_else(|| anyhow!("--server {server:?} resolves to no address"))
-}
-
 async fn bench(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = &args.serve_echo {
-        let listener = tokio::net::TcpListener::bind(resolve(addr)?)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(auction::client::resolve(addr).context("--serve-echo")?)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
         eprintln!("echo service on {}", listener.local_addr()?);
         let ctrl_c = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -199,7 +191,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         bail!("--rate must be a positive number");
     }
     let spec = LoadSpec {
-        server: resolve(&args.server)?,
+        server: auction::client::resolve(&args.server).context("--server")?,
         clients: args.clients,
         duration: Duration::from_secs(args.secs),
         rate: args.rate,

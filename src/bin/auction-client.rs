@@ -2,7 +2,6 @@
 //! time for scripts.
 
 use std::io::{BufRead, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -86,16 +85,8 @@ fn bidder(id: Option<&str>) -> anyhow::Result<BidderId> {
     BidderId::new(id).context("--id")
 }
 
-fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    server
-        .to_socket_addrs()
-        .with_context(|| format!("--server {server:?} is not HOST:PORT"))?
-        .next()
-        .ok_or_else(|| anyhow!("--server {server:?} resolves to no address"))
-}
-
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let server = resolve(&args.server)?;
+    let server = auction::client::resolve(&args.server).context("--server")?;
     let mut client = Client::new(server, Duration::from_millis(args.retry_ms));
     let json = args.json;
     let code = match args.command {
