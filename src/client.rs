@@ -39,6 +39,16 @@ pub fn resolve(server: &str) -> std::io::Result<SocketAddr> {
 /// The default time a client keeps retrying before it reports an exception.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
 
+/// The longest one attempt may wait for its answer before the request is sent again (with the
+/// same id, so at most once is applied). Longer than the leader's default timeout, so a commit
+/// that waits for a stopped member to be fenced is not cut short.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first and the longest pause between attempts. Short at first: a failover after a crash
+/// takes milliseconds, and a client should not sleep through it.
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Why a request has no outcome.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -215,17 +225,19 @@ impl Client {
         }
     }
 
-    /// Runs one call until it gets an answer or the retry budget is spent. Each attempt may
-    /// take what is left of the budget, on a fresh connection after a failure; attempts back
-    /// off from 5 ms to 200 ms.
+    /// Runs one call until it gets an answer or the retry budget is spent, on a fresh
+    /// connection after any failure. Attempts back off from 1 ms to 100 ms, with jitter so that
+    /// clients cut off by the same failure do not retry in lockstep.
     async fn retrying(&mut self, call: &Call) -> Result<Answer, ClientError> {
         let deadline = Instant::now() + self.retry_budget;
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0;
         loop {
             attempts += 1;
             self.last_attempts = attempts;
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(ATTEMPT_TIMEOUT);
             let error = match tokio::time::timeout(left, self.attempt(call, left)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) if !retryable(&status) => {
@@ -242,8 +254,8 @@ impl Client {
                     last: error,
                 });
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            tokio::time::sleep(jitter(backoff, self.session ^ u64::from(attempts))).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -350,6 +362,12 @@ fn status_text(status: &Status) -> String {
     }
 }
 
+/// `d` scaled by a factor from 0.5 to 1.5 picked by `seed`.
+fn jitter(d: Duration, seed: u64) -> Duration {
+    let spread = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32; // 0..1024
+    d / 2 + d * spread / 1024
+}
+
 /// A random non-zero session id.
 fn random_session() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -382,6 +400,16 @@ mod tests {
         assert!(retryable(&Status::cancelled("gone")));
         assert!(!retryable(&Status::invalid_argument("bad amount")));
         assert!(!retryable(&Status::already_exists("dup")));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_one_and_a_half() {
+        let d = Duration::from_millis(100);
+        for seed in 0..1000u64 {
+            let j = jitter(d, seed);
+            assert!(j >= d / 2 && j <= d * 3 / 2, "{j:?}");
+        }
+        assert_ne!(jitter(d, 1), jitter(d, 2));
     }
 
     #[test]

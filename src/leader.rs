@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tracing::{debug, error, info, warn};
 
@@ -51,21 +51,18 @@ pub enum Reply {
     Status(pb::StatusReply),
 }
 
-/// The outbound half of a client session stream.
-pub type SessionSender = mpsc::UnboundedSender<Result<pb::SessionReply, Status>>;
+/// A slot reserved in a client session's bounded reply stream.
+pub type SessionSlot = mpsc::OwnedPermit<Result<pb::SessionReply, Status>>;
 
 /// Where a reply goes.
 #[derive(Debug)]
 pub enum ReplyTo {
     /// One waiting caller: a unary call, or the terminal.
     Caller(oneshot::Sender<Reply>),
-    /// A client session stream. The permit bounds the session's requests in flight; it is
-    /// released when the reply is sent.
-    Session {
-        tag: u64,
-        stream: SessionSender,
-        permit: OwnedSemaphorePermit,
-    },
+    /// A client session stream, with the slot its reply will take: the session reserves the
+    /// slot before it forwards the request, so a client that stops reading replies stops being
+    /// read, and nothing piles up.
+    Session { tag: u64, slot: SessionSlot },
 }
 
 impl ReplyTo {
@@ -75,11 +72,7 @@ impl ReplyTo {
             Self::Caller(tx) => {
                 let _ = tx.send(reply);
             }
-            Self::Session {
-                tag,
-                stream,
-                permit,
-            } => {
+            Self::Session { tag, slot } => {
                 let reply = match reply {
                     Reply::Decision(d, view) => {
                         pb::session_reply::Reply::Decision(pb::decision_reply(&d, view))
@@ -92,11 +85,10 @@ impl ReplyTo {
                         message: "status is not served on a session".into(),
                     }),
                 };
-                let _ = stream.send(Ok(pb::SessionReply {
+                slot.send(Ok(pb::SessionReply {
                     tag,
                     reply: Some(reply),
                 }));
-                drop(permit);
             }
         }
     }

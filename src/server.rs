@@ -1,12 +1,9 @@
 //! The leader's two gRPC services: the client-facing `Auction` service and the `Replication`
 //! stream. Both only validate and forward to the leader task; all deciding happens there.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::Semaphore;
-
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::debug;
 
@@ -19,7 +16,8 @@ use crate::pb::{
 use crate::replication::Member;
 use crate::types::{Amount, BidderId, Duration};
 
-/// The most requests one client session may have in flight; more wait until replies go out.
+/// The most replies one client session may have pending (in flight or not yet sent); beyond
+/// that the session stops reading requests until the client reads its replies.
 pub const SESSION_IN_FLIGHT: usize = 1024;
 
 /// Serves clients on the client port.
@@ -104,7 +102,7 @@ fn error_reply(tag: u64, status: &Status) -> pb::SessionReply {
 
 #[tonic::async_trait]
 impl pb::auction_server::Auction for AuctionService {
-    type SessionStream = UnboundedReceiverStream<Result<pb::SessionReply, Status>>;
+    type SessionStream = ReceiverStream<Result<pb::SessionReply, Status>>;
 
     async fn bid(&self, req: GrpcRequest<BidRequest>) -> Result<Response<DecisionReply>, Status> {
         self.decide(bid(req.into_inner())?).await.map(Response::new)
@@ -155,36 +153,41 @@ impl pb::auction_server::Auction for AuctionService {
         req: GrpcRequest<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
-        let (stream, replies) = tokio::sync::mpsc::unbounded_channel();
+        let (stream, replies) = tokio::sync::mpsc::channel(SESSION_IN_FLIGHT);
         let leader = self.leader.clone();
         let default_duration = self.default_duration;
-        let in_flight = Arc::new(Semaphore::new(SESSION_IN_FLIGHT));
         tokio::spawn(async move {
-            // Requests until the client ends the stream; a failed read means it is gone.
-            while let Ok(Some(message)) = inbound.message().await {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    break;
+            loop {
+                // A slot for the reply first: a client that does not read is not read either.
+                let Ok(slot) = stream.clone().reserve_owned().await else {
+                    return;
+                };
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    // The client ended the stream.
+                    Ok(None) => return,
+                    // Malformed or oversized: the stream ends with the reason.
+                    Err(status) => {
+                        slot.send(Err(status));
+                        return;
+                    }
                 };
                 let tag = message.tag;
                 match session_request(message.op, default_duration) {
                     Ok(request) => {
-                        let reply = ReplyTo::Session {
-                            tag,
-                            stream: stream.clone(),
-                            permit,
-                        };
+                        let reply = ReplyTo::Session { tag, slot };
                         if let Err(status) = leader.send(Event::Request { request, reply }).await {
-                            let _ = stream.send(Ok(error_reply(tag, &status)));
-                            break;
+                            let _ = stream.send(Ok(error_reply(tag, &status))).await;
+                            return;
                         }
                     }
                     Err(status) => {
-                        let _ = stream.send(Ok(error_reply(tag, &status)));
+                        slot.send(Ok(error_reply(tag, &status)));
                     }
                 }
             }
         });
-        Ok(Response::new(UnboundedReceiverStream::new(replies)))
+        Ok(Response::new(ReceiverStream::new(replies)))
     }
 }
 

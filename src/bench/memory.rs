@@ -60,24 +60,33 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS".to_string())
 }
 
-/// Runs the measurement.
-///
-/// # Errors
-/// The cluster could not be started, or a stream failed.
-pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
-    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin).map_err(|e| e.to_string())?;
-    cluster_spec.node_args = vec!["--duration".into(), "36000".into()];
-    let mut cluster = LocalCluster::new(cluster_spec, Transcript::new(false));
-    cluster
-        .start_nodes(&[5400, 5401, 5402], Duration::from_secs(30))
-        .await?;
+/// The resident memory of whichever node leads now.
+async fn leader_rss(cluster: &mut LocalCluster) -> Result<u64, String> {
     let status = cluster
         .status(Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
     let leader = leader_of(&status).ok_or("no leader")?;
     let pid = cluster.node(leader).ok_or("no leader process")?.pid();
-    let mut rss = vec![rss_kib(pid)?];
+    rss_kib(pid)
+}
+
+/// Runs the measurement.
+///
+/// # Errors
+/// The cluster could not be started, or a stream failed.
+pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
+    if spec.sessions < spec.streams {
+        // Otherwise one session's bids travel on several streams and overtake each other.
+        return Err("there must be at least as many sessions as streams".into());
+    }
+    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin).map_err(|e| e.to_string())?;
+    cluster_spec.node_args = vec!["--duration".into(), "36000".into()];
+    let mut cluster = LocalCluster::new(cluster_spec, Transcript::new(false));
+    cluster
+        .start_nodes(&[5400, 5401, 5402], Duration::from_secs(30))
+        .await?;
+    let mut rss = vec![leader_rss(&mut cluster).await?];
     let url = format!("http://{}", cluster.spec.client_addr());
     // Every bid sent takes the next number: its amount, and (spread over the sessions) its
     // session and that session's sequence number.
@@ -132,7 +141,7 @@ pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
         for t in tasks {
             t.await.map_err(|e| e.to_string())??;
         }
-        rss.push(rss_kib(pid)?);
+        rss.push(leader_rss(&mut cluster).await?);
     }
     for id in cluster.running() {
         cluster.kill(id).await;
