@@ -381,14 +381,6 @@ fn random_session() -> u64 {
     h.finish().max(1)
 }
 
-/// Reads a refusal for people.
-pub fn describe(decision: &Decision) -> String {
-    match decision {
-        Ok(()) => "success".into(),
-        Err(r) => format!("fail ({r})"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,6 +177,26 @@ impl Proc {
     }
 }
 
+/// The program `name` in the same directory as the running one (cargo builds all of the crate's
+/// binaries side by side).
+///
+/// # Errors
+/// The program is not there.
+pub fn sibling_binary(name: &str) -> std::io::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{} not found; build all binaries first: cargo build --release",
+                path.display()
+            ),
+        ))
+    }
+}
+
 /// Picks a port that is free right now, by binding port 0 and letting it go.
 ///
 /// # Errors

@@ -110,7 +110,6 @@ fn is_node_of_this_user(pid: u32) -> bool {
 #[derive(Debug)]
 pub struct ProcessHandle {
     pidfd: OwnedFd,
-    member: Member,
 }
 
 impl ProcessHandle {
@@ -130,11 +129,7 @@ impl ProcessHandle {
         };
         // Checked after the pidfd is open: if the pid was reused before the open, the check sees
         // the new process and fails; after the open, the pidfd keeps naming the checked one.
-        Ok(is_alive_member(m)?.then_some(Self { pidfd, member: *m }))
-    }
-
-    pub fn member(&self) -> &Member {
-        &self.member
+        Ok(is_alive_member(m)?.then_some(Self { pidfd }))
     }
 
     /// SIGKILLs the process. A process that already exited is not an error.
@@ -264,7 +259,6 @@ pub const LOCK_DIR: &str = "/tmp";
 #[derive(Debug)]
 pub struct ClusterLock {
     file: File,
-    path: PathBuf,
 }
 
 impl ClusterLock {
@@ -286,7 +280,7 @@ impl ClusterLock {
             .write(true)
             .read(true)
             .open(&path)?;
-        Ok(Self { file, path })
+        Ok(Self { file })
     }
 
     /// Takes the lock exclusively if no other process holds it. Returns `false` if one does.
@@ -305,24 +299,12 @@ impl ClusterLock {
         self.try_lock(FlockOperation::NonBlockingLockShared)
     }
 
-    /// Drops whatever lock this process holds.
-    ///
-    /// # Errors
-    /// The unlock call fails.
-    pub fn release(&self) -> io::Result<()> {
-        fcntl_lock(&self.file, FlockOperation::NonBlockingUnlock).map_err(Into::into)
-    }
-
     fn try_lock(&self, op: FlockOperation) -> io::Result<bool> {
         match fcntl_lock(&self.file, op) {
             Ok(()) => Ok(true),
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
     }
 }
 

@@ -74,15 +74,7 @@ async fn a_request_retried_after_failover_returns_its_first_outcome() {
             seq: 1,
         }),
     };
-    assert!(
-        c.close(close)
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap()
-            .accepted
-    );
+    assert!(accepted(&c.close(close).await.unwrap().into_inner()));
     let start = pb::StartRequest {
         id: Some(pb::RequestId {
             session: 79,
@@ -90,15 +82,7 @@ async fn a_request_retried_after_failover_returns_its_first_outcome() {
         }),
         duration_ms: 60_000,
     };
-    assert!(
-        c.start(start)
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap()
-            .accepted
-    );
+    assert!(accepted(&c.start(start).await.unwrap().into_inner()));
     let stale = send(&h, &bid(78, 1, "bob", 50)).await;
     assert_eq!(stale.decision, refused.decision);
     let view = stale.auction.unwrap();

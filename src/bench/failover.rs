@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::Client;
+use crate::nemesis::percentile;
 use crate::types::{Amount, BidderId};
 
 /// How the leader is taken down in a failover measurement.
@@ -164,21 +165,18 @@ pub async fn failover(spec: &FailoverSpec) -> Result<FailoverReport, String> {
             (first - at) as f64 / 1000.0
         })
         .collect();
-    let mut sorted = times_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let rank = |p: f64| {
-        let r = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted
-            .get(r.clamp(1, sorted.len().max(1)) - 1)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let mut sorted: Vec<Duration> = times_ms
+        .iter()
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .collect();
+    sorted.sort();
+    let rank = |p: f64| percentile(&sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     Ok(FailoverReport {
         mode: spec.mode,
         faults: times_ms.len(),
         median_ms: rank(50.0),
         p99_ms: rank(99.0),
-        max_ms: sorted.last().copied().unwrap_or(0.0),
+        max_ms: rank(100.0),
         times_ms,
     })
 }

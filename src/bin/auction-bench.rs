@@ -113,14 +113,7 @@ fn main() -> ExitCode {
 
 /// The `auction-node` binary beside this one.
 fn node_bin() -> anyhow::Result<std::path::PathBuf> {
-    let path = std::env::current_exe()?.with_file_name("auction-node");
-    if !path.exists() {
-        bail!(
-            "{} not found; build all binaries: cargo build --release",
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok(auction::cluster::sibling_binary("auction-node")?)
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -157,15 +150,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(mode) = args.failover {
-        let node_bin = std::env::current_exe()?.with_file_name("auction-node");
-        if !node_bin.exists() {
-            bail!(
-                "{} not found; build all binaries: cargo build --release",
-                node_bin.display()
-            );
-        }
         let spec = FailoverSpec {
-            node_bin,
+            node_bin: node_bin()?,
             clients: args.clients,
             faults: args.faults,
             mode: match mode {

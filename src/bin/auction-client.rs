@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use auction::client::{Client, ClientError, Outcome};
+use auction::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Outcome};
 use auction::console::{describe_auction, describe_status};
 use auction::input::{self, Line};
 use auction::pb::{AuctionView, StatusReply};
@@ -30,7 +30,7 @@ struct Args {
     server: String,
     /// How long to keep retrying (across failovers) before reporting an exception, in ms: at most
     /// a minute, far below the 10 minutes a node remembers a session for exactly-once.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    #[arg(long, default_value_t = DEFAULT_RETRY_BUDGET.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     retry_ms: u64,
     /// Print one JSON object per answer.
     #[arg(long, global = true)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of};
+use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of, sibling_binary};
 use clap::{Parser, ValueEnum};
 use rustix::process::Signal;
 use tokio::process::Command;
@@ -65,29 +65,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found; build all binaries first: cargo build --release",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
     let spec = Spec {
-        node_bin: sibling("auction-node")?,
+        node_bin: sibling_binary("auction-node")?,
         client_port: args.client_port,
         leader_port: args.leader_port,
         node_args: vec!["--duration".into(), args.duration.to_string()],
         log_filter: "info,auction=debug".into(),
     };
-    let client_bin = sibling("auction-client")?;
+    let client_bin = sibling_binary("auction-client")?;
     let transcript = Transcript::new(true);
     let mut cluster = LocalCluster::new(spec, transcript.clone());
     let result = match args.scenario {

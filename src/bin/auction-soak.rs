@@ -54,13 +54,7 @@ fn main() -> ExitCode {
 }
 
 async fn soak(args: Args) -> anyhow::Result<bool> {
-    let node_bin = std::env::current_exe()?.with_file_name("auction-node");
-    if !node_bin.exists() {
-        bail!(
-            "{} not found; build all binaries first: cargo build --release",
-            node_bin.display()
-        );
-    }
+    let node_bin = auction::cluster::sibling_binary("auction-node")?;
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
     }
