@@ -2,15 +2,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use auction::cluster::{Spec, free_port};
 use auction::pb::{
     self, BidRequest, FromReplica, auction_client::AuctionClient, from_replica,
     replication_client::ReplicationClient,
 };
 use bytes::{Buf, BufMut};
-use common::{Harness, NODE, WAIT, json, run_client};
+use common::{Harness, NODE, WAIT, json, run_client, wait_for_lines};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -101,22 +99,14 @@ async fn the_interactive_client_explains_bad_lines_and_sends_nothing() {
     client.send_line("result").await.unwrap();
     let answer = client.next_line(WAIT).await.unwrap();
     assert!(answer.contains("no bids yet"), "{answer}");
-    // The explanations go to stderr, read by another task: poll for them.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let lines = h.cluster.transcript.lines();
-        let explained: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.starts_with("[client ann] not sent:"))
-            .collect();
-        if explained.len() == 3 {
-            assert!(explained[0].contains("amount must be positive"));
-            assert!(explained[2].contains("whole number"));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{lines:#?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The explanations go to stderr, read by another task.
+    let explained = wait_for_lines(&h.cluster.transcript, 3, |l| {
+        l.starts_with("[client ann] not sent:")
+    })
+    .await;
+    assert_eq!(explained.len(), 3);
+    assert!(explained[0].contains("amount must be positive"));
+    assert!(explained[2].contains("whole number"));
 }
 
 #[tokio::test]
@@ -131,10 +121,10 @@ async fn a_second_node_with_a_port_in_use_is_refused() {
     let mut dup = auction::cluster::Proc::spawn(cmd, "dup 5401", &h.cluster.transcript).unwrap();
     let status = dup.wait(WAIT).await.expect("the duplicate exits");
     assert!(!status.success());
-    let refused = h.cluster.transcript.lines().iter().any(|l| {
+    wait_for_lines(&h.cluster.transcript, 1, |l| {
         l.starts_with("[dup 5401] error: the leader refused this node: node id 5401 is already")
-    });
-    assert!(refused, "{:#?}", h.cluster.transcript.lines());
+    })
+    .await;
     // The first 5401 is still a member.
     h.wait_for(|s| auction::cluster::is_member(s, 5401)).await;
     assert!(!h.cluster.node(5401).unwrap().exited());
@@ -152,13 +142,10 @@ async fn a_replica_port_held_by_another_program_is_reported() {
     let node = cluster.node(5400).unwrap();
     let status = node.wait(WAIT).await.expect("the node exits");
     assert!(!status.success());
-    let lines = cluster.transcript.lines();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("is in use by a program that is not an auction node")),
-        "{lines:#?}"
-    );
+    wait_for_lines(&cluster.transcript, 1, |l| {
+        l.contains("is in use by a program that is not an auction node")
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -102,6 +102,25 @@ impl Drop for Harness {
     }
 }
 
+/// Waits until `count` transcript lines satisfy `pred`, and returns them. Output reaches the
+/// transcript through reader tasks, so a line can arrive after its process exited.
+pub async fn wait_for_lines(
+    transcript: &Transcript,
+    count: usize,
+    pred: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let lines = transcript.lines();
+        let found: Vec<String> = lines.iter().filter(|l| pred(l)).cloned().collect();
+        if found.len() >= count {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lines:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn run_client(server: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(CLIENT)
         .arg("--server")
