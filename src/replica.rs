@@ -37,6 +37,9 @@ pub enum FollowEnd {
 /// await.
 pub type SharedState = Arc<Mutex<Option<ClusterState>>>;
 
+/// How often per heartbeat a replica checks whether the leader has been silent too long.
+const SILENCE_CHECKS_PER_HEARTBEAT: u32 = 4;
+
 /// Follows the leader at `leader_addr` as `me`, keeping `shared` up to date. When `me` becomes a
 /// member, it takes the cluster lock shared before it acknowledges anything as a member. A member
 /// fences a silent leader before it returns.
@@ -83,7 +86,9 @@ pub async fn follow(
     // Who sent this stream's snapshot: known once it arrives.
     let mut leader: Option<Member> = None;
     let mut member = is_member(shared, &me);
-    let mut tick = tokio::time::interval(timing.heartbeat);
+    // Checked four times per heartbeat, so a silent leader is noticed at most a quarter of a
+    // heartbeat after the timeout.
+    let mut tick = tokio::time::interval(timing.heartbeat / SILENCE_CHECKS_PER_HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {

@@ -99,7 +99,9 @@ enum WorkloadArg {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match tokio::runtime::Runtime::new()
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(bench(args)))
     {

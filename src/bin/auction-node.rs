@@ -95,7 +95,10 @@ fn start(args: &Args, cfg: Config) -> anyhow::Result<()> {
         pid = std::process::id(),
         "auction-node starting"
     );
-    tokio::runtime::Runtime::new()?.block_on(run(cfg))
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cfg))
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
