@@ -2,7 +2,8 @@
 //! Client requests, replica joins and acks arrive as events on one channel. The leader applies
 //! every request queued at that moment as one batch, pushes the batch to every replica stream,
 //! and answers each request only when every member has acknowledged the batch's version (the
-//! seed's commit rule). Batches are pipelined: a new one can go out before the previous commits.
+//! seed's commit rule). One batch of requests replicates at a time; the next one gathers what
+//! arrives meanwhile (group commit).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -403,11 +404,24 @@ impl Leader {
         }
     }
 
-    /// Releases the replies of committed batches and sends the next batch.
+    /// Releases the replies of committed batches, then sends the next batch.
+    ///
+    /// Client requests go out one batch at a time: those that arrive while a batch replicates
+    /// wait and go out together once it commits, so under load batches grow with the load
+    /// instead of waking every replica once per leader wake-up (group commit). Membership
+    /// changes go out at once, because a batch that waits for a fenced member commits only
+    /// when that member's removal is in the state.
     fn advance(&mut self) {
-        if !self.queued.is_empty() || !self.queued_changes.is_empty() {
+        self.release_committed();
+        let requests_may_go = self.rounds.is_empty() && !self.queued.is_empty();
+        if requests_may_go || !self.queued_changes.is_empty() {
             self.send_batch();
+            // With no follower to wait for, the batch is committed as soon as it is applied.
+            self.release_committed();
         }
+    }
+
+    fn release_committed(&mut self) {
         while let Some(round) = self.rounds.front() {
             if !self.followers.committed(&self.state, round.version) {
                 break;
@@ -496,5 +510,48 @@ pub fn start_change(duration: AuctionDuration) -> ChangeKind {
     ChangeKind::Client {
         id: None,
         op: Op::Start { duration },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Amount, BidderId, NodeId};
+
+    /// A leader alone in its cluster answers as soon as it has applied a request, not on its
+    /// next heartbeat.
+    #[tokio::test]
+    async fn a_leader_without_followers_answers_at_once() {
+        let me = Member {
+            id: NodeId(1),
+            pid: std::process::id(),
+            start_time: 0,
+        };
+        let timing = Timing {
+            heartbeat: Duration::from_secs(3600),
+            timeout: Duration::from_secs(7200),
+        };
+        let opening = start_change(AuctionDuration::from_millis(60_000).unwrap());
+        let leader = spawn(
+            me,
+            ClusterState::founded(me),
+            vec![opening],
+            timing,
+            std::future::pending(),
+        );
+        for amount in 1..=3 {
+            let bid = Request::Change {
+                id: None,
+                op: Op::Bid {
+                    bidder: BidderId::new("solo").unwrap(),
+                    amount: Amount::new(amount).unwrap(),
+                },
+            };
+            let reply = tokio::time::timeout(Duration::from_secs(5), leader.call(bid))
+                .await
+                .expect("answered long before the next heartbeat")
+                .unwrap();
+            assert!(matches!(reply, Reply::Decision(Ok(()), _)), "{reply:?}");
+        }
     }
 }
