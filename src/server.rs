@@ -78,7 +78,11 @@ fn close(r: CloseRequest) -> Result<Request, Status> {
     })
 }
 
-fn session_request(
+/// Validates one request of a client session: what the leader gets to decide, or why not.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` when a field is missing or out of range.
+pub fn session_request(
     op: Option<pb::session_request::Op>,
     default_duration: Duration,
 ) -> Result<Request, Status> {
