@@ -4,7 +4,7 @@
 use auction::auction::{Machine, Op};
 use auction::pb;
 use auction::replication::{Change, ChangeKind};
-use auction::types::{Amount, BidderId, Duration, Millis, RequestId};
+use auction::types::{Amount, BidderId, Credential, Duration, Millis, RequestId};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 
@@ -28,6 +28,7 @@ fn bids(n: u64, sessions: u64) -> Vec<(RequestId, Op)> {
             let op = Op::Bid {
                 bidder: names[(i % 64) as usize].clone(),
                 amount: Amount::new(i).expect("positive"),
+                credential: Credential([(i % 64) as u8; 32]),
             };
             (id, op)
         })

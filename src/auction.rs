@@ -6,17 +6,29 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::types::{Amount, BidderId, Duration, Millis, RequestId};
+use crate::types::{Amount, BidderId, Credential, Duration, Millis, RequestId};
 
 /// How long a client session is remembered after its last request. Far longer than any client's
 /// retry budget, so a retry always finds its first outcome.
 pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 
+/// How many bidder names the cluster registers. Names are kept for good (they are identities),
+/// so this bounds the memory that bidders can take.
+pub const MAX_BIDDERS: usize = 100_000;
+
 /// A request that changes the auction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Bid { bidder: BidderId, amount: Amount },
-    Start { duration: Duration },
+    /// A bid in `bidder`'s name; `credential` must be the one the name was registered with (by
+    /// its first bid in an open auction).
+    Bid {
+        bidder: BidderId,
+        amount: Amount,
+        credential: Credential,
+    },
+    Start {
+        duration: Duration,
+    },
     Close,
 }
 
@@ -33,6 +45,10 @@ pub enum Refusal {
     StillOpen { auction: u64 },
     #[error("request is older than the last one this session completed")]
     StaleRequest,
+    #[error("the bidder name is registered with another token")]
+    NotYourName,
+    #[error("no more bidder names can be registered (at most {MAX_BIDDERS})")]
+    TooManyBidders,
 }
 
 /// The outcome of an [`Op`]: accepted, or refused with a reason.
@@ -136,6 +152,8 @@ pub struct Machine {
     sessions: BTreeMap<u64, Session>,
     /// The same sessions ordered by last use, so expiry takes the oldest without a scan.
     by_age: BTreeSet<(Millis, u64)>,
+    /// Every registered bidder name and the credential it was registered with.
+    registry: BTreeMap<BidderId, Credential>,
 }
 
 impl Machine {
@@ -164,7 +182,26 @@ impl Machine {
 
     fn execute(&mut self, now: Millis, op: &Op) -> Decision {
         match op {
-            Op::Bid { bidder, amount } => self.auction.bid(now, bidder, *amount),
+            Op::Bid {
+                bidder,
+                amount,
+                credential,
+            } => {
+                match self.registry.get(bidder) {
+                    Some(registered) if registered != credential => {
+                        return Err(Refusal::NotYourName);
+                    }
+                    Some(_) => {}
+                    None if self.registry.len() >= MAX_BIDDERS => {
+                        return Err(Refusal::TooManyBidders);
+                    }
+                    None if self.auction.is_open(now) => {
+                        self.registry.insert(bidder.clone(), *credential);
+                    }
+                    None => {}
+                }
+                self.auction.bid(now, bidder, *amount)
+            }
             Op::Start { duration } => self.auction.start(now, *duration),
             Op::Close => self.auction.close(now),
         }
@@ -197,10 +234,16 @@ impl Machine {
         self.sessions.iter().map(|(id, s)| (*id, s))
     }
 
+    /// The registered bidder names and their credentials, ordered by name.
+    pub fn registry(&self) -> impl Iterator<Item = (&BidderId, &Credential)> {
+        self.registry.iter()
+    }
+
     /// Rebuilds a machine from its parts (a snapshot).
     pub fn from_parts(
         auction: Auction,
         sessions: impl IntoIterator<Item = (u64, Session)>,
+        registry: impl IntoIterator<Item = (BidderId, Credential)>,
     ) -> Self {
         let sessions: BTreeMap<u64, Session> = sessions.into_iter().collect();
         let by_age = sessions.iter().map(|(id, s)| (s.last_seen, *id)).collect();
@@ -208,6 +251,7 @@ impl Machine {
             auction,
             sessions,
             by_age,
+            registry: registry.into_iter().collect(),
         }
     }
 }
@@ -219,10 +263,18 @@ mod tests {
     fn t(ms: u64) -> Millis {
         Millis(ms)
     }
+    /// A bid with the name's own credential.
     fn bid(name: &str, amount: u64) -> Op {
+        bid_with(name, amount, name)
+    }
+    /// A bid in `name`'s name with the credential of whoever `holder` is.
+    fn bid_with(name: &str, amount: u64, holder: &str) -> Op {
+        let mut c = [0u8; 32];
+        c[..holder.len()].copy_from_slice(holder.as_bytes());
         Op::Bid {
             bidder: BidderId::new(name).unwrap(),
             amount: Amount::new(amount).unwrap(),
+            credential: Credential(c),
         }
     }
     fn start(secs: u64) -> Op {
@@ -341,7 +393,54 @@ mod tests {
         let copy = Machine::from_parts(
             m.auction.clone(),
             m.sessions().map(|(id, s)| (id, s.clone())),
+            m.registry().map(|(b, c)| (b.clone(), *c)),
         );
         assert_eq!(copy, m);
+    }
+
+    #[test]
+    fn a_name_bids_only_with_the_credential_it_was_registered_with() {
+        let mut m = open_machine();
+        assert_eq!(m.apply(t(1), id(1, 1), &bid("alice", 10)), Ok(()));
+        let before = m.auction.clone();
+        assert_eq!(
+            m.apply(t(2), id(2, 1), &bid_with("alice", 99, "mallory")),
+            Err(Refusal::NotYourName)
+        );
+        assert_eq!(m.auction, before, "a bid in another's name changes nothing");
+        assert_eq!(m.apply(t(3), id(1, 2), &bid("alice", 11)), Ok(()));
+        // Registration lasts across auctions.
+        m.apply(t(4), None, &Op::Close).unwrap();
+        m.apply(t(5), None, &start(10)).unwrap();
+        assert_eq!(
+            m.apply(t(6), id(2, 2), &bid_with("alice", 5, "mallory")),
+            Err(Refusal::NotYourName)
+        );
+    }
+
+    #[test]
+    fn names_are_registered_only_by_bids_in_an_open_auction() {
+        let mut m = Machine::default();
+        assert_eq!(
+            m.apply(t(0), None, &bid_with("bob", 1, "mallory")),
+            Err(Refusal::NoAuction)
+        );
+        m.apply(t(1), None, &start(10)).unwrap();
+        assert_eq!(m.apply(t(2), None, &bid("bob", 1)), Ok(()));
+    }
+
+    #[test]
+    fn the_registry_is_bounded() {
+        let mut m = open_machine();
+        let names: Vec<String> = (0..MAX_BIDDERS).map(|i| format!("b{i}")).collect();
+        m.registry = names
+            .iter()
+            .map(|n| (BidderId::new(n.clone()).unwrap(), Credential([0; 32])))
+            .collect();
+        assert_eq!(
+            m.apply(t(1), None, &bid("newcomer", 1)),
+            Err(Refusal::TooManyBidders)
+        );
+        assert_eq!(m.auction.highest, None);
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::auction::{Machine, Op as AuctionOp};
 use crate::history::{Call, Op, ReadView, Return};
-use crate::types::{Duration as AuctionDuration, Millis};
+use crate::types::{Credential, Duration as AuctionDuration, Millis};
 
 /// A search gives up after this many steps, so a pathological history cannot hang a test run.
 const STEP_BUDGET: u64 = 200_000_000;
@@ -114,6 +114,9 @@ fn step(state: &Machine, op: &Op) -> Option<Machine> {
             let bid = AuctionOp::Bid {
                 bidder: bidder.clone(),
                 amount: *amount,
+                // Every bidder in a history bids with its own token (the nemesis gives each one
+                // a token for the whole run), so one credential stands for all of them.
+                credential: Credential([0; 32]),
             };
             let decision = next.apply(Millis(0), None, &bid);
             match ret {

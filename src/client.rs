@@ -3,6 +3,7 @@
 //! its one outcome; only when no leader answers within the retry budget is the outcome an
 //! exception.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::pb::{
     SessionRequest, StartRequest, StatusReply, StatusRequest, auction_client::AuctionClient,
     session_reply, session_request,
 };
-use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId};
+use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId, Token};
 
 /// Resolves a `HOST:PORT` given by a person to the address to dial.
 ///
@@ -59,9 +60,12 @@ pub enum ClientError {
         attempts: u32,
         last: String,
     },
-    /// The server refused the request as malformed; it was not applied.
+    /// The server refused the request as malformed or not allowed; it was not applied.
     #[error("the server refused the request: {0}")]
     Invalid(String),
+    /// The request could not be made here (no randomness for a new bidder token).
+    #[error("cannot make the request: {0}")]
+    Local(String),
 }
 
 /// The outcome of a request that changes the auction.
@@ -88,6 +92,10 @@ pub struct Client {
     last_attempts: u32,
     /// The tag of the last request sent on a session stream.
     tag: u64,
+    /// Each bidder's token: set by [`Client::set_token`], or made up at the bidder's first bid.
+    tokens: HashMap<BidderId, Token>,
+    /// Sent with start and close; without it they are refused.
+    operator_token: Option<Token>,
 }
 
 /// What a client asks.
@@ -120,7 +128,26 @@ impl Client {
             conn: None,
             last_attempts: 0,
             tag: 0,
+            tokens: HashMap::new(),
+            operator_token: None,
         }
+    }
+
+    /// Bids in `bidder`'s name will carry `token`: the one the name was registered with.
+    pub fn set_token(&mut self, bidder: BidderId, token: Token) {
+        self.tokens.insert(bidder, token);
+    }
+
+    /// Start and close will carry the operator token.
+    pub fn set_operator_token(&mut self, token: Token) {
+        self.operator_token = Some(token);
+    }
+
+    fn operator_token(&self) -> String {
+        self.operator_token
+            .as_ref()
+            .map(|t| t.expose().to_string())
+            .unwrap_or_default()
     }
 
     pub fn session(&self) -> u64 {
@@ -138,15 +165,26 @@ impl Client {
         RequestId::new(self.session, self.seq).ok()
     }
 
-    /// Places a bid.
+    /// Places a bid in `bidder`'s name, with the bidder's token (a random one at the first bid of
+    /// a bidder this client has no token for: that bid registers the name with it).
     ///
     /// # Errors
     /// [`ClientError::Exception`] when no leader answered in time.
     pub async fn bid(&mut self, bidder: &BidderId, amount: Amount) -> Result<Outcome, ClientError> {
+        let token = match self.tokens.get(bidder) {
+            Some(t) => t.expose().to_string(),
+            None => {
+                let t = Token::random().map_err(|e| ClientError::Local(e.to_string()))?;
+                let text = t.expose().to_string();
+                self.tokens.insert(bidder.clone(), t);
+                text
+            }
+        };
         let op = session_request::Op::Bid(BidRequest {
             id: Some(self.next_id()),
             bidder: bidder.to_string(),
             amount: amount.get(),
+            token,
         });
         decision(self.session_call(op).await?)
     }
@@ -178,6 +216,7 @@ impl Client {
         let op = session_request::Op::Start(StartRequest {
             id: Some(self.next_id()),
             duration_ms: duration.map_or(0, AuctionDuration::as_millis),
+            operator_token: self.operator_token(),
         });
         decision(self.session_call(op).await?)
     }
@@ -189,6 +228,7 @@ impl Client {
     pub async fn close(&mut self) -> Result<Outcome, ClientError> {
         let op = session_request::Op::Close(CloseRequest {
             id: Some(self.next_id()),
+            operator_token: self.operator_token(),
         });
         decision(self.session_call(op).await?)
     }

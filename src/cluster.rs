@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::auth::AuthDir;
 use crate::client::{Client, ClientError};
 use crate::pb::StatusReply;
 
@@ -218,25 +221,39 @@ pub struct Spec {
     pub node_args: Vec<String>,
     /// The `RUST_LOG` for the nodes.
     pub log_filter: String,
+    /// The nodes' and clients' `--auth-dir`: the cluster secret and the operator token.
+    pub auth_dir: PathBuf,
+    /// Whether the auth dir is this cluster's own, to be removed with it.
+    pub owns_auth_dir: bool,
 }
 
 impl Spec {
-    /// A spec on two ports that are free now, so clusters can run side by side.
+    /// A spec on two ports that are free now, with secrets of its own (in a new private
+    /// directory under the temporary directory), so clusters can run side by side.
     ///
     /// # Errors
-    /// No free port could be found.
+    /// No free port could be found, or the directory could not be created.
     pub fn on_free_ports(node_bin: impl Into<PathBuf>) -> std::io::Result<Self> {
+        static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         let client_port = free_port()?;
         let mut leader_port = free_port()?;
         while leader_port == client_port {
             leader_port = free_port()?;
         }
+        let auth_dir = std::env::temp_dir().join(format!(
+            "auction-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&auth_dir)?;
         Ok(Self {
             node_bin: node_bin.into(),
             client_port,
             leader_port,
             node_args: Vec::new(),
             log_filter: "info".into(),
+            auth_dir,
+            owns_auth_dir: true,
         })
     }
 
@@ -251,6 +268,14 @@ pub struct LocalCluster {
     pub spec: Spec,
     pub transcript: Transcript,
     nodes: BTreeMap<u16, Proc>,
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if self.spec.owns_auth_dir {
+            let _ = std::fs::remove_dir_all(&self.spec.auth_dir);
+        }
+    }
 }
 
 impl LocalCluster {
@@ -275,6 +300,7 @@ impl LocalCluster {
             .arg("--leader-port")
             .arg(self.spec.leader_port.to_string())
             .args(&self.spec.node_args)
+            .env("AUCTION_AUTH_DIR", &self.spec.auth_dir)
             .env("RUST_LOG", &self.spec.log_filter)
             .env_remove("RUST_BACKTRACE");
         let proc = Proc::spawn(cmd, &format!("node {id}"), &self.transcript)?;
@@ -312,9 +338,14 @@ impl LocalCluster {
             .signal(signal)
     }
 
-    /// A client of this cluster with the given retry budget.
+    /// A client of this cluster with the given retry budget, and the operator token.
     pub fn client(&self, retry_budget: Duration) -> Client {
-        Client::new(self.spec.client_addr(), retry_budget)
+        let mut client = Client::new(self.spec.client_addr(), retry_budget);
+        // Without it, start and close are refused, which says what went wrong.
+        if let Ok(token) = AuthDir::new(&self.spec.auth_dir).operator_token() {
+            client.set_operator_token(token);
+        }
+        client
     }
 
     /// The leader's status.

@@ -98,6 +98,16 @@ impl ReplyTo {
 /// The outbound half of one replica stream.
 pub type Outbound = mpsc::Sender<Result<FromLeader, Status>>;
 
+/// A replica that proved it holds the cluster secret, as the leader task keeps it.
+#[derive(Debug)]
+pub struct Peer {
+    /// The outbound half of its stream.
+    pub outbound: Outbound,
+    /// Its process, opened when it joined and checked to hold the stream's connection: fencing
+    /// signals exactly this process.
+    pub process: process::ProcessHandle,
+}
+
 /// What reaches the leader task.
 #[derive(Debug)]
 pub enum Event {
@@ -105,11 +115,11 @@ pub enum Event {
         request: Request,
         reply: ReplyTo,
     },
-    /// A replica opened a stream and said who it is.
+    /// A replica opened a stream and proved who it is.
     Join {
         conn: ConnId,
         node: Member,
-        outbound: Outbound,
+        peer: Peer,
     },
     Ack {
         conn: ConnId,
@@ -166,7 +176,7 @@ struct Round {
 struct Leader {
     me: Member,
     state: ClusterState,
-    followers: Followers<Outbound>,
+    followers: Followers<Peer>,
     timing: Timing,
     /// Requests that arrived since the last batch went out.
     queued: Vec<(Request, ReplyTo)>,
@@ -249,11 +259,7 @@ impl Leader {
                 Request::Status => reply.send(Reply::Status(self.status())),
                 request => self.queued.push((request, reply)),
             },
-            Event::Join {
-                conn,
-                node,
-                outbound,
-            } => self.on_join(conn, node, outbound),
+            Event::Join { conn, node, peer } => self.on_join(conn, node, peer),
             Event::Ack { conn, seq, version } => {
                 let first = self.followers.on_ack(conn, seq, version);
                 if first && let Some(f) = self.followers.get(conn) {
@@ -279,10 +285,10 @@ impl Leader {
         }
     }
 
-    fn on_join(&mut self, conn: ConnId, node: Member, outbound: Outbound) {
+    fn on_join(&mut self, conn: ConnId, node: Member, peer: Peer) {
         let refuse = |status: Status| {
             warn!(node = %node.id, pid = node.pid, "refused: {}", status.message());
-            let _ = outbound.try_send(Err(status));
+            let _ = peer.outbound.try_send(Err(status));
         };
         if node.id == self.me.id {
             return refuse(Status::already_exists(format!(
@@ -322,7 +328,7 @@ impl Leader {
             self.followers.detach(old);
         }
         info!(node = %node.id, pid = node.pid, version = self.state.version, "sending state");
-        self.followers.attach(conn, node, outbound);
+        self.followers.attach(conn, node, peer);
         let snapshot = from_leader::Msg::Snapshot((&self.state).into());
         self.send(conn, snapshot);
     }
@@ -331,7 +337,17 @@ impl Leader {
     /// wait for it (safe), and the next tick tries again, because a member dropped while it can
     /// still act could later lead with a stale state.
     fn remove(&mut self, node: Member) {
-        match process::fence(&node) {
+        let attached = self
+            .followers
+            .conn_of(node.id)
+            .and_then(|c| self.followers.get(c))
+            .filter(|f| f.node == node);
+        let fenced = match attached {
+            // Through the handle taken when it joined.
+            Some(f) => f.conn.process.kill().map(|()| Fenced::Killed),
+            None => process::fence(&node),
+        };
+        match fenced {
             Ok(Fenced::Killed) => warn!(node = %node.id, pid = node.pid, "fenced (SIGKILL)"),
             Ok(Fenced::AlreadyGone) => info!(node = %node.id, pid = node.pid, "process is gone"),
             Err(e) => {
@@ -388,7 +404,7 @@ impl Leader {
             seq,
             msg: Some(msg),
         };
-        match f.conn.try_send(Ok(message)) {
+        match f.conn.outbound.try_send(Ok(message)) {
             Ok(()) => {}
             // The stream task is gone; its Gone event is on the way.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -545,6 +561,7 @@ mod tests {
                 op: Op::Bid {
                     bidder: BidderId::new("solo").unwrap(),
                     amount: Amount::new(amount).unwrap(),
+                    credential: crate::types::Credential([1; 32]),
                 },
             };
             let reply = tokio::time::timeout(Duration::from_secs(5), leader.call(bid))

@@ -7,6 +7,7 @@
 //! - [`replication`]: the replicated state (members, epochs, versions) and the leader's pure
 //!   bookkeeping of acknowledgements;
 //! - [`pb`]: the generated gRPC code and validated conversions;
+//! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the cluster lock;
 //! - [`leader`], [`server`], [`replica`]: the leader task, its gRPC services, and a replica's
 //!   stream;
@@ -19,6 +20,7 @@
 //! - [`bench`]: closed- and open-loop load for `auction-bench`.
 
 pub mod auction;
+pub mod auth;
 pub mod bench;
 pub mod checker;
 pub mod client;

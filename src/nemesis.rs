@@ -22,7 +22,7 @@ use crate::client::{Client, ClientError};
 use crate::cluster::{LocalCluster, Spec, Transcript, leader_of};
 use crate::history::{Call, Op, ReadView, Return};
 use crate::pb;
-use crate::types::{Amount, BidderId, RequestId};
+use crate::types::{Amount, BidderId, RequestId, Token};
 
 /// The node ids of the cluster, as in the seed.
 const NODES: [u16; 3] = [5400, 5401, 5402];
@@ -289,6 +289,8 @@ struct LastBid {
     id: RequestId,
     bidder: BidderId,
     amount: Amount,
+    /// The bidder's token, which the replay must carry too.
+    token: Token,
     ret: Return,
     /// Whether the first answer took more than one attempt.
     retried: bool,
@@ -639,8 +641,21 @@ async fn client_loop(
     let Ok(bidder) = BidderId::new(format!("c{index}")) else {
         return log;
     };
+    // One token for the bidder's whole life, whichever client process bids for it.
+    let token = match Token::random() {
+        Ok(t) => t,
+        Err(e) => {
+            log.problems.push(format!("client {index}: no token: {e}"));
+            return log;
+        }
+    };
+    let new_client = || {
+        let mut c = Client::new(addr, Duration::from_secs(5));
+        c.set_token(bidder.clone(), token.clone());
+        c
+    };
     let mut process = u32::try_from(index).unwrap_or(u32::MAX);
-    let mut client = Client::new(addr, Duration::from_secs(5));
+    let mut client = new_client();
     let mut known = 0u64;
     while !stop.load(Ordering::SeqCst) {
         // A little think time, so a run records thousands of operations, not tens of thousands.
@@ -689,6 +704,7 @@ async fn client_loop(
                 id,
                 bidder: bidder.clone(),
                 amount: *amount,
+                token: token.clone(),
                 ret: ret.clone(),
                 retried: client.last_attempts() > 1,
             });
@@ -706,12 +722,12 @@ async fn client_loop(
         });
         if killed {
             // The client process died: its successor starts a new session.
-            client = Client::new(addr, Duration::from_secs(5));
+            client = new_client();
             process = process.saturating_add(1000);
         } else if answered_after_retries {
             // A bid answered only after retries (across a failover) stays its session's last,
             // so the replay at the end checks its exactly-once answer.
-            client = Client::new(addr, Duration::from_secs(5));
+            client = new_client();
         }
     }
     log
@@ -838,6 +854,7 @@ async fn check_replays(
             id: Some(bid.id.into()),
             bidder: bid.bidder.to_string(),
             amount: bid.amount.get(),
+            token: bid.token.expose().to_string(),
         };
         let again: Option<Decision> = match tokio::time::timeout(patience, c.bid(request)).await {
             Ok(Ok(reply)) => reply

@@ -18,13 +18,14 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
+use crate::auth::ClusterSecret;
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::pb;
 use crate::process::{self, ClusterLock, Fenced};
 use crate::replica::{self, FollowEnd, SharedState};
 use crate::replication::{ChangeKind, ClusterState, Member};
-use crate::server::{AuctionService, ReplicationService};
-use crate::types::{Duration as AuctionDuration, NodeId};
+use crate::server::{Admission, AuctionService, ReplicationService};
+use crate::types::{Credential, Duration as AuctionDuration, NodeId};
 
 /// Everything a node needs to know.
 #[derive(Clone, Debug)]
@@ -43,6 +44,10 @@ pub struct Config {
     /// How long each place in the line of succession waits before trying to take over, so the
     /// first in line normally wins.
     pub stagger: Duration,
+    /// What nodes prove to each other before any state flows.
+    pub secret: ClusterSecret,
+    /// The credential of the operator token, which start and close need.
+    pub operator: Credential,
 }
 
 impl Config {
@@ -59,6 +64,11 @@ impl Config {
 pub enum NodeError {
     #[error("{addr} is in use by a program that is not an auction node")]
     PortTaken { addr: SocketAddr },
+    #[error(
+        "the node at {addr} does not share this node's cluster secret ({why}); \
+         start every node with the same secret"
+    )]
+    Impostor { addr: SocketAddr, why: String },
     #[error("the leader refused this node: {0}")]
     Refused(String),
     #[error("{what}: {source}")]
@@ -147,7 +157,7 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
         }
         let end = tokio::select! {
             () = shutdown.clone().wait() => return Ok(()),
-            end = replica::follow(leader_addr, me, cfg.timing, &lock, &shared) => end,
+            end = replica::follow(leader_addr, me, &cfg.secret, cfg.timing, &lock, &shared) => end,
         };
         let is_member = replica::is_member(&shared, &me);
         let retry_at_once = match end {
@@ -171,6 +181,15 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
                 debug!("no leader at {leader_addr}: {why}");
                 false
             }
+            // A node that never joined has the wrong secret, or a stranger holds the port: either
+            // way there is nothing to wait for. A member keeps trying: its cluster may come back.
+            FollowEnd::Impostor(why) if !is_member => {
+                return Err(NodeError::Impostor {
+                    addr: leader_addr,
+                    why,
+                });
+            }
+            FollowEnd::Impostor(_) => false,
         };
         if retry_at_once {
             backoff = MIN_BACKOFF;
@@ -282,6 +301,8 @@ async fn lead(
         .add_service(
             pb::replication_server::ReplicationServer::new(ReplicationService::new(
                 handle.clone(),
+                me,
+                cfg.secret.clone(),
                 cfg.timing,
             ))
             .max_decoding_message_size(64 * 1024),
@@ -295,8 +316,14 @@ async fn lead(
     info!(client_addr = %cfg.client_addr(), "serving clients");
     Server::builder()
         .add_service(
-            pb::auction_server::AuctionServer::new(AuctionService::new(handle, cfg.duration))
-                .max_decoding_message_size(64 * 1024),
+            pb::auction_server::AuctionServer::new(AuctionService::new(
+                handle,
+                Admission {
+                    operator: cfg.operator,
+                    default_duration: cfg.duration,
+                },
+            ))
+            .max_decoding_message_size(64 * 1024),
         )
         .serve_with_incoming_shutdown(incoming(client_listener), shutdown.wait())
         .await?;

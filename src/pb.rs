@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::auction::{self, Auction, Bid, Machine, Op};
 use crate::replication::{self, ChangeKind, ClusterState, Member};
-use crate::types::{self, Amount, BidderId, Duration, InputError, Millis, NodeId};
+use crate::types::{self, Amount, BidderId, Credential, Duration, InputError, Millis, NodeId};
 
 /// The code generated from `proto/auction.proto`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -33,6 +33,15 @@ pub enum WireError {
     NodeId(u32),
     #[error("unknown refusal kind {0}")]
     RefusalKind(i32),
+    #[error("a credential must be 32 bytes, got {0}")]
+    Credential(usize),
+}
+
+/// Reads a credential (a SHA-256 digest).
+fn credential(bytes: &[u8]) -> Result<Credential, WireError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Credential)
+        .map_err(|_| WireError::Credential(bytes.len()))
 }
 
 impl From<WireError> for tonic::Status {
@@ -105,6 +114,8 @@ impl From<&auction::Refusal> for v1::Refusal {
             }
             auction::Refusal::StillOpen { auction } => (RefusalKind::StillOpen, *auction, 0),
             auction::Refusal::StaleRequest => (RefusalKind::StaleRequest, 0, 0),
+            auction::Refusal::NotYourName => (RefusalKind::NotYourName, 0, 0),
+            auction::Refusal::TooManyBidders => (RefusalKind::TooManyBidders, 0, 0),
         };
         Self {
             kind: kind.into(),
@@ -127,6 +138,8 @@ impl TryFrom<v1::Refusal> for auction::Refusal {
                 },
                 RefusalKind::StillOpen => Self::StillOpen { auction: r.auction },
                 RefusalKind::StaleRequest => Self::StaleRequest,
+                RefusalKind::NotYourName => Self::NotYourName,
+                RefusalKind::TooManyBidders => Self::TooManyBidders,
                 RefusalKind::Unspecified => return Err(WireError::RefusalKind(r.kind)),
             },
         )
@@ -198,9 +211,14 @@ pub fn auction_view(a: &Auction, now: Millis) -> AuctionView {
 impl From<&Op> for client_op::Op {
     fn from(op: &Op) -> Self {
         match op {
-            Op::Bid { bidder, amount } => Self::Bid(BidOp {
+            Op::Bid {
+                bidder,
+                amount,
+                credential,
+            } => Self::Bid(BidOp {
                 bidder: bidder.to_string(),
                 amount: amount.get(),
+                credential: credential.0.to_vec(),
             }),
             Op::Start { duration } => Self::Start(StartOp {
                 duration_ms: duration.as_millis(),
@@ -217,6 +235,7 @@ impl TryFrom<client_op::Op> for Op {
             client_op::Op::Bid(b) => Self::Bid {
                 bidder: BidderId::new(b.bidder)?,
                 amount: Amount::new(b.amount)?,
+                credential: credential(&b.credential)?,
             },
             client_op::Op::Start(s) => Self::Start {
                 duration: Duration::from_millis(s.duration_ms)?,
@@ -296,6 +315,14 @@ impl From<&ClusterState> for State {
                     decision: Some((&sess.decision).into()),
                 })
                 .collect(),
+            registry: s
+                .machine
+                .registry()
+                .map(|(bidder, c)| Registration {
+                    bidder: bidder.to_string(),
+                    credential: c.0.to_vec(),
+                })
+                .collect(),
         }
     }
 }
@@ -336,6 +363,11 @@ impl TryFrom<State> for ClusterState {
                 ))
             })
             .collect::<Result<Vec<_>, WireError>>()?;
+        let registry = s
+            .registry
+            .into_iter()
+            .map(|r| Ok((BidderId::new(r.bidder)?, credential(&r.credential)?)))
+            .collect::<Result<Vec<_>, WireError>>()?;
         Ok(Self {
             version: s.version,
             epoch: s.epoch,
@@ -346,7 +378,7 @@ impl TryFrom<State> for ClusterState {
                 .into_iter()
                 .map(Member::try_from)
                 .collect::<Result<_, _>>()?,
-            machine: Machine::from_parts(auction, sessions),
+            machine: Machine::from_parts(auction, sessions, registry),
         })
     }
 }
@@ -381,6 +413,7 @@ mod tests {
                 op: Op::Bid {
                     bidder: BidderId::new("ann").unwrap(),
                     amount: Amount::new(10).unwrap(),
+                    credential: crate::types::Credential([1; 32]),
                 },
             },
             ChangeKind::Client {
@@ -388,6 +421,7 @@ mod tests {
                 op: Op::Bid {
                     bidder: BidderId::new("bob").unwrap(),
                     amount: Amount::new(10).unwrap(),
+                    credential: crate::types::Credential([1; 32]),
                 },
             },
             ChangeKind::Lead(node(5401)),
@@ -420,6 +454,7 @@ mod tests {
                 op: Some(client_op::Op::Bid(BidOp {
                     bidder: "a".into(),
                     amount: 0,
+                    credential: vec![1; 32],
                 })),
             })),
         };

@@ -129,7 +129,16 @@ impl ProcessHandle {
         };
         // Checked after the pidfd is open: if the pid was reused before the open, the check sees
         // the new process and fails; after the open, the pidfd keeps naming the checked one.
-        Ok(is_alive_member(m)?.then_some(Self { pidfd }))
+        if !is_alive_member(m)? {
+            return Ok(None);
+        }
+        if !is_node_of_this_user(m.pid) {
+            return Err(io::Error::other(format!(
+                "pid {} is not an {NODE_PROCESS_NAME} of this user",
+                m.pid
+            )));
+        }
+        Ok(Some(Self { pidfd }))
     }
 
     /// SIGKILLs the process. A process that already exited is not an error.
@@ -180,16 +189,53 @@ pub fn fence_port_holder(addr: SocketAddr) -> io::Result<Option<u32>> {
         pid,
         start_time: start_time(pid)?,
     };
-    let Some(handle) = ProcessHandle::open(&holder)? else {
-        return Ok(None);
-    };
-    // Checked with the pidfd open, so the name and user are those of the process it names.
-    if !is_node_of_this_user(pid) {
-        return Err(io::Error::other(format!(
-            "{addr} is held by pid {pid}, which is not an {NODE_PROCESS_NAME} of this user"
-        )));
+    // The handle checks, with the pidfd open, that the holder is a node of this user.
+    let handle = ProcessHandle::open(&holder)
+        .map_err(|e| io::Error::other(format!("{addr} is held by pid {pid}: {e}")))?;
+    match handle {
+        Some(h) => h.kill().map(|()| Some(pid)),
+        None => Ok(None),
     }
-    handle.kill().map(|()| Some(pid))
+}
+
+/// Whether process `pid` holds the established TCP connection whose ends are `local` (its own
+/// end) and `remote`. A leader checks this when a replica joins, so a replica cannot name
+/// another process as itself and get that process fenced later.
+///
+/// # Errors
+/// `/proc/net/tcp*` cannot be read.
+pub fn holds_connection(pid: u32, local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+    let remote = proc_net_address(remote);
+    // "01" is ESTABLISHED.
+    let Some(inode) = socket_inode(local, |f| {
+        f[2].eq_ignore_ascii_case(&remote) && f[3] == "01"
+    })?
+    else {
+        return Ok(false);
+    };
+    let wanted = format!("socket:[{inode}]");
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Ok(false);
+    };
+    Ok(fds
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str())))
+}
+
+/// The inode of the TCP socket bound to `local` whose `/proc/net/tcp*` fields also pass `more`
+/// (fields: sl local rem st tx:rx tr:when retrnsmt uid timeout inode).
+fn socket_inode(local: SocketAddr, more: impl Fn(&[&str]) -> bool) -> io::Result<Option<String>> {
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let local = proc_net_address(local);
+    let text = std::fs::read_to_string(table)?;
+    Ok(text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1].eq_ignore_ascii_case(&local) && more(&f)).then(|| f[9].to_owned())
+    }))
 }
 
 /// The pid of the process that listens on `addr`, if any process of this user does.
@@ -197,19 +243,8 @@ pub fn fence_port_holder(addr: SocketAddr) -> io::Result<Option<u32>> {
 /// # Errors
 /// `/proc/net/tcp*` cannot be read.
 pub fn listener_pid(addr: SocketAddr) -> io::Result<Option<u32>> {
-    let table = if addr.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
-    };
-    let local = proc_net_address(addr);
-    let text = std::fs::read_to_string(table)?;
-    let inode = text.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // Fields: sl local rem st tx:rx tr:when retrnsmt uid timeout inode; "0A" is LISTEN.
-        (f.len() > 9 && f[1].eq_ignore_ascii_case(&local) && f[3] == "0A").then(|| f[9].to_owned())
-    });
-    let Some(inode) = inode else {
+    // "0A" is LISTEN.
+    let Some(inode) = socket_inode(addr, |f| f[3] == "0A")? else {
         return Ok(None);
     };
     let wanted = format!("socket:[{inode}]");
@@ -319,12 +354,60 @@ mod tests {
         assert_eq!(start_time(me.pid).unwrap(), me.start_time);
     }
 
+    /// Starts `sleep 30` under the name of a node, so fencing may signal it.
+    fn fake_node() -> std::process::Child {
+        let dir = std::env::temp_dir().join(format!("auction-fake-node-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join(NODE_PROCESS_NAME);
+        if !bin.exists() {
+            let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .expect("sleep is installed");
+            // Copied to a unique name first, so a concurrent test never runs a half-written file.
+            let tmp = dir.join(format!("sleep-{:?}", std::thread::current().id()));
+            std::fs::copy(sleep, &tmp).unwrap();
+            let _ = std::fs::rename(&tmp, &bin);
+        }
+        std::process::Command::new(&bin).arg("30").spawn().unwrap()
+    }
+
     #[test]
-    fn fencing_kills_exactly_the_member_and_nothing_else() {
+    fn only_nodes_of_this_user_are_fenced() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
+        let pid = child.id();
+        let not_a_node = Member {
+            id: NodeId(1),
+            pid,
+            start_time: start_time(pid).unwrap(),
+        };
+        let e = fence(&not_a_node).unwrap_err();
+        assert!(e.to_string().contains("not an auction-node"), "{e}");
+        assert!(child.try_wait().unwrap().is_none(), "untouched");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_connection_is_held_by_the_process_at_its_end() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_server, _) = l.accept().unwrap();
+        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert!(holds_connection(std::process::id(), local, remote).unwrap());
+        // The accepted end is this process's too, with the ends the other way round.
+        assert!(holds_connection(std::process::id(), remote, local).unwrap());
+        assert!(!holds_connection(1, local, remote).unwrap());
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(!holds_connection(std::process::id(), local, other).unwrap());
+    }
+
+    #[test]
+    fn fencing_kills_exactly_the_member_and_nothing_else() {
+        let mut child = fake_node();
         let pid = child.id();
         let member = Member {
             id: NodeId(1),

@@ -1,5 +1,6 @@
-//! A replica's stream to the leader: join, take the full state, then apply every change in order
-//! and acknowledge it, until the leader fails, falls silent or refuses us.
+//! A replica's stream to the leader: join, prove and check the cluster secret, take the full
+//! state, then apply every change in order and acknowledge it, until the leader fails, falls
+//! silent or refuses us.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
+use crate::auth::{self, ClusterSecret};
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
 use crate::process::{self, ClusterLock, Fenced};
@@ -31,6 +33,9 @@ pub enum FollowEnd {
     Lost { leader: Option<Member> },
     /// The leader refused this node for good (for example, its id is in use).
     Refused(Status),
+    /// The node on the replica port could not prove that it holds the cluster secret: it is
+    /// not this cluster's leader, and it gets nothing, not even this node's proof.
+    Impostor(String),
 }
 
 /// A replica's state, shared with its terminal. Locked briefly per message, never across an
@@ -46,10 +51,15 @@ const SILENCE_CHECKS_PER_HEARTBEAT: u32 = 4;
 pub async fn follow(
     leader_addr: SocketAddr,
     me: Member,
+    secret: &ClusterSecret,
     timing: Timing,
     lock: &ClusterLock,
     shared: &SharedState,
 ) -> FollowEnd {
+    let nonce = match auth::nonce() {
+        Ok(n) => n,
+        Err(e) => return FollowEnd::Unreachable(format!("no randomness for a challenge: {e}")),
+    };
     let endpoint = match Endpoint::from_shared(format!("http://{leader_addr}")) {
         Ok(e) => e.connect_timeout(timing.timeout).tcp_nodelay(true),
         Err(e) => return FollowEnd::Unreachable(e.to_string()),
@@ -64,6 +74,7 @@ pub async fn follow(
     let join = FromReplica {
         msg: Some(from_replica::Msg::Join(pb::Join {
             node: Some(me.into()),
+            nonce: nonce.to_vec(),
         })),
     };
     if acks.try_send(join).is_err() {
@@ -83,7 +94,34 @@ pub async fn follow(
             Ok(Ok(r)) => r,
         };
     let mut inbound = response.into_inner();
-    // Who sent this stream's snapshot: known once it arrives.
+    // The leader proves itself first; only then does this replica answer with its own proof.
+    let proven = match tokio::time::timeout(timing.timeout, inbound.message()).await {
+        Err(_) => {
+            if is_member(shared, &me) {
+                fence_silent_leader(leader_addr, None);
+            }
+            return FollowEnd::Silent { leader: None };
+        }
+        Ok(Err(status)) => return refused_or(status, |s| FollowEnd::Unreachable(s.to_string())),
+        Ok(Ok(None)) => return FollowEnd::Unreachable("the stream ended at once".into()),
+        Ok(Ok(Some(first))) => match check_leader(secret, &nonce, first) {
+            Ok((leader, their_nonce)) => {
+                let proof = secret.replica_proof(&their_nonce, &nonce, &me);
+                let prove = FromReplica {
+                    msg: Some(from_replica::Msg::Prove(pb::Prove { proof })),
+                };
+                if acks.try_send(prove).is_err() {
+                    return FollowEnd::Unreachable("could not queue the proof".into());
+                }
+                leader
+            }
+            Err(why) => {
+                warn!("the node on the replica port is not this cluster's leader: {why}");
+                return FollowEnd::Impostor(why);
+            }
+        },
+    };
+    // Who sent this stream's snapshot: known once it arrives, and it must be `proven`.
     let mut leader: Option<Member> = None;
     let mut member = is_member(shared, &me);
     // Checked four times per heartbeat, so a silent leader is noticed at most a quarter of a
@@ -129,6 +167,9 @@ pub async fn follow(
                     Ok(s) => s,
                     Err(e) => return protocol_error(leader, &format!("bad snapshot: {e}")),
                 };
+                if new.leader != proven {
+                    return protocol_error(leader, "the state names another leader");
+                }
                 info!(
                     leader = %new.leader.id,
                     epoch = new.epoch,
@@ -163,6 +204,9 @@ pub async fn follow(
                 leader = Some(current.leader);
             }
             Some(from_leader::Msg::Heartbeat(_)) => {}
+            Some(from_leader::Msg::Challenge(_)) => {
+                return protocol_error(leader, "a challenge after the handshake");
+            }
             None => return protocol_error(leader, "empty message"),
         }
         let Some(current) = state.as_ref().filter(|_| leader.is_some()) else {
@@ -188,6 +232,29 @@ pub async fn follow(
         // Acks are cumulative: when the queue is full, the next ack carries this one.
         let _ = acks.try_send(ack);
     }
+}
+
+/// Checks the leader's half of the handshake: its proof over this replica's challenge. Returns
+/// who the leader is and its challenge.
+fn check_leader(
+    secret: &ClusterSecret,
+    ours: &[u8],
+    first: pb::FromLeader,
+) -> Result<(Member, Vec<u8>), String> {
+    let Some(from_leader::Msg::Challenge(c)) = first.msg else {
+        return Err("its first message is not a challenge".into());
+    };
+    let leader = c
+        .leader
+        .ok_or("the challenge names no leader")
+        .and_then(|l| Member::try_from(l).map_err(|_| "the challenge names no valid leader"))?;
+    if c.nonce.len() != auth::NONCE_LEN {
+        return Err(format!("its challenge is not {} bytes", auth::NONCE_LEN));
+    }
+    if !secret.verify_leader(ours, &c.nonce, &leader, &c.proof) {
+        return Err("wrong proof: it does not hold the cluster secret".into());
+    }
+    Ok((leader, c.nonce))
 }
 
 /// Whether `me` is a member in `shared`.

@@ -331,6 +331,7 @@ mod tests {
                 op: Op::Bid {
                     bidder: BidderId::new("a").unwrap(),
                     amount: Amount::new(1).unwrap(),
+                    credential: crate::types::Credential([1; 32]),
                 },
             },
         });

@@ -1,39 +1,49 @@
 //! The leader's two gRPC services: the client-facing `Auction` service and the `Replication`
 //! stream. Both only validate and forward to the leader task; all deciding happens there.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::auction::Op;
-use crate::leader::{Event, LeaderHandle, Reply, ReplyTo, Request, Timing};
+use crate::auth::{self, ClusterSecret};
+use crate::leader::{Event, LeaderHandle, Peer, Reply, ReplyTo, Request, Timing};
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
-    ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_replica,
+    ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_leader, from_replica,
 };
+use crate::process::{self, ProcessHandle};
 use crate::replication::Member;
-use crate::types::{Amount, BidderId, Duration};
+use crate::types::{Amount, BidderId, Credential, Duration, Token};
 
 /// The most replies one client session may have pending (in flight or not yet sent); beyond
 /// that the session stops reading requests until the client reads its replies.
 pub const SESSION_IN_FLIGHT: usize = 1024;
 
+/// What the client port needs to turn a request from the wire into one the leader decides.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    /// The credential of the operator token, which start and close must carry. Comparing
+    /// digests rather than tokens keeps the comparison's timing from telling anything about the
+    /// token.
+    pub operator: Credential,
+    /// The length of an auction started without one.
+    pub default_duration: Duration,
+}
+
 /// Serves clients on the client port.
 #[derive(Debug)]
 pub struct AuctionService {
     leader: LeaderHandle,
-    /// The length of an auction started without one.
-    default_duration: Duration,
+    admission: Admission,
 }
 
 impl AuctionService {
-    pub fn new(leader: LeaderHandle, default_duration: Duration) -> Self {
-        Self {
-            leader,
-            default_duration,
-        }
+    pub fn new(leader: LeaderHandle, admission: Admission) -> Self {
+        Self { leader, admission }
     }
 
     async fn decide(&self, request: Request) -> Result<DecisionReply, Status> {
@@ -48,21 +58,38 @@ fn unexpected(reply: &Reply) -> Status {
     Status::internal(format!("unexpected reply from the leader task: {reply:?}"))
 }
 
-/// Validates a bid: the one place a bid from the wire becomes a request.
+/// Validates a bid: the one place a bid from the wire becomes a request. The token becomes the
+/// credential that the state machine checks against the name's registration.
 fn bid(r: BidRequest) -> Result<Request, Status> {
+    let id = Some(pb::request_id(r.id)?);
+    let bidder = BidderId::new(r.bidder).map_err(WireError::from)?;
+    let amount = Amount::new(r.amount).map_err(WireError::from)?;
+    let token = Token::new(r.token).map_err(|e| Status::unauthenticated(format!("bid: {e}")))?;
     let op = Op::Bid {
-        bidder: BidderId::new(r.bidder).map_err(WireError::from)?,
-        amount: Amount::new(r.amount).map_err(WireError::from)?,
+        bidder,
+        amount,
+        credential: token.credential(),
     };
-    Ok(Request::Change {
-        id: Some(pb::request_id(r.id)?),
-        op,
-    })
+    Ok(Request::Change { id, op })
 }
 
-fn start(r: StartRequest, default_duration: Duration) -> Result<Request, Status> {
+/// Checks that an operator's request carries the operator token.
+fn operator(token: String, admission: &Admission, what: &str) -> Result<(), Status> {
+    let token = Token::new(token)
+        .map_err(|_| Status::unauthenticated(format!("{what} needs the operator token")))?;
+    if token.credential() == admission.operator {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{what}: wrong operator token"
+        )))
+    }
+}
+
+fn start(r: StartRequest, admission: &Admission) -> Result<Request, Status> {
+    operator(r.operator_token, admission, "start")?;
     let duration = match r.duration_ms {
-        0 => default_duration,
+        0 => admission.default_duration,
         ms => Duration::from_millis(ms).map_err(WireError::from)?,
     };
     Ok(Request::Change {
@@ -71,7 +98,8 @@ fn start(r: StartRequest, default_duration: Duration) -> Result<Request, Status>
     })
 }
 
-fn close(r: CloseRequest) -> Result<Request, Status> {
+fn close(r: CloseRequest, admission: &Admission) -> Result<Request, Status> {
+    operator(r.operator_token, admission, "close")?;
     Ok(Request::Change {
         id: Some(pb::request_id(r.id)?),
         op: Op::Close,
@@ -81,16 +109,18 @@ fn close(r: CloseRequest) -> Result<Request, Status> {
 /// Validates one request of a client session: what the leader gets to decide, or why not.
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` when a field is missing or out of range.
+/// `INVALID_ARGUMENT` when a field is missing or out of range; `UNAUTHENTICATED` when a bid has
+/// no valid token or start or close no operator token; `PERMISSION_DENIED` when the operator
+/// token is wrong.
 pub fn session_request(
     op: Option<pb::session_request::Op>,
-    default_duration: Duration,
+    admission: &Admission,
 ) -> Result<Request, Status> {
     match op.ok_or(WireError::Missing("op"))? {
         pb::session_request::Op::Bid(r) => bid(r),
         pb::session_request::Op::Result(_) => Ok(Request::Result),
-        pb::session_request::Op::Start(r) => start(r, default_duration),
-        pb::session_request::Op::Close(r) => close(r),
+        pb::session_request::Op::Start(r) => start(r, admission),
+        pb::session_request::Op::Close(r) => close(r, admission),
     }
 }
 
@@ -128,7 +158,7 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         req: GrpcRequest<StartRequest>,
     ) -> Result<Response<DecisionReply>, Status> {
-        self.decide(start(req.into_inner(), self.default_duration)?)
+        self.decide(start(req.into_inner(), &self.admission)?)
             .await
             .map(Response::new)
     }
@@ -137,7 +167,7 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         req: GrpcRequest<CloseRequest>,
     ) -> Result<Response<DecisionReply>, Status> {
-        self.decide(close(req.into_inner())?)
+        self.decide(close(req.into_inner(), &self.admission)?)
             .await
             .map(Response::new)
     }
@@ -159,7 +189,7 @@ impl pb::auction_server::Auction for AuctionService {
         let mut inbound = req.into_inner();
         let (stream, replies) = tokio::sync::mpsc::channel(SESSION_IN_FLIGHT);
         let leader = self.leader.clone();
-        let default_duration = self.default_duration;
+        let admission = self.admission.clone();
         tokio::spawn(async move {
             loop {
                 // A slot for the reply first: a client that does not read is not read either.
@@ -177,7 +207,7 @@ impl pb::auction_server::Auction for AuctionService {
                     }
                 };
                 let tag = message.tag;
-                match session_request(message.op, default_duration) {
+                match session_request(message.op, &admission) {
                     Ok(request) => {
                         let reply = ReplyTo::Session { tag, slot };
                         if let Err(status) = leader.send(Event::Request { request, reply }).await {
@@ -199,18 +229,71 @@ impl pb::auction_server::Auction for AuctionService {
 #[derive(Debug)]
 pub struct ReplicationService {
     leader: LeaderHandle,
+    /// This node, as it names itself in its handshake proofs.
+    me: Member,
+    /// What a replica must prove it holds before it gets anything.
+    secret: ClusterSecret,
     timing: Timing,
     /// Numbers the streams, so events name the stream they come from.
     next_conn: AtomicU64,
 }
 
 impl ReplicationService {
-    pub fn new(leader: LeaderHandle, timing: Timing) -> Self {
+    pub fn new(leader: LeaderHandle, me: Member, secret: ClusterSecret, timing: Timing) -> Self {
         Self {
             leader,
+            me,
+            secret,
             timing,
             next_conn: AtomicU64::new(1),
         }
+    }
+}
+
+/// Checks a joining replica's half of the handshake and that it is who it says: the process
+/// named in its Join holds this very connection and is an `auction-node` of this user. Returns
+/// a handle on that process, taken now, through which it will be fenced if it must be.
+fn admit(
+    secret: &ClusterSecret,
+    challenge: (&[u8], &[u8]),
+    node: &Member,
+    proof: Option<FromReplica>,
+    ends: Option<(SocketAddr, SocketAddr)>,
+) -> Result<ProcessHandle, Status> {
+    let (ours, theirs) = challenge;
+    let Some(FromReplica {
+        msg: Some(from_replica::Msg::Prove(prove)),
+    }) = proof
+    else {
+        return Err(Status::unauthenticated("expected the replica's proof"));
+    };
+    if !secret.verify_replica(ours, theirs, node, &prove.proof) {
+        return Err(Status::unauthenticated(
+            "wrong proof: this node does not hold the cluster secret",
+        ));
+    }
+    let Some((ours, theirs)) = ends else {
+        return Err(Status::failed_precondition(
+            "the connection's addresses are unknown",
+        ));
+    };
+    match process::holds_connection(node.pid, theirs, ours) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Status::permission_denied(format!(
+                "pid {} does not hold this connection",
+                node.pid
+            )));
+        }
+        Err(e) => return Err(Status::unavailable(format!("cannot check the peer: {e}"))),
+    }
+    match ProcessHandle::open(node) {
+        Ok(Some(handle)) => Ok(handle),
+        Ok(None) => Err(Status::permission_denied(format!(
+            "pid {} with start time {} is not running",
+            node.pid, node.start_time
+        ))),
+        Err(e) => Err(Status::permission_denied(e.to_string())),
     }
 }
 
@@ -222,8 +305,10 @@ impl pb::replication_server::Replication for ReplicationService {
         &self,
         req: GrpcRequest<Streaming<FromReplica>>,
     ) -> Result<Response<Self::FollowStream>, Status> {
+        let ends = req.local_addr().zip(req.remote_addr());
         let mut inbound = req.into_inner();
-        let first = tokio::time::timeout(self.timing.timeout, inbound.message())
+        let timeout = self.timing.timeout;
+        let first = tokio::time::timeout(timeout, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Join within the timeout"))??;
         let Some(FromReplica {
@@ -233,17 +318,45 @@ impl pb::replication_server::Replication for ReplicationService {
             return Err(Status::invalid_argument("the first message must be Join"));
         };
         let node = Member::try_from(join.node.ok_or(WireError::Missing("node"))?)?;
+        if join.nonce.len() != auth::NONCE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "the challenge must be {} bytes",
+                auth::NONCE_LEN
+            )));
+        }
+        let nonce = auth::nonce().map_err(|e| Status::unavailable(e.to_string()))?;
+        let challenge = pb::Challenge {
+            leader: Some(self.me.into()),
+            nonce: nonce.to_vec(),
+            proof: self.secret.leader_proof(&join.nonce, &nonce, &self.me),
+        };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbound, rx) = tokio::sync::mpsc::channel(crate::leader::OUTBOUND_CAPACITY);
-        self.leader
-            .send(Event::Join {
-                conn,
-                node,
-                outbound,
-            })
-            .await?;
-        let leader = self.leader.clone();
+        let first = FromLeader {
+            seq: 0,
+            msg: Some(from_leader::Msg::Challenge(challenge)),
+        };
+        // Invariant: the channel is new and has room.
+        outbound
+            .try_send(Ok(first))
+            .expect("an empty channel has room");
+        let (leader, secret) = (self.leader.clone(), self.secret.clone());
         tokio::spawn(async move {
+            // Nothing reaches the leader task before the replica has proved itself.
+            let proof = tokio::time::timeout(timeout, inbound.message()).await;
+            let proof = proof.ok().and_then(Result::ok).flatten();
+            let process = match admit(&secret, (&nonce, &join.nonce), &node, proof, ends) {
+                Ok(p) => p,
+                Err(status) => {
+                    warn!(node = %node.id, pid = node.pid, "refused: {}", status.message());
+                    let _ = outbound.try_send(Err(status));
+                    return;
+                }
+            };
+            let peer = Peer { outbound, process };
+            if leader.send(Event::Join { conn, node, peer }).await.is_err() {
+                return;
+            }
             // Acks until the stream ends or breaks the protocol; then the leader hears Gone.
             loop {
                 match inbound.message().await {

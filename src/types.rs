@@ -23,6 +23,12 @@ pub enum InputError {
     Duration,
     #[error("request id must have a non-zero session and sequence number")]
     RequestId,
+    #[error(
+        "token must be {min} to {max} characters from letters, digits, '-' and '_'",
+        min = Token::MIN_LEN,
+        max = Token::MAX_LEN
+    )]
+    Token,
 }
 
 /// A bid amount: a whole number from 1 to [`Amount::MAX`].
@@ -183,6 +189,96 @@ impl RequestId {
         }
         Ok(Self { session, seq })
     }
+}
+
+/// A secret a client presents: a bidder's token, or the operator token. Long enough to be
+/// unguessable; never logged (its `Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub const MIN_LEN: usize = 32;
+    pub const MAX_LEN: usize = 128;
+
+    /// # Errors
+    /// [`InputError::Token`] when the length or a character is out of range.
+    pub fn new(token: impl Into<String>) -> Result<Self, InputError> {
+        let token = token.into();
+        let ok = (Self::MIN_LEN..=Self::MAX_LEN).contains(&token.len())
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+        if ok {
+            Ok(Self(token))
+        } else {
+            Err(InputError::Token)
+        }
+    }
+
+    /// A new random token (32 bytes from the OS, in hex).
+    ///
+    /// # Errors
+    /// The OS has no randomness to give.
+    pub fn random() -> std::io::Result<Self> {
+        let mut bytes = [0u8; 32];
+        fill_random(&mut bytes)?;
+        Ok(Self(hex(&bytes)))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// What the cluster keeps instead of the token.
+    pub fn credential(&self) -> Credential {
+        use sha2::Digest;
+        Credential(sha2::Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl FromStr for Token {
+    type Err = InputError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s.trim())
+    }
+}
+
+/// The SHA-256 of a bidder's token: the replicated state keeps this, never the token, and a bid
+/// in a bidder's name counts only with the token whose credential the name was registered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Credential(pub [u8; 32]);
+
+/// Fills `buf` from the OS's random source.
+///
+/// # Errors
+/// The OS cannot provide randomness.
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// A node's id: the `--port` it was started with, as in the seed.

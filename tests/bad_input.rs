@@ -77,13 +77,18 @@ async fn json_answers_and_exit_codes() {
 async fn a_client_pointed_where_nothing_listens_reports_an_exception() {
     let server = format!("127.0.0.1:{}", free_port().unwrap());
     let started = std::time::Instant::now();
-    let (code, stdout, _) = run_client(&server, &["--retry-ms", "300", "--json", "result"]).await;
+    let (code, stdout, _) = run_client(
+        &server,
+        &std::env::temp_dir(),
+        &["--retry-ms", "300", "--json", "result"],
+    )
+    .await;
     assert_eq!(code, 2);
     let r = json(&stdout);
     assert_eq!(r["outcome"], "exception");
     assert!(r["reason"].as_str().unwrap().contains("no leader answered"));
     assert!(started.elapsed() < WAIT);
-    let (code, _, stderr) = run_client("nowhere", &["result"]).await;
+    let (code, _, stderr) = run_client("nowhere", &std::env::temp_dir(), &["result"]).await;
     assert_eq!(code, 2);
     assert!(stderr.contains("not HOST:PORT"), "{stderr}");
 }
@@ -117,7 +122,8 @@ async fn a_second_node_with_a_port_in_use_is_refused() {
     let mut cmd = tokio::process::Command::new(NODE);
     cmd.args(["--port", "5401"])
         .args(["--client-port", &spec.client_port.to_string()])
-        .args(["--leader-port", &spec.leader_port.to_string()]);
+        .args(["--leader-port", &spec.leader_port.to_string()])
+        .env("AUCTION_AUTH_DIR", &spec.auth_dir);
     let mut dup = auction::cluster::Proc::spawn(cmd, "dup 5401", &h.cluster.transcript).unwrap();
     let status = dup.wait(WAIT).await.expect("the duplicate exits");
     assert!(!status.success());
@@ -190,26 +196,31 @@ async fn malformed_and_oversized_rpcs_are_refused_and_the_node_goes_on() {
             id: None,
             bidder: "ann".into(),
             amount: 5,
+            token: String::new(),
         },
         BidRequest {
             id,
             bidder: "ann".into(),
             amount: 0,
+            token: String::new(),
         },
         BidRequest {
             id,
             bidder: "ann".into(),
             amount: u64::MAX,
+            token: String::new(),
         },
         BidRequest {
             id,
             bidder: "x".repeat(65),
             amount: 5,
+            token: String::new(),
         },
         BidRequest {
             id,
             bidder: String::new(),
             amount: 5,
+            token: String::new(),
         },
     ];
     for req in bad {
@@ -220,6 +231,7 @@ async fn malformed_and_oversized_rpcs_are_refused_and_the_node_goes_on() {
         id,
         bidder: "x".repeat(100_000),
         amount: 5,
+        token: String::new(),
     };
     assert!(c.bid(huge).await.is_err());
     // Bytes that are no protobuf message at all.
@@ -252,24 +264,20 @@ async fn a_peer_that_breaks_the_replication_protocol_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    // A join under the leader's own id is refused.
+    // A join whose challenge is not 32 bytes.
     let join = FromReplica {
         msg: Some(from_replica::Msg::Join(pb::Join {
             node: Some(pb::NodeIdentity {
-                id: 5400,
+                id: 5401,
                 pid: 1,
                 start_time: 1,
             }),
+            nonce: vec![7; 3],
         })),
     };
     let mut r = ReplicationClient::connect(url).await.unwrap();
-    let mut stream = r
-        .follow(tokio_stream::iter(vec![join]))
-        .await
-        .unwrap()
-        .into_inner();
-    let e = stream.message().await.unwrap_err();
-    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = r.follow(tokio_stream::iter(vec![join])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     let s = h.wait_for(|s| s.members.len() == 1).await;
     assert_eq!(s.version, 1);
     h.assert_no_panics();

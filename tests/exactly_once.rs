@@ -22,12 +22,22 @@ async fn connect(h: &Harness) -> AuctionClient<Channel> {
     }
 }
 
+/// A bid with the bidder's own token (its name, padded).
 fn bid(session: u64, seq: u64, bidder: &str, amount: u64) -> BidRequest {
     BidRequest {
         id: Some(pb::RequestId { session, seq }),
         bidder: bidder.into(),
         amount,
+        token: format!("{bidder:_<40}"),
     }
+}
+
+fn operator_token(h: &Harness) -> String {
+    auction::auth::AuthDir::new(&h.cluster.spec.auth_dir)
+        .operator_token()
+        .unwrap()
+        .expose()
+        .into()
 }
 
 /// Sends `req`, reconnecting until some leader answers.
@@ -73,6 +83,7 @@ async fn a_request_retried_after_failover_returns_its_first_outcome() {
             session: 79,
             seq: 1,
         }),
+        operator_token: operator_token(&h),
     };
     assert!(accepted(&c.close(close).await.unwrap().into_inner()));
     let start = pb::StartRequest {
@@ -81,6 +92,7 @@ async fn a_request_retried_after_failover_returns_its_first_outcome() {
             seq: 2,
         }),
         duration_ms: 60_000,
+        operator_token: operator_token(&h),
     };
     assert!(accepted(&c.start(start).await.unwrap().into_inner()));
     let stale = send(&h, &bid(78, 1, "bob", 50)).await;

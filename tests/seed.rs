@@ -75,12 +75,15 @@ async fn a_replicas_terminal_says_who_leads_and_the_leaders_acts() {
 #[tokio::test]
 async fn the_demo_plays_the_seed_scenario_that_log_txt_records() {
     let (client_port, leader_port) = (free_port().unwrap(), free_port().unwrap());
+    // Secrets of this test's own, not the user's ~/.auction.
+    let auth_dir = std::env::temp_dir().join(format!("auction-seed-{client_port}"));
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(DEMO)
             .args(["--scenario", "seed"])
             .args(["--client-port", &client_port.to_string()])
             .args(["--leader-port", &leader_port.to_string()])
+            .env("AUCTION_AUTH_DIR", &auth_dir)
             .output(),
     )
     .await
@@ -95,4 +98,5 @@ async fn the_demo_plays_the_seed_scenario_that_log_txt_records() {
     assert!(stdout.contains("took over the replica port"), "{stdout}");
     assert!(stdout.contains("[client 1] result: auction 1 is closed: 1 won with 100"));
     assert!(stdout.trim_end().ends_with("[demo] done"));
+    let _ = std::fs::remove_dir_all(auth_dir);
 }

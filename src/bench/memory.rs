@@ -13,6 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::cluster::{LocalCluster, Spec, Transcript, leader_of};
 use crate::pb::{self, SessionRequest, auction_client::AuctionClient, session_request};
 
+/// The token of every bidder here: this measures memory, not who may bid.
+const TOKEN: &str = "memory-benchmark-token-memory-benchmark-token";
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct MemorySpec {
@@ -118,6 +121,7 @@ pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
                         }),
                         bidder: format!("c{session}"),
                         amount: n + 1,
+                        token: TOKEN.into(),
                     };
                     let request = SessionRequest {
                         tag: n,

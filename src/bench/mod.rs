@@ -284,7 +284,9 @@ impl Worker {
                 client.result().await.map_err(|e| e.to_string())?;
                 Self::Auction {
                     client,
-                    name: BidderId::new(format!("bench{i}")).map_err(|e| e.to_string())?,
+                    // Unique per run: each client registers its name with a token of its own.
+                    name: BidderId::new(format!("bench{}-{i}", std::process::id()))
+                        .map_err(|e| e.to_string())?,
                 }
             }
             Target::EchoUnary => Self::EchoUnary(echo().await?),

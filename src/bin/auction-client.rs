@@ -2,10 +2,12 @@
 //! time for scripts.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use auction::auth::AuthDir;
 use auction::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Outcome};
 use auction::console::{describe_auction, describe_status};
 use auction::input::{self, Line};
@@ -16,6 +18,11 @@ use serde_json::json;
 
 /// A client of the replicated auction. Without a command it reads lines from stdin: an integer
 /// bids, any other line asks for the result.
+///
+/// A bidder's first bid in an open auction registers its name with a token that this client
+/// keeps in AUTH_DIR/bidders/NAME.token; bids in that name need that token. `start` and `close`
+/// need the operator token (AUTH_DIR/operator.token, written by the nodes, or
+/// $AUCTION_OPERATOR_TOKEN).
 ///
 /// Exit codes: 0 success, 1 bid (or start/close) refused, 2 exception (no leader answered within
 /// the retry budget) or bad usage.
@@ -32,6 +39,9 @@ struct Args {
     /// a minute, far below the 10 minutes a node remembers a session for exactly-once.
     #[arg(long, default_value_t = DEFAULT_RETRY_BUDGET.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     retry_ms: u64,
+    /// Where tokens are kept. Default: ~/.auction.
+    #[arg(long, env = "AUCTION_AUTH_DIR", global = true)]
+    auth_dir: Option<PathBuf>,
     /// Print one JSON object per answer.
     #[arg(long, global = true)]
     json: bool,
@@ -80,19 +90,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn bidder(id: Option<&str>) -> anyhow::Result<BidderId> {
+/// The bidder named by `--id`, with its token set on `client`.
+fn bidder(id: Option<&str>, auth: &AuthDir, client: &mut Client) -> anyhow::Result<BidderId> {
     let id = id.ok_or_else(|| anyhow!("bidding needs --id NAME"))?;
-    BidderId::new(id).context("--id")
+    let bidder = BidderId::new(id).context("--id")?;
+    client.set_token(bidder.clone(), auth.bidder_token(&bidder)?);
+    Ok(bidder)
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let server = auction::client::resolve(&args.server).context("--server")?;
     let mut client = Client::new(server, Duration::from_millis(args.retry_ms));
+    let auth = AuthDir::new(match &args.auth_dir {
+        Some(dir) => dir.clone(),
+        None => AuthDir::default_path()?,
+    });
+    if matches!(args.command, Some(Command::Start { .. } | Command::Close)) {
+        client.set_operator_token(auth.existing_operator_token()?);
+    }
     let json = args.json;
     let code = match args.command {
-        None => return interactive(&mut client, args.id.as_deref(), json).await,
+        None => {
+            let bidder = match args.id.as_deref() {
+                Some(id) => Some(bidder(Some(id), &auth, &mut client)?),
+                None => None,
+            };
+            return interactive(&mut client, bidder, json).await;
+        }
         Some(Command::Bid { amount }) => {
-            let bidder = bidder(args.id.as_deref())?;
+            let bidder = bidder(args.id.as_deref(), &auth, &mut client)?;
             let amount: Amount = amount.parse().context("amount")?;
             let r = client.bid(&bidder, amount).await;
             print_decision("bid", &r, json)
@@ -114,10 +140,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn interactive(
     client: &mut Client,
-    id: Option<&str>,
+    bidder: Option<BidderId>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let bidder = id.map(BidderId::new).transpose().context("--id")?;
     if !json {
         println!(
             "connected to {} as {}; type an amount to bid, anything else for the result, quit to leave",
@@ -166,6 +191,8 @@ fn print_decision(what: &str, r: &Result<Outcome, ClientError>, json: bool) -> u
             Ok(()) => ("success", String::new(), Some(&o.auction), 0),
             Err(refusal) => ("fail", refusal.to_string(), Some(&o.auction), REFUSED),
         },
+        // Refused before it was decided: not applied, so not an exception.
+        Err(ClientError::Invalid(why)) => ("fail", why.clone(), None, REFUSED),
         Err(e) => ("exception", e.to_string(), None, EXCEPTION),
     };
     if json {

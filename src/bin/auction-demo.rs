@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use auction::auth::AuthDir;
 use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of, sibling_binary};
 use clap::{Parser, ValueEnum};
 use rustix::process::Signal;
@@ -75,6 +76,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         leader_port: args.leader_port,
         node_args: vec!["--duration".into(), args.duration.to_string()],
         log_filter: "info,auction=debug".into(),
+        // The user's own secrets, so a client started by hand in another terminal finds the
+        // operator token and its bidder tokens there too.
+        auth_dir: match std::env::var_os("AUCTION_AUTH_DIR") {
+            Some(dir) => dir.into(),
+            None => AuthDir::default_path()?,
+        },
+        owns_auth_dir: false,
     };
     let client_bin = sibling_binary("auction-client")?;
     let transcript = Transcript::new(true);
@@ -99,7 +107,8 @@ fn client_proc(
     cmd.arg("--id")
         .arg(id)
         .arg("--server")
-        .arg(cluster.spec.client_addr().to_string());
+        .arg(cluster.spec.client_addr().to_string())
+        .env("AUCTION_AUTH_DIR", &cluster.spec.auth_dir);
     Proc::spawn(cmd, name, &cluster.transcript).context("starting auction-client")
 }
 

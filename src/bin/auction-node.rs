@@ -2,11 +2,13 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use auction::auth::AuthDir;
 use auction::console;
 use auction::leader::Timing;
 use auction::node::{self, Config, Role, Shutdown};
@@ -43,6 +45,11 @@ struct Args {
     /// Milliseconds each place in the line of succession waits before taking over.
     #[arg(long, default_value_t = 20)]
     stagger_ms: u64,
+    /// The directory with the cluster secret and the operator token, created with random ones
+    /// if missing; only its owner may read it. Default: ~/.auction. The secret may come from
+    /// $AUCTION_CLUSTER_SECRET instead.
+    #[arg(long, env = "AUCTION_AUTH_DIR")]
+    auth_dir: Option<PathBuf>,
 }
 
 fn config(args: &Args) -> anyhow::Result<Config> {
@@ -55,12 +62,20 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     if args.heartbeat_ms == 0 || args.timeout_ms < 2 * args.heartbeat_ms {
         bail!("--timeout-ms must be at least twice --heartbeat-ms, and --heartbeat-ms above 0");
     }
+    let duration = AuctionDuration::from_secs(args.duration).context("--duration")?;
+    // Last, so options that cannot work never create secrets.
+    let auth = AuthDir::new(match &args.auth_dir {
+        Some(dir) => dir.clone(),
+        None => AuthDir::default_path()?,
+    });
     Ok(Config {
+        secret: auth.cluster_secret()?,
+        operator: auth.operator_token()?.credential(),
         id: NodeId(args.port),
         host: args.host,
         client_port: args.client_port,
         leader_port: args.leader_port,
-        duration: AuctionDuration::from_secs(args.duration).context("--duration")?,
+        duration,
         timing: Timing {
             heartbeat: Duration::from_millis(args.heartbeat_ms),
             timeout: Duration::from_millis(args.timeout_ms),

@@ -74,14 +74,16 @@ impl Harness {
 
     /// Runs `auction-client --server <this cluster> ARGS` and returns (exit code, stdout, stderr).
     pub async fn client_cmd(&self, args: &[&str]) -> (i32, String, String) {
-        run_client(&self.cluster.spec.client_addr().to_string(), args).await
+        let spec = &self.cluster.spec;
+        run_client(&spec.client_addr().to_string(), &spec.auth_dir, args).await
     }
 
     /// Starts an interactive `auction-client --id ID` on this cluster.
     pub fn interactive_client(&self, id: &str) -> Proc {
         let mut cmd = Command::new(CLIENT);
         cmd.args(["--id", id, "--server"])
-            .arg(self.cluster.spec.client_addr().to_string());
+            .arg(self.cluster.spec.client_addr().to_string())
+            .env("AUCTION_AUTH_DIR", &self.cluster.spec.auth_dir);
         Proc::spawn(cmd, &format!("client {id}"), &self.cluster.transcript).expect("client")
     }
 
@@ -121,11 +123,18 @@ pub async fn wait_for_lines(
     }
 }
 
-pub async fn run_client(server: &str, args: &[&str]) -> (i32, String, String) {
+/// Runs `auction-client --server SERVER ARGS` with the secrets in `auth_dir`.
+pub async fn run_client(
+    server: &str,
+    auth_dir: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
     let out = Command::new(CLIENT)
         .arg("--server")
         .arg(server)
         .args(args)
+        .env("AUCTION_AUTH_DIR", auth_dir)
+        .env_remove("AUCTION_OPERATOR_TOKEN")
         .env_remove("RUST_BACKTRACE")
         .output()
         .await
