@@ -1,0 +1,217 @@
+//! Writes the seed corpus of every fuzz target into `fuzz/corpus/<target>/`: a few valid
+//! inputs each, so the fuzzer starts from messages that get past decoding and validation.
+//!
+//!     cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus
+//!
+//! The files are committed; run this again after a change of the protocol.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use auction::auction::Op;
+use auction::pb::{self, from_leader, from_replica, session_request};
+use auction::replication::{Change, ChangeKind, ClusterState};
+use auction::types::{Amount, BidderId, Duration, Millis, NodeId, RequestId};
+use auction_fuzz::{node, open_state, stream};
+use prost::Message;
+
+fn id(session: u64, seq: u64) -> Option<pb::RequestId> {
+    Some(pb::RequestId { session, seq })
+}
+
+fn bid(session: u64, seq: u64, bidder: &str, amount: u64) -> pb::BidRequest {
+    pb::BidRequest {
+        id: id(session, seq),
+        bidder: bidder.into(),
+        amount,
+    }
+}
+
+fn client(session: u64, seq: u64, at: u64, op: Op) -> pb::Change {
+    pb::Change::from(&Change {
+        at: Millis(at),
+        kind: ChangeKind::Client {
+            id: Some(RequestId::new(session, seq).expect("valid")),
+            op,
+        },
+    })
+}
+
+fn change(at: u64, kind: ChangeKind) -> pb::Change {
+    pb::Change::from(&Change {
+        at: Millis(at),
+        kind,
+    })
+}
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let dir = dir.join(target);
+    fs::create_dir_all(&dir).expect("create the corpus directory");
+    fs::write(dir.join(name), bytes).expect("write a seed");
+}
+
+fn main() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
+
+    for (name, line) in [
+        ("bid", "100\n"),
+        ("bid-plus", " +3 "),
+        ("result", "result"),
+        ("quit", "QUIT"),
+        ("help", "help"),
+        ("negative", "-5"),
+        ("zero", "0"),
+        ("fraction", "1.5"),
+        ("max", "9007199254740991"),
+        ("above-max", "9007199254740992"),
+        ("too-large", "99999999999999999999"),
+        ("bidder", "ann-1.b_c"),
+        ("trailing", "12abc"),
+    ] {
+        write(&dir, "input_line", name, line.as_bytes());
+    }
+
+    let ops = [
+        ("bid", session_request::Op::Bid(bid(7, 1, "bob", 20))),
+        ("bid-low", session_request::Op::Bid(bid(7, 1, "bob", 5))),
+        ("bid-retry", session_request::Op::Bid(bid(1, 1, "ann", 10))),
+        (
+            "start-default",
+            session_request::Op::Start(pb::StartRequest {
+                id: id(7, 2),
+                duration_ms: 0,
+            }),
+        ),
+        (
+            "start",
+            session_request::Op::Start(pb::StartRequest {
+                id: id(7, 3),
+                duration_ms: 60_000,
+            }),
+        ),
+        (
+            "close",
+            session_request::Op::Close(pb::CloseRequest { id: id(7, 4) }),
+        ),
+        ("result", session_request::Op::Result(pb::ResultRequest {})),
+    ];
+    for (name, op) in &ops {
+        let request = pb::SessionRequest {
+            tag: 1,
+            op: Some(op.clone()),
+        };
+        write(&dir, "session_request", name, &request.encode_to_vec());
+        let (call, body) = match op {
+            session_request::Op::Bid(r) => (0u8, r.encode_to_vec()),
+            session_request::Op::Start(r) => (1, r.encode_to_vec()),
+            session_request::Op::Close(r) => (2, r.encode_to_vec()),
+            session_request::Op::Result(r) => (3, r.encode_to_vec()),
+        };
+        write(
+            &dir,
+            "unary_request",
+            name,
+            &[&[call], body.as_slice()].concat(),
+        );
+    }
+    write(&dir, "unary_request", "status", &[4]);
+
+    let join = |id: u16| pb::FromReplica {
+        msg: Some(from_replica::Msg::Join(pb::Join {
+            node: Some(node(id).into()),
+        })),
+    };
+    let ack = |seq: u64, version: u64| pb::FromReplica {
+        msg: Some(from_replica::Msg::Ack(pb::Ack { seq, version })),
+    };
+    write(
+        &dir,
+        "from_replica",
+        "join-and-acks",
+        &stream(&[join(5402), ack(1, 3), ack(2, 4), ack(2, 4), ack(4, 5)]),
+    );
+    write(
+        &dir,
+        "from_replica",
+        "rejoin",
+        &stream(&[join(5401), ack(1, 3)]),
+    );
+
+    let state = open_state();
+    let next = state.version + 1;
+    let from_leader = |seq: u64, msg: from_leader::Msg| pb::FromLeader {
+        seq,
+        msg: Some(msg),
+    };
+    let minute = Duration::from_secs(60).expect("valid");
+    let bidder = |name: &str| BidderId::new(name).expect("valid");
+    let amount = |a: u64| Amount::new(a).expect("valid");
+    let changes = vec![
+        change(2_500, ChangeKind::Join(node(5402))),
+        client(
+            2,
+            1,
+            3_000,
+            Op::Bid {
+                bidder: bidder("bob"),
+                amount: amount(20),
+            },
+        ),
+        client(
+            3,
+            1,
+            3_001,
+            Op::Bid {
+                bidder: bidder("cat"),
+                amount: amount(20),
+            },
+        ),
+        client(2, 2, 4_000, Op::Close),
+        client(2, 3, 5_000, Op::Start { duration: minute }),
+        change(6_000, ChangeKind::Lead(node(5401))),
+        change(6_000, ChangeKind::Leave(NodeId(5400))),
+    ];
+    write(
+        &dir,
+        "from_leader",
+        "snapshot-append-heartbeat",
+        &stream(&[
+            from_leader(1, from_leader::Msg::Snapshot((&state).into())),
+            from_leader(
+                2,
+                from_leader::Msg::Append(pb::Append {
+                    first_version: next,
+                    changes: changes.clone(),
+                }),
+            ),
+            from_leader(
+                3,
+                from_leader::Msg::Heartbeat(pb::Heartbeat {
+                    version: next + changes.len() as u64 - 1,
+                }),
+            ),
+        ]),
+    );
+    write(
+        &dir,
+        "from_leader",
+        "append",
+        &stream(&[from_leader(
+            2,
+            from_leader::Msg::Append(pb::Append {
+                first_version: next,
+                changes: changes[1..3].to_vec(),
+            }),
+        )]),
+    );
+    write(
+        &dir,
+        "from_leader",
+        "snapshot-new-cluster",
+        &stream(&[from_leader(
+            1,
+            from_leader::Msg::Snapshot((&ClusterState::founded(node(5400))).into()),
+        )]),
+    );
+    println!("wrote the seed corpus to {}", dir.display());
+}

@@ -1,0 +1,76 @@
+//! What a person types into the interactive client (`auction::input::parse_line`), and the
+//! `FromStr` parsers of the validated types. Whatever parses as a bid is a valid amount, and is
+//! the number that was typed.
+#![no_main]
+
+use auction::input::{Line, parse_line};
+use auction::types::{Amount, BidderId, Duration};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // Durations and amounts from numbers: any u64 either builds a value in range or is refused.
+    if let Some(n) = data.get(..8) {
+        let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+        if let Ok(a) = Amount::new(n) {
+            assert_eq!(a.get(), n);
+            assert!((1..=Amount::MAX).contains(&n));
+        }
+        if let Ok(d) = Duration::from_millis(n) {
+            assert!((1_000..=Duration::MAX_SECS * 1_000).contains(&d.as_millis()));
+        }
+        if let Ok(d) = Duration::from_secs(n) {
+            assert_eq!(d.as_millis(), n * 1_000);
+        }
+    }
+
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    let t = line.trim();
+    let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let looks_like_a_number = unsigned.starts_with(|c: char| c.is_ascii_digit());
+    match parse_line(line) {
+        Ok(Line::Bid(a)) => {
+            assert!((1..=Amount::MAX).contains(&a.get()), "{line:?} bid {a}");
+            let digits = t.strip_prefix('+').unwrap_or(t);
+            assert!(
+                digits.bytes().all(|b| b.is_ascii_digit()),
+                "{line:?} bid {a}"
+            );
+            assert_eq!(digits.parse::<u64>(), Ok(a.get()), "{line:?} bid {a}");
+        }
+        Ok(Line::Help) => assert!(matches!(t.to_ascii_lowercase().as_str(), "help" | "?")),
+        Ok(Line::Quit) => assert!(matches!(t.to_ascii_lowercase().as_str(), "quit" | "exit")),
+        Ok(Line::Result) => assert!(!looks_like_a_number, "{line:?} asked for the result"),
+        Err(e) => {
+            assert!(looks_like_a_number, "{line:?} refused: {e}");
+            let _ = e.to_string();
+        }
+    }
+
+    match line.parse::<Amount>() {
+        Ok(a) => {
+            assert!((1..=Amount::MAX).contains(&a.get()), "{line:?} is {a}");
+            assert_eq!(a.to_string().parse::<Amount>(), Ok(a));
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+
+    match line.parse::<BidderId>() {
+        Ok(b) => {
+            assert_eq!(b.as_str(), line);
+            assert!((1..=BidderId::MAX_LEN).contains(&line.len()), "{line:?}");
+            assert!(
+                line.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')),
+                "{line:?}"
+            );
+            assert_eq!(b.to_string().parse::<BidderId>(), Ok(b));
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+});

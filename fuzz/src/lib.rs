@@ -1,0 +1,238 @@
+//! Shared by the fuzz targets: reading one input as a stream of messages, checking that a
+//! validated client request says exactly what its message said, and a valid replicated state to
+//! decide requests and apply changes against.
+//!
+//! Every check here is an `assert!`: a failed one is a crash that libFuzzer saves, like a panic
+//! in the code under test.
+
+use std::time::Instant;
+
+use auction::auction::{Decision, Op};
+use auction::leader::Request;
+use auction::pb::{self, session_request};
+use auction::replication::{Change, ChangeKind, ClusterState, Member};
+use auction::types::{Amount, BidderId, Duration, Millis, NodeId, RequestId};
+use prost::Message;
+
+/// The length of an auction started without one (`auction-node --duration` defaults to 120 s).
+pub fn default_duration() -> Duration {
+    Duration::from_secs(120).expect("120 s is a valid duration")
+}
+
+/// Reads `data` as a stream of length-delimited messages, the way a node reads its gRPC stream:
+/// one after the other, until the input ends or a message does not decode (which ends a real
+/// stream too).
+pub fn messages<M: Message + Default>(mut data: &[u8]) -> impl Iterator<Item = M> {
+    std::iter::from_fn(move || {
+        if data.is_empty() {
+            return None;
+        }
+        M::decode_length_delimited(&mut data).ok()
+    })
+}
+
+/// Writes messages as one input that [`messages`] reads back (for the seed corpus).
+pub fn stream<M: Message>(msgs: &[M]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in msgs {
+        m.encode_length_delimited(&mut out)
+            .expect("a Vec grows as needed");
+    }
+    out
+}
+
+/// A node process with a plausible identity.
+pub fn node(id: u16) -> Member {
+    Member {
+        id: NodeId(id),
+        pid: 1000 + u32::from(id),
+        start_time: 77,
+    }
+}
+
+/// The changes after which [`open_state`] holds: a second member, an open auction, a bid.
+pub fn fixture_changes() -> Vec<Change> {
+    vec![
+        Change {
+            at: Millis(1_000),
+            kind: ChangeKind::Join(node(5401)),
+        },
+        Change {
+            at: Millis(1_000),
+            kind: ChangeKind::Client {
+                id: None,
+                op: Op::Start {
+                    duration: Duration::from_secs(60).expect("valid"),
+                },
+            },
+        },
+        Change {
+            at: Millis(2_000),
+            kind: ChangeKind::Client {
+                id: Some(RequestId::new(1, 1).expect("valid")),
+                op: Op::Bid {
+                    bidder: BidderId::new("ann").expect("valid"),
+                    amount: Amount::new(10).expect("valid"),
+                },
+            },
+        },
+    ]
+}
+
+/// A valid replicated state: leader 5400, member 5401, auction 1 open until 61 000 ms with a
+/// bid of 10 by `ann`.
+pub fn open_state() -> ClusterState {
+    let mut s = ClusterState::founded(node(5400));
+    for c in fixture_changes() {
+        s.apply(&c);
+    }
+    s
+}
+
+/// What must hold of any state a node can reach: the leader sends it whole to every replica that
+/// joins, so it must survive the wire unchanged, and reading it must not fail.
+pub fn check_state(s: &ClusterState) {
+    let wire = pb::State::from(s);
+    let bytes = wire.encode_to_vec();
+    let decoded = pb::State::decode(bytes.as_slice()).expect("an encoded state decodes");
+    assert_eq!(
+        decoded, wire,
+        "the state's encoding does not decode to itself"
+    );
+    let back = ClusterState::try_from(decoded).expect("a reachable state is a valid snapshot");
+    assert_eq!(&back, s, "the state changed on its way through a snapshot");
+    assert_eq!(pb::digest(&back), pb::digest(s));
+    let _ = pb::auction_view(&s.machine.auction, s.clock);
+    for m in &s.members {
+        let _ = s.succession_rank(m.id);
+    }
+}
+
+/// A change survives the wire unchanged.
+pub fn check_change_round_trip(c: &Change) {
+    let back = Change::try_from(pb::Change::from(c)).expect("an encoded change is valid");
+    assert_eq!(&back, c, "the change changed on its way through the wire");
+}
+
+fn check_id(wire: Option<pb::RequestId>, id: Option<RequestId>) {
+    let wire = wire.expect("a request without an id was accepted");
+    let id = id.expect("a client request lost its id");
+    assert_eq!((id.session, id.seq), (wire.session, wire.seq));
+    assert!(id.session != 0 && id.seq != 0, "{id:?}");
+}
+
+fn check_bidder(bidder: &BidderId) {
+    let s = bidder.as_str();
+    assert!((1..=BidderId::MAX_LEN).contains(&s.len()), "{s:?}");
+    assert!(
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+        "{s:?}"
+    );
+}
+
+/// Validates one client request as the leader does (`auction::server::session_request`, the
+/// validation of the session stream and of the unary calls), checks that an accepted request is
+/// exactly what the message said and a refused one is `INVALID_ARGUMENT`, then decides it.
+pub fn check_client_op(op: Option<session_request::Op>) {
+    let validated = auction::server::session_request(op.clone(), default_duration());
+    let request = match validated {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            return;
+        }
+        Ok(r) => r,
+    };
+    match (&op, &request) {
+        (
+            Some(session_request::Op::Bid(r)),
+            Request::Change {
+                id,
+                op: Op::Bid { bidder, amount, .. },
+            },
+        ) => {
+            check_id(r.id, *id);
+            check_bidder(bidder);
+            assert_eq!(bidder.as_str(), r.bidder);
+            assert_eq!(amount.get(), r.amount);
+            assert!((1..=Amount::MAX).contains(&amount.get()), "{amount}");
+        }
+        (
+            Some(session_request::Op::Start(r)),
+            Request::Change {
+                id,
+                op: Op::Start { duration },
+            },
+        ) => {
+            check_id(r.id, *id);
+            let expected = match r.duration_ms {
+                0 => default_duration().as_millis(),
+                ms => ms,
+            };
+            assert_eq!(duration.as_millis(), expected);
+            assert!((1_000..=Duration::MAX_SECS * 1_000).contains(&duration.as_millis()));
+        }
+        (Some(session_request::Op::Close(r)), Request::Change { id, op: Op::Close }) => {
+            check_id(r.id, *id)
+        }
+        (Some(session_request::Op::Result(_)), Request::Result) => {}
+        _ => panic!("{op:?} was validated as {request:?}"),
+    }
+    if let Request::Change { id, op } = request {
+        // While the auction is open, and once its deadline has passed.
+        decide(id, &op, Millis(3_000));
+        decide(id, &op, Millis(100_000));
+    }
+}
+
+/// Decides a validated request against [`open_state`] at time `at`, as the leader's state
+/// machine would, and checks its outcome: an accepted bid leads, the reply survives the wire,
+/// and a retry with the same id gets the same outcome and changes nothing.
+fn decide(id: Option<RequestId>, op: &Op, at: Millis) {
+    let mut state = open_state();
+    let change = Change {
+        at,
+        kind: ChangeKind::Client { id, op: op.clone() },
+    };
+    check_change_round_trip(&change);
+    let decision = state
+        .apply(&change)
+        .expect("a client change has a decision");
+    // Request (1, 1) is the fixture's bid: it gets that bid's outcome and changes nothing.
+    let retry_of_fixture = id == Some(RequestId::new(1, 1).expect("valid"));
+    if let (Ok(()), Op::Bid { bidder, amount, .. }, false) = (&decision, op, retry_of_fixture) {
+        let highest = state.machine.auction.highest.as_ref().expect("a bid leads");
+        assert_eq!((&highest.bidder, highest.amount), (bidder, *amount));
+        assert!(amount.get() > 10, "a bid not above 10 was accepted");
+    }
+    check_decision(&decision, &state, at);
+    check_state(&state);
+    if id.is_some() {
+        let auction = state.machine.auction.clone();
+        let again = state
+            .apply(&change)
+            .expect("a client change has a decision");
+        assert_eq!(again, decision, "a retry got another outcome");
+        assert_eq!(
+            state.machine.auction, auction,
+            "a retry changed the auction"
+        );
+    }
+}
+
+/// The decision travels to the client and back unchanged.
+fn check_decision(decision: &Decision, state: &ClusterState, now: Millis) {
+    let reply = pb::decision_reply(decision, pb::auction_view(&state.machine.auction, now));
+    let decoded = pb::DecisionReply::decode(reply.encode_to_vec().as_slice())
+        .expect("an encoded reply decodes");
+    let wire = decoded.decision.expect("a reply carries its decision");
+    let back = Decision::try_from(wire).expect("a decision survives the wire");
+    assert_eq!(&back, decision);
+}
+
+/// A fixed point in time for the leader's bookkeeping, so runs only differ by their input.
+pub fn epoch() -> Instant {
+    use std::sync::OnceLock;
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
