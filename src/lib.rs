@@ -8,6 +8,7 @@
 //!   bookkeeping of acknowledgements;
 //! - [`pb`]: the generated gRPC code and validated conversions;
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
+//! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the cluster lock;
 //! - [`leader`], [`server`], [`replica`]: the leader task, its gRPC services, and a replica's
 //!   stream;
@@ -29,6 +30,7 @@ pub mod console;
 pub mod history;
 pub mod input;
 pub mod leader;
+pub mod limits;
 pub mod nemesis;
 pub mod node;
 pub mod pb;

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::ClusterSecret;
 use crate::leader::{self, LeaderHandle, Timing};
+use crate::limits::{self, Limits, MAX_MESSAGE_BYTES};
 use crate::pb;
 use crate::process::{self, ClusterLock, Fenced};
 use crate::replica::{self, FollowEnd, SharedState};
@@ -48,6 +49,8 @@ pub struct Config {
     pub secret: ClusterSecret,
     /// The credential of the operator token, which start and close need.
     pub operator: Credential,
+    /// What one client may take from the client port.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -305,27 +308,41 @@ async fn lead(
                 cfg.secret.clone(),
                 cfg.timing,
             ))
-            .max_decoding_message_size(64 * 1024),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming(replica_listener), shutdown.clone().wait());
+        .serve_with_incoming_shutdown(
+            limits::at_most(
+                incoming(replica_listener),
+                MAX_REPLICA_CONNECTIONS,
+                "replica",
+            ),
+            shutdown.clone().wait(),
+        );
     let replication = tokio::spawn(replication);
     let client_listener = tokio::select! {
         () = shutdown.clone().wait() => return Ok(()),
         l = bind_client_port(cfg.client_addr()) => l?,
     };
     info!(client_addr = %cfg.client_addr(), "serving clients");
+    let admission = Admission {
+        operator: cfg.operator,
+        default_duration: cfg.duration,
+        session_rate: cfg.limits.session_rate,
+    };
     Server::builder()
+        .max_concurrent_streams(Some(cfg.limits.max_streams))
         .add_service(
-            pb::auction_server::AuctionServer::new(AuctionService::new(
-                handle,
-                Admission {
-                    operator: cfg.operator,
-                    default_duration: cfg.duration,
-                },
-            ))
-            .max_decoding_message_size(64 * 1024),
+            pb::auction_server::AuctionServer::new(AuctionService::new(handle, admission))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming(client_listener), shutdown.wait())
+        .serve_with_incoming_shutdown(
+            limits::at_most(
+                incoming(client_listener),
+                cfg.limits.max_connections,
+                "client",
+            ),
+            shutdown.wait(),
+        )
         .await?;
     match replication.await {
         Ok(r) => r?,
@@ -333,6 +350,10 @@ async fn lead(
     }
     Ok(())
 }
+
+/// Connections a replica port accepts at once: a cluster has a handful of members, and a few
+/// more for nodes that are joining or rejoining.
+const MAX_REPLICA_CONNECTIONS: usize = 64;
 
 /// Accepted connections with Nagle's algorithm off: every message is a small, urgent one.
 fn incoming(listener: TcpListener) -> TcpIncoming {

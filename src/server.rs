@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
@@ -11,6 +12,7 @@ use tracing::{debug, warn};
 use crate::auction::Op;
 use crate::auth::{self, ClusterSecret};
 use crate::leader::{Event, LeaderHandle, Peer, Reply, ReplyTo, Request, Timing};
+use crate::limits::RateLimit;
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
     ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_leader, from_replica,
@@ -32,6 +34,8 @@ pub struct Admission {
     pub operator: Credential,
     /// The length of an auction started without one.
     pub default_duration: Duration,
+    /// Requests per second one session may send; beyond it they are refused unapplied.
+    pub session_rate: u32,
 }
 
 /// Serves clients on the client port.
@@ -191,6 +195,7 @@ impl pb::auction_server::Auction for AuctionService {
         let leader = self.leader.clone();
         let admission = self.admission.clone();
         tokio::spawn(async move {
+            let mut rate = RateLimit::new(admission.session_rate, Instant::now());
             loop {
                 // A slot for the reply first: a client that does not read is not read either.
                 let Ok(slot) = stream.clone().reserve_owned().await else {
@@ -207,6 +212,14 @@ impl pb::auction_server::Auction for AuctionService {
                     }
                 };
                 let tag = message.tag;
+                if !rate.allow(Instant::now()) {
+                    let status = Status::resource_exhausted(format!(
+                        "more than {} requests per second on this session; not applied",
+                        admission.session_rate
+                    ));
+                    slot.send(Ok(error_reply(tag, &status)));
+                    continue;
+                }
                 match session_request(message.op, &admission) {
                     Ok(request) => {
                         let reply = ReplyTo::Session { tag, slot };

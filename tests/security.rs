@@ -328,3 +328,113 @@ async fn registrations_survive_a_failover() {
     let _ = std::fs::remove_dir_all(mallory);
     h.assert_no_panics();
 }
+
+/// A one-node cluster started with more `auction-node` arguments.
+async fn single_node(args: &[&str]) -> LocalCluster {
+    let mut spec = Spec::on_free_ports(NODE).unwrap();
+    spec.node_args = args.iter().map(ToString::to_string).collect();
+    let mut cluster = LocalCluster::new(spec, Transcript::new(false));
+    cluster.start(5400).unwrap();
+    cluster
+        .wait_for(WAIT, |s| leader_of(s) == Some(5400))
+        .await
+        .unwrap();
+    cluster
+}
+
+#[tokio::test]
+async fn a_session_over_its_rate_is_refused_and_nothing_of_it_is_applied() {
+    let cluster = single_node(&["--session-rate", "5"]).await;
+    let url = format!("http://{}", cluster.spec.client_addr());
+    let mut c = AuctionClient::connect(url).await.unwrap();
+    let token = Token::random().unwrap();
+    let requests: Vec<pb::SessionRequest> = (1..=40u64)
+        .map(|n| pb::SessionRequest {
+            tag: n,
+            op: Some(pb::session_request::Op::Bid(pb::BidRequest {
+                id: Some(pb::RequestId { session: 9, seq: n }),
+                bidder: "eager".into(),
+                amount: n,
+                token: token.expose().into(),
+            })),
+        })
+        .collect();
+    let mut replies = c
+        .session(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut accepted, mut limited) = (Vec::new(), 0);
+    for _ in 0..40 {
+        let reply = replies
+            .message()
+            .await
+            .unwrap()
+            .expect("one reply per request");
+        match reply.reply.unwrap() {
+            pb::session_reply::Reply::Decision(d) if d.decision.unwrap().accepted => {
+                accepted.push(reply.tag);
+            }
+            pb::session_reply::Reply::Error(e) => {
+                assert_eq!(e.code, Code::ResourceExhausted as i32, "{e:?}");
+                assert!(e.message.contains("requests per second"), "{e:?}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        limited > 0 && !accepted.is_empty(),
+        "{accepted:?}, {limited}"
+    );
+    // The highest bid is the last accepted one: no refused request was applied.
+    let s = cluster.status(WAIT).await.unwrap();
+    let highest = s.auction.unwrap().highest_bid;
+    assert_eq!(Some(&highest), accepted.iter().max());
+    assert!(cluster.transcript.panics().is_empty());
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_and_the_node_goes_on() {
+    let cluster = single_node(&["--max-connections", "2"]).await;
+    let url = format!("http://{}", cluster.spec.client_addr());
+    let connect = || async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await?;
+        let mut c = AuctionClient::new(channel);
+        c.result(pb::ResultRequest {})
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, Box<dyn std::error::Error>>(c)
+    };
+    // Two stay open; until the node has seen the earlier polls' connections close, a
+    // connection may be refused, so each is retried within the deadline.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut open = Vec::new();
+    while open.len() < 2 {
+        match connect().await {
+            Ok(c) => open.push(c),
+            Err(_) => assert!(tokio::time::Instant::now() < deadline, "cannot connect"),
+        }
+    }
+    assert!(connect().await.is_err(), "a third connection is refused");
+    wait_for_lines(&cluster.transcript, 1, |l| {
+        l.contains("too many connections")
+    })
+    .await;
+    // Closing one lets a new one in.
+    open.pop();
+    loop {
+        match connect().await {
+            Ok(c) => {
+                open.push(c);
+                break;
+            }
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cluster.transcript.panics().is_empty());
+}

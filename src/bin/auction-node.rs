@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use auction::auth::AuthDir;
 use auction::console;
 use auction::leader::Timing;
+use auction::limits::Limits;
 use auction::node::{self, Config, Role, Shutdown};
 use auction::types::{Duration as AuctionDuration, NodeId};
 use clap::Parser;
@@ -50,6 +51,12 @@ struct Args {
     /// $AUCTION_CLUSTER_SECRET instead.
     #[arg(long, env = "AUCTION_AUTH_DIR")]
     auth_dir: Option<PathBuf>,
+    /// Client connections the leader keeps open at once; more are closed when accepted.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Requests per second one client session may send; more are refused, unapplied.
+    #[arg(long, default_value_t = Limits::default().session_rate)]
+    session_rate: u32,
 }
 
 fn config(args: &Args) -> anyhow::Result<Config> {
@@ -58,6 +65,9 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     }
     if args.client_port == 0 || args.leader_port == 0 {
         bail!("--client-port and --leader-port must be fixed port numbers, not 0");
+    }
+    if args.max_connections == 0 || args.session_rate == 0 {
+        bail!("--max-connections and --session-rate must be above 0");
     }
     if args.heartbeat_ms == 0 || args.timeout_ms < 2 * args.heartbeat_ms {
         bail!("--timeout-ms must be at least twice --heartbeat-ms, and --heartbeat-ms above 0");
@@ -76,6 +86,11 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         client_port: args.client_port,
         leader_port: args.leader_port,
         duration,
+        limits: Limits {
+            max_connections: args.max_connections,
+            session_rate: args.session_rate,
+            ..Limits::default()
+        },
         timing: Timing {
             heartbeat: Duration::from_millis(args.heartbeat_ms),
             timeout: Duration::from_millis(args.timeout_ms),
