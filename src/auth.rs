@@ -19,6 +19,7 @@ use sha2::Sha256;
 use thiserror::Error;
 
 use crate::replication::Member;
+use crate::tls::ServerTls;
 use crate::types::{BidderId, Token, fill_random};
 
 /// The environment variable that, when set, is the cluster secret.
@@ -45,6 +46,8 @@ pub enum AuthError {
     InvalidEnv(&'static str, String),
     #[error("no operator token: {} does not exist (a node creates it when it starts) and ${OPERATOR_ENV} is not set", path.display())]
     NoOperatorToken { path: PathBuf },
+    #[error("no TLS certificate: {} does not exist (a node started with --tls creates it)", path.display())]
+    NoTls { path: PathBuf },
     #[error("no home directory to keep secrets in: set --auth-dir or AUCTION_AUTH_DIR")]
     NoHome,
 }
@@ -135,9 +138,56 @@ impl AuthDir {
         self.load_or_create(&Path::new("bidders").join(format!("{bidder}.token")))
     }
 
-    /// Reads the token at `relative`, or creates it with a random one. Creation is atomic (the
-    /// complete file is linked into place), so processes that start together agree on it.
+    /// Reads the token at `relative`, or creates it with a random one.
     fn load_or_create(&self, relative: &Path) -> Result<Token, AuthError> {
+        let text = self.load_or_create_text(relative, || {
+            Token::random().map(|t| format!("{}\n", t.expose()))
+        })?;
+        Token::new(text.trim()).map_err(|e| AuthError::Invalid {
+            path: self.path.join(relative),
+            why: e.to_string(),
+        })
+    }
+
+    /// The TLS certificate and key that nodes serve (`tls.pem`), created at first use: a
+    /// self-signed certificate for `localhost` and 127.0.0.1.
+    ///
+    /// # Errors
+    /// As for [`Self::cluster_secret`], or the file holds no certificate and key.
+    pub fn tls(&self) -> Result<ServerTls, AuthError> {
+        let relative = Path::new("tls.pem");
+        let text = self.load_or_create_text(relative, || {
+            ServerTls::generate()
+                .map(|t| t.to_pem())
+                .map_err(io::Error::other)
+        })?;
+        ServerTls::from_pem(&text).map_err(|why| AuthError::Invalid {
+            path: self.path.join(relative),
+            why,
+        })
+    }
+
+    /// The certificate a client trusts: the nodes' `tls.pem`, which must exist.
+    ///
+    /// # Errors
+    /// [`AuthError::NoTls`] when there is none, or as for [`Self::tls`].
+    pub fn existing_tls(&self) -> Result<ServerTls, AuthError> {
+        let path = self.path.join("tls.pem");
+        if !path.exists() {
+            return Err(AuthError::NoTls { path });
+        }
+        self.tls()
+    }
+
+    /// Reads the private file at `relative`, or creates it with what `make` returns. Creation
+    /// is atomic (the complete file is linked into place), so processes that start together
+    /// agree on it.
+    fn load_or_create_text(
+        &self,
+        relative: &Path,
+        make: impl FnOnce() -> io::Result<String>,
+    ) -> Result<String, AuthError> {
+        static TEMPORARIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.path.join(relative);
         let dir = path.parent().unwrap_or(&self.path).to_path_buf();
         for d in [&self.path, &dir] {
@@ -148,8 +198,9 @@ impl AuthDir {
             source,
         };
         if !path.exists() {
-            let token = Token::random().map_err(io)?;
-            let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+            let text = make().map_err(io)?;
+            let n = TEMPORARIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!(".{}-{n}.tmp", std::process::id()));
             let written = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -157,24 +208,20 @@ impl AuthDir {
                 .mode(0o600)
                 .open(&tmp)
                 .and_then(|mut f| {
-                    f.write_all(format!("{}\n", token.expose()).as_bytes())?;
+                    f.write_all(text.as_bytes())?;
                     f.sync_all()
                 });
             let linked = written.and_then(|()| fs::hard_link(&tmp, &path));
             let _ = fs::remove_file(&tmp);
             match linked {
-                Ok(()) => return Ok(token),
+                Ok(()) => return Ok(text),
                 // Another process created it first: read theirs.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io(e)),
             }
         }
         private(&path, 0o077)?;
-        let text = fs::read_to_string(&path).map_err(io)?;
-        Token::new(text.trim()).map_err(|e| AuthError::Invalid {
-            path: path.clone(),
-            why: e.to_string(),
-        })
+        fs::read_to_string(&path).map_err(io)
     }
 }
 

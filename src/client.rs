@@ -12,7 +12,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::auction::Decision;
@@ -21,6 +21,7 @@ use crate::pb::{
     SessionRequest, StartRequest, StatusReply, StatusRequest, auction_client::AuctionClient,
     session_reply, session_request,
 };
+use crate::tls::{self, ServerTls};
 use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId, Token};
 
 /// Resolves a `HOST:PORT` given by a person to the address to dial.
@@ -96,6 +97,8 @@ pub struct Client {
     tokens: HashMap<BidderId, Token>,
     /// Sent with start and close; without it they are refused.
     operator_token: Option<Token>,
+    /// The nodes' certificate, when they serve TLS.
+    tls: Option<ServerTls>,
 }
 
 /// What a client asks.
@@ -130,7 +133,14 @@ impl Client {
             tag: 0,
             tokens: HashMap::new(),
             operator_token: None,
+            tls: None,
         }
+    }
+
+    /// Dials with TLS, trusting the nodes' certificate.
+    pub fn set_tls(&mut self, tls: ServerTls) {
+        self.tls = Some(tls);
+        self.conn = None;
     }
 
     /// Bids in `bidder`'s name will carry `token`: the one the name was registered with.
@@ -340,8 +350,8 @@ impl Client {
     }
 
     async fn connect(&self, timeout: Duration) -> Result<Connection, Status> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.server))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
+        let endpoint = tls::endpoint(self.server, self.tls.as_ref())
+            .map_err(Status::invalid_argument)?
             .connect_timeout(timeout)
             .tcp_nodelay(true);
         let channel = endpoint

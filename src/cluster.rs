@@ -225,6 +225,8 @@ pub struct Spec {
     pub auth_dir: PathBuf,
     /// Whether the auth dir is this cluster's own, to be removed with it.
     pub owns_auth_dir: bool,
+    /// Whether nodes serve TLS (`--tls`), and clients dial with it.
+    pub tls: bool,
 }
 
 impl Spec {
@@ -254,6 +256,7 @@ impl Spec {
             log_filter: "info".into(),
             auth_dir,
             owns_auth_dir: true,
+            tls: false,
         })
     }
 
@@ -300,6 +303,7 @@ impl LocalCluster {
             .arg("--leader-port")
             .arg(self.spec.leader_port.to_string())
             .args(&self.spec.node_args)
+            .args(self.spec.tls.then_some("--tls"))
             .env("AUCTION_AUTH_DIR", &self.spec.auth_dir)
             .env("RUST_LOG", &self.spec.log_filter)
             .env_remove("RUST_BACKTRACE");
@@ -341,9 +345,17 @@ impl LocalCluster {
     /// A client of this cluster with the given retry budget, and the operator token.
     pub fn client(&self, retry_budget: Duration) -> Client {
         let mut client = Client::new(self.spec.client_addr(), retry_budget);
+        let auth = AuthDir::new(&self.spec.auth_dir);
         // Without it, start and close are refused, which says what went wrong.
-        if let Ok(token) = AuthDir::new(&self.spec.auth_dir).operator_token() {
+        if let Ok(token) = auth.operator_token() {
             client.set_operator_token(token);
+        }
+        // The nodes' own certificate (created here if the nodes have not yet): without it,
+        // nothing answers, which says what went wrong.
+        if self.spec.tls
+            && let Ok(tls) = auth.tls()
+        {
+            client.set_tls(tls);
         }
         client
     }

@@ -7,6 +7,7 @@
 //! - [`replication`]: the replicated state (members, epochs, versions) and the leader's pure
 //!   bookkeeping of acknowledgements;
 //! - [`pb`]: the generated gRPC code and validated conversions;
+//! - [`tls`]: the optional TLS certificate of both ports;
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the cluster lock;
@@ -38,4 +39,5 @@ pub mod process;
 pub mod replica;
 pub mod replication;
 pub mod server;
+pub mod tls;
 pub mod types;

@@ -26,6 +26,7 @@ use crate::process::{self, ClusterLock, Fenced};
 use crate::replica::{self, FollowEnd, SharedState};
 use crate::replication::{ChangeKind, ClusterState, Member};
 use crate::server::{Admission, AuctionService, ReplicationService};
+use crate::tls::ServerTls;
 use crate::types::{Credential, Duration as AuctionDuration, NodeId};
 
 /// Everything a node needs to know.
@@ -51,6 +52,8 @@ pub struct Config {
     pub operator: Credential,
     /// What one client may take from the client port.
     pub limits: Limits,
+    /// TLS on both ports (and for dialing the leader), or plain HTTP/2.
+    pub tls: Option<ServerTls>,
 }
 
 impl Config {
@@ -160,7 +163,7 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
         }
         let end = tokio::select! {
             () = shutdown.clone().wait() => return Ok(()),
-            end = replica::follow(leader_addr, me, &cfg.secret, cfg.timing, &lock, &shared) => end,
+            end = replica::follow(leader_addr, me, &cfg.secret, cfg.tls.as_ref(), cfg.timing, &lock, &shared) => end,
         };
         let is_member = replica::is_member(&shared, &me);
         let retry_at_once = match end {
@@ -300,7 +303,7 @@ async fn lead(
 ) -> Result<(), NodeError> {
     let handle = leader::spawn(me, state, initial, cfg.timing, shutdown.clone().wait());
     set_role(&role, Role::Leader(handle.clone()));
-    let replication = Server::builder()
+    let replication = server(cfg)?
         .add_service(
             pb::replication_server::ReplicationServer::new(ReplicationService::new(
                 handle.clone(),
@@ -329,7 +332,7 @@ async fn lead(
         default_duration: cfg.duration,
         session_rate: cfg.limits.session_rate,
     };
-    Server::builder()
+    server(cfg)?
         .max_concurrent_streams(Some(cfg.limits.max_streams))
         .add_service(
             pb::auction_server::AuctionServer::new(AuctionService::new(handle, admission))
@@ -349,6 +352,14 @@ async fn lead(
         Err(e) => warn!("replication server task failed: {e}"),
     }
     Ok(())
+}
+
+/// A server builder, with TLS if configured.
+fn server(cfg: &Config) -> Result<Server, NodeError> {
+    match &cfg.tls {
+        Some(tls) => Ok(Server::builder().tls_config(tls.server_config())?),
+        None => Ok(Server::builder()),
+    }
 }
 
 /// Connections a replica port accepts at once: a cluster has a handful of members, and a few

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
@@ -17,6 +16,7 @@ use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
 use crate::process::{self, ClusterLock, Fenced};
 use crate::replication::{Change, ClusterState, Member};
+use crate::tls::{self, ServerTls};
 
 /// The largest state a replica accepts in one message.
 pub const MAX_STATE_BYTES: usize = 1 << 30;
@@ -52,6 +52,7 @@ pub async fn follow(
     leader_addr: SocketAddr,
     me: Member,
     secret: &ClusterSecret,
+    tls: Option<&ServerTls>,
     timing: Timing,
     lock: &ClusterLock,
     shared: &SharedState,
@@ -60,9 +61,9 @@ pub async fn follow(
         Ok(n) => n,
         Err(e) => return FollowEnd::Unreachable(format!("no randomness for a challenge: {e}")),
     };
-    let endpoint = match Endpoint::from_shared(format!("http://{leader_addr}")) {
+    let endpoint = match tls::endpoint(leader_addr, tls) {
         Ok(e) => e.connect_timeout(timing.timeout).tcp_nodelay(true),
-        Err(e) => return FollowEnd::Unreachable(e.to_string()),
+        Err(e) => return FollowEnd::Unreachable(e),
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,

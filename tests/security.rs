@@ -438,3 +438,49 @@ async fn connections_beyond_the_limit_are_closed_and_the_node_goes_on() {
     }
     assert!(cluster.transcript.panics().is_empty());
 }
+
+#[tokio::test]
+async fn tls_end_to_end_across_a_failover() {
+    let mut spec = Spec::on_free_ports(NODE).unwrap();
+    spec.tls = true;
+    spec.node_args = ["--heartbeat-ms", "50", "--timeout-ms", "800"]
+        .map(String::from)
+        .to_vec();
+    let mut cluster = LocalCluster::new(spec, Transcript::new(false));
+    cluster.start_nodes(&[5400, 5401], WAIT).await.unwrap();
+    let server = cluster.spec.client_addr().to_string();
+    let auth_dir = cluster.spec.auth_dir.clone();
+    let (code, stdout, stderr) = run_client(
+        &server,
+        &auth_dir,
+        &["--tls", "--json", "--id", "ann", "bid", "10"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // Plain HTTP/2 gets nowhere on a TLS port.
+    let (code, stdout, _) = run_client(
+        &server,
+        &auth_dir,
+        &["--retry-ms", "300", "--json", "result"],
+    )
+    .await;
+    assert_eq!(
+        (code, json(&stdout)["outcome"].as_str()),
+        (2, Some("exception"))
+    );
+    // The replica dialed the leader over TLS; it takes over and serves TLS too.
+    cluster.kill(5400).await;
+    cluster
+        .wait_for(WAIT, |s| leader_of(s) == Some(5401) && !is_member(s, 5400))
+        .await
+        .unwrap();
+    let (code, stdout, stderr) = run_client(
+        &server,
+        &auth_dir,
+        &["--tls", "--json", "--id", "ann", "bid", "11"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(json(&stdout)["highest_bid"].as_u64(), Some(11));
+    assert!(cluster.transcript.panics().is_empty());
+}

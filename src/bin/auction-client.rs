@@ -42,6 +42,9 @@ struct Args {
     /// Where tokens are kept. Default: ~/.auction.
     #[arg(long, env = "AUCTION_AUTH_DIR", global = true)]
     auth_dir: Option<PathBuf>,
+    /// Dial over TLS, trusting the nodes' certificate in AUTH_DIR/tls.pem.
+    #[arg(long, global = true)]
+    tls: bool,
     /// Print one JSON object per answer.
     #[arg(long, global = true)]
     json: bool,
@@ -105,6 +108,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => AuthDir::default_path()?,
     });
+    if args.tls {
+        client.set_tls(auth.existing_tls()?);
+    }
     if matches!(args.command, Some(Command::Start { .. } | Command::Close)) {
         client.set_operator_token(auth.existing_operator_token()?);
     }

@@ -37,6 +37,10 @@ struct Args {
     /// The bidder name of the demo's client.
     #[arg(long, default_value = "you")]
     id: String,
+    /// Nodes serve TLS with a self-signed certificate (created in the auth dir), and the client
+    /// dials with it.
+    #[arg(long)]
+    tls: bool,
     /// Play a scripted scenario instead of reading commands.
     #[arg(long)]
     scenario: Option<Scenario>,
@@ -83,6 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => AuthDir::default_path()?,
         },
         owns_auth_dir: false,
+        tls: args.tls,
     };
     let client_bin = sibling_binary("auction-client")?;
     let transcript = Transcript::new(true);
@@ -108,6 +113,7 @@ fn client_proc(
         .arg(id)
         .arg("--server")
         .arg(cluster.spec.client_addr().to_string())
+        .args(cluster.spec.tls.then_some("--tls"))
         .env("AUCTION_AUTH_DIR", &cluster.spec.auth_dir);
     Proc::spawn(cmd, name, &cluster.transcript).context("starting auction-client")
 }

@@ -51,6 +51,11 @@ struct Args {
     /// $AUCTION_CLUSTER_SECRET instead.
     #[arg(long, env = "AUCTION_AUTH_DIR")]
     auth_dir: Option<PathBuf>,
+    /// Serve both ports over TLS, and dial the leader over TLS, with the certificate in
+    /// AUTH_DIR/tls.pem (a self-signed one for localhost is created if missing). All nodes of a
+    /// cluster must agree.
+    #[arg(long)]
+    tls: bool,
     /// Client connections the leader keeps open at once; more are closed when accepted.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -80,6 +85,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     });
     Ok(Config {
         secret: auth.cluster_secret()?,
+        tls: if args.tls { Some(auth.tls()?) } else { None },
         operator: auth.operator_token()?.credential(),
         id: NodeId(args.port),
         host: args.host,
