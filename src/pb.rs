@@ -35,6 +35,20 @@ pub enum WireError {
     RefusalKind(i32),
     #[error("a credential must be 32 bytes, got {0}")]
     Credential(usize),
+    #[error("{0} {1} is beyond {max}", max = MAX_COUNTER)]
+    Counter(&'static str, u64),
+}
+
+/// The largest version, epoch or auction number a state may arrive with. Each grows by one per
+/// change, so no real cluster comes near it, and a state that does could not grow further.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
+fn counter(value: u64, name: &'static str) -> Result<u64, WireError> {
+    if value <= MAX_COUNTER {
+        Ok(value)
+    } else {
+        Err(WireError::Counter(name, value))
+    }
 }
 
 /// Reads a credential (a SHA-256 digest).
@@ -339,7 +353,7 @@ impl TryFrom<State> for ClusterState {
             }),
         };
         let auction = Auction {
-            number: a.number,
+            number: counter(a.number, "auction number")?,
             deadline: Millis(a.deadline_ms),
             closed_early: a.closed_early,
             highest,
@@ -369,8 +383,8 @@ impl TryFrom<State> for ClusterState {
             .map(|r| Ok((BidderId::new(r.bidder)?, credential(&r.credential)?)))
             .collect::<Result<Vec<_>, WireError>>()?;
         Ok(Self {
-            version: s.version,
-            epoch: s.epoch,
+            version: counter(s.version, "version")?,
+            epoch: counter(s.epoch, "epoch")?,
             clock: Millis(s.clock_ms),
             leader: member(s.leader, "leader")?,
             members: s
@@ -438,6 +452,28 @@ mod tests {
         }
         let back = ClusterState::try_from(State::from(&s)).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn states_whose_counters_could_not_grow_are_refused() {
+        let s = ClusterState::founded(node(5400));
+        for (field, value) in [("version", u64::MAX), ("epoch", MAX_COUNTER + 1)] {
+            let mut wire = State::from(&s);
+            match field {
+                "version" => wire.version = value,
+                _ => wire.epoch = value,
+            }
+            assert_eq!(
+                ClusterState::try_from(wire),
+                Err(WireError::Counter(field, value))
+            );
+        }
+        let mut wire = State::from(&s);
+        wire.auction.as_mut().unwrap().number = u64::MAX;
+        assert!(ClusterState::try_from(wire).is_err());
+        let mut wire = State::from(&s);
+        wire.version = MAX_COUNTER;
+        assert!(ClusterState::try_from(wire).is_ok());
     }
 
     #[test]

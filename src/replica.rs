@@ -184,7 +184,8 @@ pub async fn follow(
                 let Some(current) = state.as_mut().filter(|_| leader.is_some()) else {
                     return protocol_error(leader, "changes before the state");
                 };
-                if append.first_version != current.version + 1 {
+                // The snapshot's version was bounded, and each change adds one.
+                if append.first_version != current.version.saturating_add(1) {
                     return protocol_error(
                         leader,
                         &format!(
