@@ -12,18 +12,22 @@ use auction::auction::Op;
 use auction::pb::{self, from_leader, from_replica, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState};
 use auction::types::{Amount, BidderId, Duration, Millis, NodeId, RequestId};
-use auction_fuzz::{node, open_state, stream};
+use auction_fuzz::{
+    ANN_TOKEN, BIDDER_TOKEN, NONCE, OPERATOR_TOKEN, cluster_secret, credential, node, open_state,
+    stream,
+};
 use prost::Message;
 
 fn id(session: u64, seq: u64) -> Option<pb::RequestId> {
     Some(pb::RequestId { session, seq })
 }
 
-fn bid(session: u64, seq: u64, bidder: &str, amount: u64) -> pb::BidRequest {
+fn bid(session: u64, seq: u64, bidder: &str, amount: u64, token: &str) -> pb::BidRequest {
     pb::BidRequest {
         id: id(session, seq),
         bidder: bidder.into(),
         amount,
+        token: token.into(),
     }
 }
 
@@ -67,19 +71,42 @@ fn main() {
         ("too-large", "99999999999999999999"),
         ("bidder", "ann-1.b_c"),
         ("trailing", "12abc"),
+        ("token", BIDDER_TOKEN),
     ] {
         write(&dir, "input_line", name, line.as_bytes());
     }
 
     let ops = [
-        ("bid", session_request::Op::Bid(bid(7, 1, "bob", 20))),
-        ("bid-low", session_request::Op::Bid(bid(7, 1, "bob", 5))),
-        ("bid-retry", session_request::Op::Bid(bid(1, 1, "ann", 10))),
+        (
+            "bid",
+            session_request::Op::Bid(bid(7, 1, "bob", 20, BIDDER_TOKEN)),
+        ),
+        (
+            "bid-low",
+            session_request::Op::Bid(bid(7, 1, "bob", 5, BIDDER_TOKEN)),
+        ),
+        (
+            "bid-retry",
+            session_request::Op::Bid(bid(1, 1, "ann", 10, ANN_TOKEN)),
+        ),
+        (
+            "bid-as-ann",
+            session_request::Op::Bid(bid(1, 2, "ann", 30, ANN_TOKEN)),
+        ),
+        (
+            "bid-not-your-name",
+            session_request::Op::Bid(bid(7, 1, "ann", 30, BIDDER_TOKEN)),
+        ),
+        (
+            "bid-no-token",
+            session_request::Op::Bid(bid(7, 1, "bob", 20, "")),
+        ),
         (
             "start-default",
             session_request::Op::Start(pb::StartRequest {
                 id: id(7, 2),
                 duration_ms: 0,
+                operator_token: OPERATOR_TOKEN.into(),
             }),
         ),
         (
@@ -87,11 +114,23 @@ fn main() {
             session_request::Op::Start(pb::StartRequest {
                 id: id(7, 3),
                 duration_ms: 60_000,
+                operator_token: OPERATOR_TOKEN.into(),
+            }),
+        ),
+        (
+            "start-wrong-token",
+            session_request::Op::Start(pb::StartRequest {
+                id: id(7, 3),
+                duration_ms: 60_000,
+                operator_token: BIDDER_TOKEN.into(),
             }),
         ),
         (
             "close",
-            session_request::Op::Close(pb::CloseRequest { id: id(7, 4) }),
+            session_request::Op::Close(pb::CloseRequest {
+                id: id(7, 4),
+                operator_token: OPERATOR_TOKEN.into(),
+            }),
         ),
         ("result", session_request::Op::Result(pb::ResultRequest {})),
     ];
@@ -116,9 +155,18 @@ fn main() {
     }
     write(&dir, "unary_request", "status", &[4]);
 
+    // The replica's challenge; the leader's is NONCE.
+    let replica_nonce = [9u8; 32];
     let join = |id: u16| pb::FromReplica {
         msg: Some(from_replica::Msg::Join(pb::Join {
             node: Some(node(id).into()),
+            nonce: replica_nonce.to_vec(),
+        })),
+    };
+    let secret = cluster_secret();
+    let prove = |id: u16| pb::FromReplica {
+        msg: Some(from_replica::Msg::Prove(pb::Prove {
+            proof: secret.replica_proof(&NONCE, &replica_nonce, &node(id)),
         })),
     };
     let ack = |seq: u64, version: u64| pb::FromReplica {
@@ -128,13 +176,26 @@ fn main() {
         &dir,
         "from_replica",
         "join-and-acks",
-        &stream(&[join(5402), ack(1, 3), ack(2, 4), ack(2, 4), ack(4, 5)]),
+        &stream(&[
+            join(5402),
+            prove(5402),
+            ack(1, 3),
+            ack(2, 4),
+            ack(2, 4),
+            ack(4, 5),
+        ]),
     );
     write(
         &dir,
         "from_replica",
         "rejoin",
-        &stream(&[join(5401), ack(1, 3)]),
+        &stream(&[join(5401), prove(5401), ack(1, 3)]),
+    );
+    write(
+        &dir,
+        "from_replica",
+        "wrong-proof",
+        &stream(&[join(5402), prove(5401), ack(1, 3)]),
     );
 
     let state = open_state();
@@ -146,6 +207,13 @@ fn main() {
     let minute = Duration::from_secs(60).expect("valid");
     let bidder = |name: &str| BidderId::new(name).expect("valid");
     let amount = |a: u64| Amount::new(a).expect("valid");
+    // The leader's challenge, with its proof over the replica's challenge NONCE.
+    let leader_nonce = [5u8; 32];
+    let challenge = from_leader::Msg::Challenge(pb::Challenge {
+        leader: Some(state.leader.into()),
+        nonce: leader_nonce.to_vec(),
+        proof: secret.leader_proof(&NONCE, &leader_nonce, &state.leader),
+    });
     let changes = vec![
         change(2_500, ChangeKind::Join(node(5402))),
         client(
@@ -155,6 +223,7 @@ fn main() {
             Op::Bid {
                 bidder: bidder("bob"),
                 amount: amount(20),
+                credential: credential(BIDDER_TOKEN),
             },
         ),
         client(
@@ -164,6 +233,7 @@ fn main() {
             Op::Bid {
                 bidder: bidder("cat"),
                 amount: amount(20),
+                credential: credential(BIDDER_TOKEN),
             },
         ),
         client(2, 2, 4_000, Op::Close),
@@ -176,6 +246,7 @@ fn main() {
         "from_leader",
         "snapshot-append-heartbeat",
         &stream(&[
+            from_leader(0, challenge.clone()),
             from_leader(1, from_leader::Msg::Snapshot((&state).into())),
             from_leader(
                 2,

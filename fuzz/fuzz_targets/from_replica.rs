@@ -1,16 +1,25 @@
 //! A replication stream as the leader reads it: a stream of `auction::pb::FromReplica`
-//! messages (the input is read as length-delimited messages). The first must be a `Join` whose
-//! node identity `Member::try_from` accepts; every later one an `Ack` that the leader's
-//! bookkeeping (`auction::replication::Followers`) takes in. Anything else ends the stream, as
-//! in `ReplicationService::follow`.
+//! messages (the input is read as length-delimited messages), as in
+//! `ReplicationService::follow`:
+//! 1. a `Join` whose node identity `Member::try_from` accepts, with a challenge of
+//!    `auth::NONCE_LEN` bytes;
+//! 2. the leader answers with its own challenge (fixed here: `NONCE`), and the next message must
+//!    be a `Prove` that `ClusterSecret::verify_replica` accepts. It must accept exactly the
+//!    right proof, and nothing else. The seeds carry the right proof; the fuzzer cannot forge
+//!    one, so the rest is reached only from a seed's Join and Prove;
+//! 3. then `Ack`s, which go through the leader's bookkeeping (`replication::Followers`).
+//!
+//! Anything else ends the stream. The check that the joining pid holds the connection needs a
+//! real socket, so it is left out.
 #![no_main]
 
 use std::time::Duration;
 
+use auction::auth::NONCE_LEN;
 use auction::pb::{FromReplica, from_replica::Msg};
 use auction::replication::{Change, ChangeKind, Followers, Member};
 use auction::types::Millis;
-use auction_fuzz::{epoch, messages, open_state};
+use auction_fuzz::{NONCE, cluster_secret, epoch, messages, open_state};
 use libfuzzer_sys::fuzz_target;
 
 const CONN: u64 = 1;
@@ -38,6 +47,23 @@ fuzz_target!(|data: &[u8]| {
         (node.pid, node.start_time),
         (identity.pid, identity.start_time)
     );
+    if join.nonce.len() != NONCE_LEN {
+        return;
+    }
+
+    let secret = cluster_secret();
+    let Some(FromReplica {
+        msg: Some(Msg::Prove(prove)),
+    }) = stream.next()
+    else {
+        return;
+    };
+    let right = secret.replica_proof(&NONCE, &join.nonce, &node);
+    let verified = secret.verify_replica(&NONCE, &join.nonce, &node, &prove.proof);
+    assert_eq!(verified, prove.proof == right, "a proof was judged wrongly");
+    if !verified {
+        return;
+    }
 
     // The leader (5400) sends the joiner its state; once the joiner has acknowledged it, the
     // leader commits its Join. The leader refuses its own id, so that one is only tracked.

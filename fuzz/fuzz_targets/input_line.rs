@@ -1,10 +1,10 @@
 //! What a person types into the interactive client (`auction::input::parse_line`), and the
-//! `FromStr` parsers of the validated types. Whatever parses as a bid is a valid amount, and is
+//! `FromStr` parsers of the validated types (`Amount`, `BidderId`, `Token`). Whatever parses as a bid is a valid amount, and is
 //! the number that was typed.
 #![no_main]
 
 use auction::input::{Line, parse_line};
-use auction::types::{Amount, BidderId, Duration};
+use auction::types::{Amount, BidderId, Duration, Token};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -68,6 +68,26 @@ fuzz_target!(|data: &[u8]| {
                 "{line:?}"
             );
             assert_eq!(b.to_string().parse::<BidderId>(), Ok(b));
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+
+    match line.parse::<Token>() {
+        Ok(t) => {
+            assert_eq!(t.expose(), line.trim());
+            assert!((Token::MIN_LEN..=Token::MAX_LEN).contains(&t.expose().len()));
+            assert!(
+                t.expose()
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_')),
+                "{line:?}"
+            );
+            assert_eq!(
+                t.credential(),
+                Token::new(line.trim()).expect("valid").credential()
+            );
         }
         Err(e) => {
             let _ = e.to_string();

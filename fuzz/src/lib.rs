@@ -7,16 +7,54 @@
 
 use std::time::Instant;
 
-use auction::auction::{Decision, Op};
+use auction::auction::{Decision, Op, Refusal};
+use auction::auth::{ClusterSecret, NONCE_LEN};
 use auction::leader::Request;
 use auction::pb::{self, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState, Member};
-use auction::types::{Amount, BidderId, Duration, Millis, NodeId, RequestId};
+use auction::server::Admission;
+use auction::types::{Amount, BidderId, Credential, Duration, Millis, NodeId, RequestId, Token};
 use prost::Message;
+use tonic::Code;
+
+/// The operator token of the leader under test; the seeds' `Start` and `Close` carry it.
+pub const OPERATOR_TOKEN: &str = "fuzz-operator-token-0123456789abcdef";
+/// The token of `ann`, who placed the bid of [`open_state`].
+pub const ANN_TOKEN: &str = "fuzz-ann-token-0123456789abcdef-ann";
+/// The token the seeds' other bidders use.
+pub const BIDDER_TOKEN: &str = "fuzz-bidder-token-0123456789abcdef";
+/// The cluster secret of the nodes under test.
+pub const CLUSTER_SECRET: &str = "fuzz-cluster-secret-0123456789abcdef";
+/// The challenge of the leader in `from_replica`, and of the replica in `from_leader` (a real
+/// node draws a new one per stream; fixed here so that the seeds can carry valid proofs).
+pub const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
+
+fn token(t: &str) -> Token {
+    Token::new(t).expect("a valid token")
+}
+
+/// The credential the replicated state keeps for a token.
+pub fn credential(t: &str) -> Credential {
+    token(t).credential()
+}
+
+pub fn cluster_secret() -> ClusterSecret {
+    ClusterSecret::new(token(CLUSTER_SECRET))
+}
 
 /// The length of an auction started without one (`auction-node --duration` defaults to 120 s).
 pub fn default_duration() -> Duration {
     Duration::from_secs(120).expect("120 s is a valid duration")
+}
+
+/// What the client port of the leader under test admits.
+pub fn admission() -> Admission {
+    Admission {
+        operator: credential(OPERATOR_TOKEN),
+        default_duration: default_duration(),
+        // Rate limiting happens before `session_request`, on the stream; not fuzzed here.
+        session_rate: 1_000,
+    }
 }
 
 /// Reads `data` as a stream of length-delimited messages, the way a node reads its gRPC stream:
@@ -73,6 +111,7 @@ pub fn fixture_changes() -> Vec<Change> {
                 op: Op::Bid {
                     bidder: BidderId::new("ann").expect("valid"),
                     amount: Amount::new(10).expect("valid"),
+                    credential: credential(ANN_TOKEN),
                 },
             },
         },
@@ -80,7 +119,7 @@ pub fn fixture_changes() -> Vec<Change> {
 }
 
 /// A valid replicated state: leader 5400, member 5401, auction 1 open until 61 000 ms with a
-/// bid of 10 by `ann`.
+/// bid of 10 by `ann`, who is registered with [`ANN_TOKEN`].
 pub fn open_state() -> ClusterState {
     let mut s = ClusterState::founded(node(5400));
     for c in fixture_changes() {
@@ -133,12 +172,37 @@ fn check_bidder(bidder: &BidderId) {
 
 /// Validates one client request as the leader does (`auction::server::session_request`, the
 /// validation of the session stream and of the unary calls), checks that an accepted request is
-/// exactly what the message said and a refused one is `INVALID_ARGUMENT`, then decides it.
+/// exactly what the message said, that only the operator token starts or closes an auction, and
+/// that a refusal has the right code; then decides the request.
 pub fn check_client_op(op: Option<session_request::Op>) {
-    let validated = auction::server::session_request(op.clone(), default_duration());
+    let validated = auction::server::session_request(op.clone(), &admission());
     let request = match validated {
         Err(status) => {
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            match status.code() {
+                Code::InvalidArgument => {}
+                Code::Unauthenticated => assert!(
+                    match &op {
+                        Some(session_request::Op::Bid(r)) => Token::new(r.token.clone()).is_err(),
+                        Some(session_request::Op::Start(r)) => {
+                            Token::new(r.operator_token.clone()).is_err()
+                        }
+                        Some(session_request::Op::Close(r)) => {
+                            Token::new(r.operator_token.clone()).is_err()
+                        }
+                        _ => false,
+                    },
+                    "{op:?}: {status:?}"
+                ),
+                Code::PermissionDenied => assert!(
+                    match &op {
+                        Some(session_request::Op::Start(r)) => r.operator_token != OPERATOR_TOKEN,
+                        Some(session_request::Op::Close(r)) => r.operator_token != OPERATOR_TOKEN,
+                        _ => false,
+                    },
+                    "{op:?}: {status:?}"
+                ),
+                _ => panic!("{op:?} refused with {status:?}"),
+            }
             return;
         }
         Ok(r) => r,
@@ -148,7 +212,12 @@ pub fn check_client_op(op: Option<session_request::Op>) {
             Some(session_request::Op::Bid(r)),
             Request::Change {
                 id,
-                op: Op::Bid { bidder, amount, .. },
+                op:
+                    Op::Bid {
+                        bidder,
+                        amount,
+                        credential,
+                    },
             },
         ) => {
             check_id(r.id, *id);
@@ -156,6 +225,8 @@ pub fn check_client_op(op: Option<session_request::Op>) {
             assert_eq!(bidder.as_str(), r.bidder);
             assert_eq!(amount.get(), r.amount);
             assert!((1..=Amount::MAX).contains(&amount.get()), "{amount}");
+            let t = Token::new(r.token.clone()).expect("a bid without a valid token was accepted");
+            assert_eq!(*credential, t.credential());
         }
         (
             Some(session_request::Op::Start(r)),
@@ -165,6 +236,10 @@ pub fn check_client_op(op: Option<session_request::Op>) {
             },
         ) => {
             check_id(r.id, *id);
+            assert_eq!(
+                r.operator_token, OPERATOR_TOKEN,
+                "started without the token"
+            );
             let expected = match r.duration_ms {
                 0 => default_duration().as_millis(),
                 ms => ms,
@@ -173,7 +248,8 @@ pub fn check_client_op(op: Option<session_request::Op>) {
             assert!((1_000..=Duration::MAX_SECS * 1_000).contains(&duration.as_millis()));
         }
         (Some(session_request::Op::Close(r)), Request::Change { id, op: Op::Close }) => {
-            check_id(r.id, *id)
+            check_id(r.id, *id);
+            assert_eq!(r.operator_token, OPERATOR_TOKEN, "closed without the token");
         }
         (Some(session_request::Op::Result(_)), Request::Result) => {}
         _ => panic!("{op:?} was validated as {request:?}"),
@@ -186,8 +262,9 @@ pub fn check_client_op(op: Option<session_request::Op>) {
 }
 
 /// Decides a validated request against [`open_state`] at time `at`, as the leader's state
-/// machine would, and checks its outcome: an accepted bid leads, the reply survives the wire,
-/// and a retry with the same id gets the same outcome and changes nothing.
+/// machine would, and checks its outcome: a bid in `ann`'s name needs her token, an accepted bid
+/// leads, the reply survives the wire, and a retry with the same id gets the same outcome and
+/// changes nothing.
 fn decide(id: Option<RequestId>, op: &Op, at: Millis) {
     let mut state = open_state();
     let change = Change {
@@ -200,6 +277,21 @@ fn decide(id: Option<RequestId>, op: &Op, at: Millis) {
         .expect("a client change has a decision");
     // Request (1, 1) is the fixture's bid: it gets that bid's outcome and changes nothing.
     let retry_of_fixture = id == Some(RequestId::new(1, 1).expect("valid"));
+    if let (
+        Op::Bid {
+            bidder, credential, ..
+        },
+        false,
+    ) = (op, retry_of_fixture)
+        && bidder.as_str() == "ann"
+        && *credential != self::credential(ANN_TOKEN)
+    {
+        assert_eq!(
+            decision,
+            Err(Refusal::NotYourName),
+            "a bid in another's name"
+        );
+    }
     if let (Ok(()), Op::Bid { bidder, amount, .. }, false) = (&decision, op, retry_of_fixture) {
         let highest = state.machine.auction.highest.as_ref().expect("a bid leads");
         assert_eq!((&highest.bidder, highest.amount), (bidder, *amount));
