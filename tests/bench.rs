@@ -103,3 +103,49 @@ async fn the_bench_measures_the_echo_floor() {
     }
     server.kill().await;
 }
+
+#[tokio::test]
+async fn failover_of_redis_or_etcd_needs_their_addresses_and_a_kill() {
+    // Each is refused before anything is connected to: no Redis or etcd needed.
+    let cases: [(&[&str], &str); 5] = [
+        (&["--failover", "kill", "--target", "redis"], "--sentinels"),
+        (
+            &[
+                "--failover",
+                "kill",
+                "--target",
+                "redis",
+                "--sentinels",
+                "nowhere",
+            ],
+            "--sentinels",
+        ),
+        (&["--failover", "kill", "--target", "etcd"], "--server"),
+        (
+            &[
+                "--failover",
+                "stop",
+                "--target",
+                "etcd",
+                "--server",
+                "127.0.0.1:1",
+            ],
+            "only with --target auction",
+        ),
+        (
+            &["--failover", "kill", "--target", "echo-unary"],
+            "auction, redis or etcd",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = tokio::process::Command::new(BENCH)
+            .args(args)
+            .output()
+            .await
+            .expect("run auction-bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -18,15 +18,20 @@ use tonic::transport::Channel;
 use crate::client::Client;
 
 mod echo;
+mod etcd_failover;
 mod failover;
 mod memory;
+mod redis_failover;
 mod resp;
 
 use crate::pb::etcd::{self, kv_client::KvClient as EtcdClient};
 use crate::pb::{EchoMessage, echo_client::EchoClient};
 use crate::types::{Amount, BidderId};
 pub use echo::{EchoService, serve_echo};
-pub use failover::{FailoverReport, FailoverSpec, FaultMode, failover};
+pub use failover::{
+    External, ExternalFailoverSpec, FailoverReport, FailoverSpec, FaultMode, failover,
+    failover_external,
+};
 pub use memory::{MemoryReport, MemorySpec, memory};
 
 /// What is loaded.
@@ -57,6 +62,27 @@ const KEY_BIDDER: &[u8] = b"auction/bidder";
 /// An amount as a fixed-width string, so byte order is numeric order (etcd compares bytes).
 fn padded(amount: u64) -> Vec<u8> {
     format!("{amount:016}").into_bytes()
+}
+
+/// The etcd bid: a Txn that puts `amount` (and the bidder) only if the stored amount is lower.
+fn etcd_bid(amount: u64, name: &[u8]) -> etcd::TxnRequest {
+    let amount = padded(amount);
+    let put = |key: &[u8], value: Vec<u8>| etcd::RequestOp {
+        request: Some(etcd::request_op::Request::RequestPut(etcd::PutRequest {
+            key: key.to_vec(),
+            value,
+        })),
+    };
+    etcd::TxnRequest {
+        compare: vec![etcd::Compare {
+            result: etcd::compare::CompareResult::Less as i32,
+            target: etcd::compare::CompareTarget::Value as i32,
+            key: KEY_HIGHEST.to_vec(),
+            target_union: Some(etcd::compare::TargetUnion::Value(amount.clone())),
+        }],
+        success: vec![put(KEY_HIGHEST, amount), put(KEY_BIDDER, name.to_vec())],
+        failure: Vec::new(),
+    }
 }
 
 /// Resets the stores' auction before a run, so every run starts from the same state.
@@ -378,23 +404,7 @@ impl Worker {
                     };
                     return kv.range(range).await.map(|_| Kind::Read).map_err(|_| ());
                 }
-                let amount = padded(amounts.fetch_add(1, Ordering::Relaxed) + 1);
-                let put = |key: &[u8], value: Vec<u8>| etcd::RequestOp {
-                    request: Some(etcd::request_op::Request::RequestPut(etcd::PutRequest {
-                        key: key.to_vec(),
-                        value,
-                    })),
-                };
-                let txn = etcd::TxnRequest {
-                    compare: vec![etcd::Compare {
-                        result: etcd::compare::CompareResult::Less as i32,
-                        target: etcd::compare::CompareTarget::Value as i32,
-                        key: KEY_HIGHEST.to_vec(),
-                        target_union: Some(etcd::compare::TargetUnion::Value(amount.clone())),
-                    }],
-                    success: vec![put(KEY_HIGHEST, amount), put(KEY_BIDDER, name.clone())],
-                    failure: Vec::new(),
-                };
+                let txn = etcd_bid(amounts.fetch_add(1, Ordering::Relaxed) + 1, name);
                 kv.txn(txn).await.map(|_| Kind::Bid).map_err(|_| ())
             }
             Self::EchoStream { requests, replies } => {

@@ -8,20 +8,45 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use auction::bench::{
-    FailoverSpec, FaultMode, LoadSpec, MemorySpec, Progress, Target, Workload, failover, memory,
-    prepare, run, serve_echo,
+    External, ExternalFailoverSpec, FailoverSpec, FaultMode, LoadSpec, MemorySpec, Progress,
+    Target, Workload, failover, failover_external, memory, prepare, run, serve_echo,
 };
 use clap::{Parser, ValueEnum};
 
 /// Loads the cluster at --server: a closed loop of --clients clients, or an open loop at --rate
 /// requests per second, for --secs seconds. Progress goes to stderr every second; the result
 /// is a table, or one JSON object with --json.
+///
+/// With --failover, it measures leader failovers under load instead: the time from each fault
+/// to the first acknowledged bid that a client sent after it, --faults times. Of the auction (a
+/// 3-node cluster it starts itself: --failover kill|stop), or of a Redis or etcd cluster that
+/// already runs on this host, whose leader it kills -9:
+///
+///   --failover kill --target redis --sentinels HOST:PORT,...  (the primary the Sentinels name)
+///
+///   --failover kill --target etcd --server HOST:PORT,...  (every member; kills the Raft leader)
+///
+/// A Redis client asks the Sentinels for the primary, and asks again after any error; a Redis
+/// bid there waits for one replica (WAIT 1). An etcd client moves to the next member after any
+/// error. The bench does not restart a killed Redis or etcd server: once a bid sent after the
+/// fault has been acknowledged, it prints `restart HOST:PORT` (the killed server's address) on
+/// stdout, and waits up to 60 s for the cluster to be whole again before the next fault. For
+/// Redis: every Sentinel knows the others, names the same primary, and sees it and every
+/// replica up, and every replica is online on the primary. For etcd: every member names the same
+/// leader. bench/compare.sh restarts each server with its original command line.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The cluster's client address.
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    server: String,
+    /// The cluster's client address [default: 127.0.0.1:5000]. With --failover and --target
+    /// etcd: every member's client address, comma-separated.
+    #[arg(long, value_name = "HOST:PORT")]
+    server: Option<String>,
+    /// With --failover and --target redis: the Sentinels' addresses, comma-separated.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    sentinels: Option<String>,
+    /// With --sentinels: the name the Sentinels monitor the primary under.
+    #[arg(long, default_value = "auction")]
+    master: String,
     /// Concurrent clients, each with its own session.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -42,7 +67,8 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     serve_echo: Option<String>,
     /// Instead of loading --server: start a 3-node cluster (auction-node beside this binary),
-    /// load it, and take its leader down --faults times (kill -9, or SIGSTOP).
+    /// load it, and take its leader down --faults times (kill -9, or SIGSTOP). With --target
+    /// redis or etcd: kill -9 the leader of that running cluster instead (see above).
     #[arg(long, value_enum)]
     failover: Option<FaultArg>,
     /// Instead of loading --server: start a 3-node cluster, send --bids bids from --sessions
@@ -55,13 +81,14 @@ struct Args {
     /// Distinct sessions (and bidders) with --memory.
     #[arg(long, default_value_t = 10_000)]
     sessions: u64,
-    /// How many leader failures with --failover.
+    /// How many leader failures with --failover (a few suffice for Redis and etcd, whose
+    /// clusters take seconds to fail over and to heal).
     #[arg(long, default_value_t = 20)]
     faults: usize,
-    /// The nodes' --timeout-ms with --failover.
+    /// The nodes' --timeout-ms with --failover of the auction.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
-    /// The nodes' --heartbeat-ms with --failover.
+    /// The nodes' --heartbeat-ms with --failover of the auction.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     /// How long a request may be retried before it counts as an error, in ms.
@@ -72,7 +99,7 @@ struct Args {
     json: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum FaultArg {
     Kill,
     Stop,
@@ -113,6 +140,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// `HOST:PORT,HOST:PORT,...` as addresses.
+fn addresses(list: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    list.split(',')
+        .map(|a| auction::client::resolve(a.trim()).map_err(Into::into))
+        .collect()
+}
+
+/// Asks whoever runs the bench to restart the killed server at `addr`. A closed stdout is
+/// ignored: the bench then fails when the cluster does not heal.
+fn print_restart(addr: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "restart {addr}").and_then(|()| out.flush());
+}
+
 /// The `auction-node` binary beside this one.
 fn node_bin() -> anyhow::Result<std::path::PathBuf> {
     Ok(auction::cluster::sibling_binary("auction-node")?)
@@ -151,23 +193,63 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.sentinels.is_some() && !matches!(args.target, TargetArg::Redis) {
+        bail!("--sentinels goes with --target redis");
+    }
     if let Some(mode) = args.failover {
-        let spec = FailoverSpec {
-            node_bin: node_bin()?,
-            clients: args.clients,
-            faults: args.faults,
-            mode: match mode {
-                FaultArg::Kill => FaultMode::Kill,
-                FaultArg::Stop => FaultMode::Stop,
-            },
-            node_args: vec![
-                "--timeout-ms".into(),
-                args.timeout_ms.to_string(),
-                "--heartbeat-ms".into(),
-                args.heartbeat_ms.to_string(),
-            ],
+        let report = match args.target {
+            TargetArg::Auction => {
+                let spec = FailoverSpec {
+                    node_bin: node_bin()?,
+                    clients: args.clients,
+                    faults: args.faults,
+                    mode: match mode {
+                        FaultArg::Kill => FaultMode::Kill,
+                        FaultArg::Stop => FaultMode::Stop,
+                    },
+                    node_args: vec![
+                        "--timeout-ms".into(),
+                        args.timeout_ms.to_string(),
+                        "--heartbeat-ms".into(),
+                        args.heartbeat_ms.to_string(),
+                    ],
+                };
+                failover(&spec).await.map_err(|e| anyhow!(e))?
+            }
+            TargetArg::Redis | TargetArg::Etcd => {
+                if mode != FaultArg::Kill {
+                    bail!("--failover stop works only with --target auction");
+                }
+                let system = if matches!(args.target, TargetArg::Redis) {
+                    let sentinels = args
+                        .sentinels
+                        .as_deref()
+                        .context("--failover with --target redis needs --sentinels")?;
+                    External::Redis {
+                        sentinels: addresses(sentinels).context("--sentinels")?,
+                        master: args.master.clone(),
+                    }
+                } else {
+                    let servers = args
+                        .server
+                        .as_deref()
+                        .context("--failover with --target etcd needs --server (every member)")?;
+                    External::Etcd {
+                        endpoints: addresses(servers).context("--server")?,
+                    }
+                };
+                let spec = ExternalFailoverSpec {
+                    system,
+                    clients: args.clients,
+                    faults: args.faults,
+                    restart: print_restart,
+                };
+                failover_external(&spec).await.map_err(|e| anyhow!(e))?
+            }
+            TargetArg::EchoUnary | TargetArg::EchoStream => {
+                bail!("--failover works with --target auction, redis or etcd")
+            }
         };
-        let report = failover(&spec).await.map_err(|e| anyhow!(e))?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -178,8 +260,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number");
     }
+    let server = args.server.as_deref().unwrap_or("127.0.0.1:5000");
     let spec = LoadSpec {
-        server: auction::client::resolve(&args.server).context("--server")?,
+        server: auction::client::resolve(server).context("--server")?,
         clients: args.clients,
         duration: Duration::from_secs(args.secs),
         rate: args.rate,
