@@ -9,13 +9,28 @@
 # Installs redis-server, redis-sentinel, etcd-server and etcd-client (for etcdctl) from Debian's
 # packages if missing.
 #
-# Usage: bench/compare.sh            (CLIENTS=64 SECS=10 by default)
-# Results: a markdown table on stdout; every JSON result in target/compare/.
+# Then failover under load, with FAILOVER_CLIENTS clients bidding: the time from a kill -9 of
+# the leader to the first acknowledged bid that a client sent after it (auction-bench --failover
+# kill). The auction: 20 faults, on a 3-node cluster the bench starts. Redis and etcd: FAULTS
+# faults each, on the clusters above, after their load runs. The bench finds and kills the
+# leader (the primary the Sentinels name; the Raft leader); once a bid sent after the fault has
+# been acknowledged it prints `restart HOST:PORT`, this script starts that server again with its
+# original command line, and the bench waits until the cluster is whole before the next fault
+# (the Sentinels turn the restarted old primary into a replica, which takes them ~10 s). A Redis
+# client asks the Sentinels for the primary, and again after any error; a Redis bid waits for
+# one replica (WAIT 1: two would be unreachable until the killed server returns). An etcd client
+# knows all three members and moves to the next after any error.
+#
+# Usage: bench/compare.sh            (CLIENTS=64 SECS=10 FAILOVER_CLIENTS=16 FAULTS=5 by default)
+# Results: a markdown table on stdout (with a failover column, and a line on the failover runs);
+# every JSON result in target/compare/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLIENTS=${CLIENTS:-64}
 SECS=${SECS:-10}
+FAILOVER_CLIENTS=${FAILOVER_CLIENTS:-16}
+FAULTS=${FAULTS:-5}
 OUT=target/compare
 BIN=target/release
 
@@ -57,6 +72,27 @@ bench() {
   "$BIN/auction-bench" "$@" --clients "$CLIENTS" --secs "$SECS" --json >"$OUT/$name.json"
   "$BIN/auction-bench" "$@" --clients 1 --secs "$SECS" --json >"$OUT/$name-1.json"
 }
+# failover NAME RESTART ARGS...: auction-bench --failover kill ARGS; for each `restart HOST:PORT`
+# it prints, runs RESTART PORT. The JSON result goes to $OUT/NAME-failover.json; if the bench
+# fails there is none (its error is on stderr) and the table says so. Bash reports every server
+# the bench kills as "Killed", which is the point here: the loop's own stderr is discarded, the
+# bench's goes to the script's (fd 3).
+failover() {
+  local name=$1 restart=$2 line
+  shift 2
+  echo "== $name failover" >&2
+  {
+    while read -r line; do
+      case $line in
+        "restart "*)
+          "$restart" "${line##*:}" || { echo "cannot restart ${line#restart }" >&3; return 1; } ;;
+        *) printf '%s\n' "$line" >"$OUT/$name-failover.json" ;;
+      esac
+    done < <("$BIN/auction-bench" --failover kill --clients "$FAILOVER_CLIENTS" "$@" --json 2>&3)
+  } 3>&2 2>/dev/null
+}
+# For the auction, whose bench restarts its own nodes.
+no_restart() { return 1; }
 
 # The transport floor.
 start "$BIN/auction-bench" --serve-echo 127.0.0.1:15500
@@ -75,14 +111,18 @@ until_ok bash -c "$BIN/auction-client --server 127.0.0.1:15000 --json status \
   | grep -q '\"members\":\[[0-9]*,[0-9]*,[0-9]*\]'"
 bench auction --server 127.0.0.1:15000 --target auction
 stop_all
+# The bench starts its own 3-node cluster for this.
+failover auction no_restart --faults 20
 
 # Redis: a primary, two replicas, three Sentinels; no persistence (the auction keeps memory too).
-for port in 17001 17002 17003; do
+redis_start() {
+  local port=$1
   mkdir -p "$WORK/redis-$port"
-  args=(--port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis-$port")
+  local args=(--port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis-$port")
   [ "$port" != 17001 ] && args+=(--replicaof 127.0.0.1 17001)
   start redis-server "${args[@]}"
-done
+}
+for port in 17001 17002 17003; do redis_start "$port"; done
 for port in 27001 27002 27003; do
   cat >"$WORK/sentinel-$port.conf" <<EOF
 port $port
@@ -95,23 +135,39 @@ EOF
 done
 until_ok bash -c "[ \$(redis-cli -p 17001 info replication | grep -c state=online) = 2 ]"
 bench redis --server 127.0.0.1:17001 --target redis
+failover redis redis_start --target redis --faults "$FAULTS" \
+  --sentinels 127.0.0.1:27001,127.0.0.1:27002,127.0.0.1:27003
 stop_all
 
 # etcd: three members, fsync on, then --unsafe-no-fsync.
+ETCD_EXTRA=()
+# etcd_member I: starts member eI with the current cluster's flags (ETCD_EXTRA).
+etcd_member() {
+  local i=$1 j cluster=""
+  for j in 1 2 3; do cluster+="e$j=http://127.0.0.1:${j}2380,"; done
+  start etcd --name "e$i" --data-dir "$WORK/etcd-$i-${#ETCD_EXTRA[@]}" \
+    --listen-client-urls "http://127.0.0.1:${i}2379" \
+    --advertise-client-urls "http://127.0.0.1:${i}2379" \
+    --listen-peer-urls "http://127.0.0.1:${i}2380" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
+    --initial-cluster "${cluster%,}" --initial-cluster-state new \
+    --initial-cluster-token "bench-${#ETCD_EXTRA[@]}" "${ETCD_EXTRA[@]}"
+}
+# etcd_restart PORT: the member whose client port is PORT (I2379).
+etcd_restart() {
+  case $1 in
+    12379) etcd_member 1 ;;
+    22379) etcd_member 2 ;;
+    32379) etcd_member 3 ;;
+    *) return 1 ;;
+  esac
+}
 etcd_cluster() {
-  local extra=("$@") cluster=""
-  for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:${i}2380,"; done
-  for i in 1 2 3; do
-    start etcd --name "e$i" --data-dir "$WORK/etcd-$i-${#extra[@]}" \
-      --listen-client-urls "http://127.0.0.1:${i}2379" \
-      --advertise-client-urls "http://127.0.0.1:${i}2379" \
-      --listen-peer-urls "http://127.0.0.1:${i}2380" \
-      --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
-      --initial-cluster "${cluster%,}" --initial-cluster-state new \
-      --initial-cluster-token "bench-${#extra[@]}" "${extra[@]}"
-  done
+  ETCD_EXTRA=("$@")
+  for i in 1 2 3; do etcd_member "$i"; done
   until_ok etcdctl --endpoints http://127.0.0.1:12379 put auction/probe 1
 }
+ETCD_ENDPOINTS=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
 # The leader's client address, so no request pays a forwarding hop.
 etcd_leader() {
   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379 \
@@ -123,33 +179,52 @@ for e in json.load(sys.stdin):
 }
 etcd_cluster
 bench etcd --server "$(etcd_leader)" --target etcd
+failover etcd etcd_restart --target etcd --server "$ETCD_ENDPOINTS" --faults "$FAULTS"
 stop_all
 etcd_cluster --unsafe-no-fsync
 grep -q "unsafe-no-fsync" "$WORK/logs" || echo "warning: etcd did not echo --unsafe-no-fsync" >&2
 bench etcd-nofsync --server "$(etcd_leader)" --target etcd
+failover etcd-nofsync etcd_restart --target etcd --server "$ETCD_ENDPOINTS" --faults "$FAULTS"
 stop_all
 
-python3 - "$OUT" "$CLIENTS" <<'EOF'
+python3 - "$OUT" "$CLIENTS" "$FAILOVER_CLIENTS" <<'EOF'
 import json, sys
-out, clients = sys.argv[1], sys.argv[2]
+out, clients, failover_clients = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(name):
     with open(f"{out}/{name}.json") as f:
         return json.load(f)
+# (label, load result, failover result or None for the floor)
 rows = [
-    ("auction (3 nodes)", "auction"),
-    ("Redis 7, Lua + WAIT 2 0", "redis"),
-    ("etcd 3.4, fsync", "etcd"),
-    ("etcd 3.4, --unsafe-no-fsync", "etcd-nofsync"),
-    ("floor: tonic echo, unary", "echo-unary"),
-    ("floor: tonic echo, stream", "echo-stream"),
+    ("auction (3 nodes)", "auction", "auction"),
+    ("Redis 7, Lua + WAIT 2 0", "redis", "redis"),
+    ("etcd 3.4, fsync", "etcd", "etcd"),
+    ("etcd 3.4, --unsafe-no-fsync", "etcd-nofsync", "etcd-nofsync"),
+    ("floor: tonic echo, unary", "echo-unary", None),
+    ("floor: tonic echo, stream", "echo-stream", None),
 ]
+faults = {}
+def failover(name):
+    if name is None:
+        return "n/a"
+    try:
+        r = load(name + "-failover")
+    except (OSError, ValueError):
+        return "failed"
+    faults[name] = r["faults"]
+    ms = r["median_ms"]
+    return f"{ms:,.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
 ours = load("auction")
-ours1 = load("auction-1")
-print(f"| system | bids/s ({clients} clients) | auction ÷ this | p50 | p99 | p50, 1 client | errors |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for label, name in rows:
+print(f"| system | bids/s ({clients} clients) | auction ÷ this | p50 | p99 | p50, 1 client | errors "
+      "| failover, median |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for label, name, fail in rows:
     r, r1 = load(name), load(name + "-1")
     ratio = ours["bids_per_s"] / r["bids_per_s"] if r["bids_per_s"] else float("nan")
     print(f"| {label} | {r['bids_per_s']:,.0f} | {ratio:.2f}× | {r['p50_us']/1000:.2f} ms "
-          f"| {r['p99_us']/1000:.2f} ms | {r1['p50_us']/1000:.3f} ms | {r['errors'] + r1['errors']} |")
+          f"| {r['p99_us']/1000:.2f} ms | {r1['p50_us']/1000:.3f} ms | {r['errors'] + r1['errors']} "
+          f"| {failover(fail)} |")
+counts = ", ".join(f"{n} {k}" for k, n in faults.items())
+print(f"\nFailover: the time from a kill -9 of the leader to the first acknowledged bid sent after "
+      f"it, {failover_clients} clients bidding; faults per system: {counts or 'none measured'}. "
+      "A Redis bid waits for one replica there (WAIT 1).")
 EOF
