@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, error, info, warn};
 
@@ -136,9 +136,16 @@ pub enum Event {
 #[derive(Clone, Debug)]
 pub struct LeaderHandle {
     events: mpsc::Sender<Event>,
+    /// The members as of the leader's last batch.
+    members: watch::Receiver<Vec<Member>>,
 }
 
 impl LeaderHandle {
+    /// Whether this exact process (id, pid and start time) is a member.
+    pub fn is_member(&self, node: &Member) -> bool {
+        self.members.borrow().contains(node)
+    }
+
     /// Sends `request` and waits for its reply.
     ///
     /// # Errors
@@ -184,6 +191,8 @@ struct Leader {
     queued_changes: Vec<ChangeKind>,
     /// Batches sent and not yet acknowledged by every member, oldest first.
     rounds: VecDeque<Round>,
+    /// Publishes the members after every membership change.
+    members: watch::Sender<Vec<Member>>,
 }
 
 /// Starts the leader task on `state` and returns its handle. `initial` changes (opening the
@@ -197,6 +206,7 @@ pub fn spawn(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> LeaderHandle {
     let (tx, rx) = mpsc::channel(4096);
+    let (members, members_rx) = watch::channel(state.members.clone());
     let leader = Leader {
         me,
         state,
@@ -205,9 +215,13 @@ pub fn spawn(
         queued: Vec::new(),
         queued_changes: initial,
         rounds: VecDeque::new(),
+        members,
     };
     tokio::spawn(leader.run(rx, shutdown));
-    LeaderHandle { events: tx }
+    LeaderHandle {
+        events: tx,
+        members: members_rx,
+    }
 }
 
 impl Leader {
@@ -457,6 +471,9 @@ impl Leader {
             let change = Change { at: now, kind };
             self.state.apply(&change);
             changes.push(change);
+        }
+        if !changes.is_empty() {
+            self.members.send_replace(self.state.members.clone());
         }
         let mut replies = Vec::with_capacity(self.queued.len());
         for (request, tx) in std::mem::take(&mut self.queued) {

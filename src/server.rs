@@ -264,14 +264,17 @@ impl ReplicationService {
 }
 
 /// Checks a joining replica's half of the handshake and that it is who it says: the process
-/// named in its Join holds this very connection and is an `auction-node` of this user. Returns
-/// a handle on that process, taken now, through which it will be fenced if it must be.
-fn admit(
+/// named in its Join holds this very connection (checked when it first joins; a member that
+/// rejoins, after a failover for example, was checked then) and is an `auction-node` of this
+/// user. Returns a handle on that process, taken now, through which it will be fenced if it
+/// must be.
+async fn admit(
     secret: &ClusterSecret,
     challenge: (&[u8], &[u8]),
     node: &Member,
     proof: Option<FromReplica>,
     ends: Option<(SocketAddr, SocketAddr)>,
+    member: bool,
 ) -> Result<ProcessHandle, Status> {
     let (ours, theirs) = challenge;
     let Some(FromReplica {
@@ -290,15 +293,23 @@ fn admit(
             "the connection's addresses are unknown",
         ));
     };
-    match process::holds_connection(node.pid, theirs, ours) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Status::permission_denied(format!(
-                "pid {} does not hold this connection",
-                node.pid
-            )));
+    if !member {
+        // Reads the host's whole TCP table: off the runtime's thread.
+        let pid = node.pid;
+        let held =
+            tokio::task::spawn_blocking(move || process::holds_connection(pid, theirs, ours))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        match held {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Status::permission_denied(format!(
+                    "pid {} does not hold this connection",
+                    node.pid
+                )));
+            }
+            Err(e) => return Err(Status::unavailable(format!("cannot check the peer: {e}"))),
         }
-        Err(e) => return Err(Status::unavailable(format!("cannot check the peer: {e}"))),
     }
     match ProcessHandle::open(node) {
         Ok(Some(handle)) => Ok(handle),
@@ -358,7 +369,9 @@ impl pb::replication_server::Replication for ReplicationService {
             // Nothing reaches the leader task before the replica has proved itself.
             let proof = tokio::time::timeout(timeout, inbound.message()).await;
             let proof = proof.ok().and_then(Result::ok).flatten();
-            let process = match admit(&secret, (&nonce, &join.nonce), &node, proof, ends) {
+            let member = leader.is_member(&node);
+            let admitted = admit(&secret, (&nonce, &join.nonce), &node, proof, ends, member);
+            let process = match admitted.await {
                 Ok(p) => p,
                 Err(status) => {
                     warn!(node = %node.id, pid = node.pid, "refused: {}", status.message());
