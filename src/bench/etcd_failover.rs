@@ -11,6 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::failover::{
     BID_BUDGET, Backoff, Bidder, FaultMode, FaultTarget, kill_listener, request_restart,
+    until_whole,
 };
 use super::{KEY_HIGHEST, etcd_bid, padded};
 use crate::pb::etcd::{self, kv_client::KvClient};
@@ -182,20 +183,7 @@ impl FaultTarget for EtcdCluster {
     type Leader = SocketAddr;
 
     async fn whole(&mut self, patience: Duration) -> Result<SocketAddr, String> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let last = match timeout(Duration::from_secs(2), self.check()).await {
-                Ok(Ok(leader)) => return Ok(leader),
-                Ok(Err(e)) => e,
-                Err(_) => "a member did not answer".into(),
-            };
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the etcd cluster was not whole within {patience:?}: {last}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until_whole("etcd", patience, || self.check()).await
     }
 
     async fn fault(&mut self, leader: &SocketAddr, _mode: FaultMode) -> Result<Instant, String> {

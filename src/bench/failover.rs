@@ -118,6 +118,33 @@ pub(super) trait FaultTarget {
     async fn restore(&mut self, leader: Self::Leader, patience: Duration) -> Result<(), String>;
 }
 
+/// Polls `check` (which names the leader of a whole cluster, or says what is missing) every
+/// 100 ms, each poll for at most 2 s, until it succeeds or `patience` runs out.
+pub(super) async fn until_whole<L, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut check: F,
+) -> Result<L, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<L, String>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        let last = match tokio::time::timeout(Duration::from_secs(2), check()).await {
+            Ok(Ok(leader)) => return Ok(leader),
+            Ok(Err(e)) => e,
+            Err(_) => "a server did not answer".into(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the {what} cluster was not whole within {patience:?}: {last}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One client of the system under measurement.
 pub(super) trait Bidder: Send + 'static {
     /// Bids `amount`, retrying across the failover for [`BID_BUDGET`]: `Ok(true)` once the bid

@@ -13,6 +13,7 @@ use tokio::time::{Instant, timeout};
 
 use super::failover::{
     BID_BUDGET, Backoff, Bidder, FaultMode, FaultTarget, kill_listener, request_restart,
+    until_whole,
 };
 use super::resp::{Conn, Value};
 use super::{KEY_BIDDER, KEY_HIGHEST, REDIS_BID};
@@ -322,20 +323,7 @@ impl FaultTarget for RedisCluster {
     type Leader = SocketAddr;
 
     async fn whole(&mut self, patience: Duration) -> Result<SocketAddr, String> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let last = match timeout(Duration::from_secs(2), self.check()).await {
-                Ok(Ok(primary)) => return Ok(primary),
-                Ok(Err(e)) => e,
-                Err(_) => "a server did not answer".into(),
-            };
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the Redis cluster was not whole within {patience:?}: {last}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until_whole("Redis", patience, || self.check()).await
     }
 
     async fn fault(&mut self, leader: &SocketAddr, _mode: FaultMode) -> Result<Instant, String> {
