@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use crate::auction::Op;
-use crate::leader::{Reply, Request};
+use crate::leader::{Detail, Reply, Request};
 use crate::node::{Role, RoleCell};
 use crate::pb;
 use crate::types::{Duration, InputError};
@@ -88,7 +88,7 @@ pub async fn execute(
         Role::Starting => return writeln!(out, "this node is starting"),
     };
     let request = match command {
-        Command::Status => Request::Status,
+        Command::Status => Request::Status(Detail::WithDigest),
         Command::Start(d) => Request::Change {
             id: None,
             op: Op::Start {

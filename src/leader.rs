@@ -41,7 +41,17 @@ pub enum Request {
     /// The current result: a linearizable read.
     Result,
     /// The cluster as the leader sees it (not linearizable: for people and tests).
-    Status,
+    Status(Detail),
+}
+
+/// How much a status reply holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Who leads, the members, the versions and the auction: cheap, for anyone.
+    Summary,
+    /// Also the digest of the whole state, which costs a pass over all of it: only for the
+    /// node's own terminal, so clients cannot make the leader do it.
+    WithDigest,
 }
 
 /// The answer to a [`Request`].
@@ -270,7 +280,7 @@ impl Leader {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Request { request, reply } => match request {
-                Request::Status => reply.send(Reply::Status(self.status())),
+                Request::Status(detail) => reply.send(Reply::Status(self.status(detail))),
                 request => self.queued.push((request, reply)),
             },
             Event::Join { conn, node, peer } => self.on_join(conn, node, peer),
@@ -290,7 +300,7 @@ impl Leader {
                 if let Some(f) = self.followers.detach(conn) {
                     if self.state.has_member(&f.node) {
                         warn!(node = %f.node.id, "member's stream ended");
-                        self.remove(f.node);
+                        self.remove(f.node, Some(&f.conn));
                     } else {
                         debug!(node = %f.node.id, "joining node's stream ended");
                     }
@@ -322,7 +332,7 @@ impl Leader {
                 continue;
             }
             match process::ProcessHandle::open(&old) {
-                Ok(None) => self.remove(old),
+                Ok(None) => self.remove(old, None),
                 Ok(Some(_)) => {
                     return refuse(Status::already_exists(format!(
                         "node id {} is already in use by pid {}",
@@ -350,15 +360,18 @@ impl Leader {
     /// Fences `node`, then commits its removal. A member that could not be fenced stays: commits
     /// wait for it (safe), and the next tick tries again, because a member dropped while it can
     /// still act could later lead with a stale state.
-    fn remove(&mut self, node: Member) {
-        let attached = self
-            .followers
-            .conn_of(node.id)
-            .and_then(|c| self.followers.get(c))
-            .filter(|f| f.node == node);
-        let fenced = match attached {
+    /// `detached` is the member's stream if it was already detached (its stream ended).
+    fn remove(&mut self, node: Member, detached: Option<&Peer>) {
+        let peer = detached.or_else(|| {
+            self.followers
+                .conn_of(node.id)
+                .and_then(|c| self.followers.get(c))
+                .filter(|f| f.node == node)
+                .map(|f| &f.conn)
+        });
+        let fenced = match peer {
             // Through the handle taken when it joined.
-            Some(f) => f.conn.process.kill().map(|()| Fenced::Killed),
+            Some(p) => p.process.kill().map(|()| Fenced::Killed),
             None => process::fence(&node),
         };
         match fenced {
@@ -402,7 +415,7 @@ impl Leader {
                 Lateness::Unresponsive => warn!(node = %node.id, "member stopped acknowledging"),
                 Lateness::Absent => warn!(node = %node.id, "member did not rejoin"),
             }
-            self.remove(node);
+            self.remove(node, None);
         }
     }
 
@@ -426,7 +439,7 @@ impl Leader {
                 let node = f.node;
                 warn!(node = %node.id, "replica is too far behind");
                 if self.state.has_member(&node) {
-                    self.remove(node);
+                    self.remove(node, None);
                 } else {
                     self.followers.detach(conn);
                 }
@@ -492,7 +505,7 @@ impl Leader {
                     Reply::Decision(decision, self.view(now))
                 }
                 Request::Result => Reply::Result(self.view(now)),
-                Request::Status => Reply::Status(self.status()),
+                Request::Status(detail) => Reply::Status(self.status(detail)),
             };
             replies.push((tx, reply));
         }
@@ -521,7 +534,7 @@ impl Leader {
         pb::auction_view(&self.state.machine.auction, now)
     }
 
-    fn status(&self) -> pb::StatusReply {
+    fn status(&self, detail: Detail) -> pb::StatusReply {
         let now = Millis::now().max(self.state.clock);
         pb::StatusReply {
             leader: Some(self.me.into()),
@@ -529,7 +542,10 @@ impl Leader {
             epoch: self.state.epoch,
             version: self.state.version,
             auction: Some(self.view(now)),
-            digest: pb::digest(&self.state),
+            digest: match detail {
+                Detail::Summary => 0,
+                Detail::WithDigest => pb::digest(&self.state),
+            },
         }
     }
 }

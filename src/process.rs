@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use rustix::fs::{FlockOperation, fcntl_lock};
@@ -281,6 +281,12 @@ fn proc_net_address(addr: SocketAddr) -> String {
     format!("{ip}:{:04X}", addr.port())
 }
 
+/// `O_NOFOLLOW`, so a symbolic link planted in the shared directory is refused, not followed.
+fn libc_o_nofollow() -> i32 {
+    // Invariant: the flag's bits fit an i32 on every Linux target.
+    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).expect("O_NOFOLLOW fits an i32")
+}
+
 /// Where the cluster lock files live: a fixed directory, not `$TMPDIR`, so that nodes started
 /// from different environments still share one lock.
 pub const LOCK_DIR: &str = "/tmp";
@@ -300,8 +306,12 @@ impl ClusterLock {
     /// Opens the lock file of the cluster whose replica port is `leader_addr`, in [`LOCK_DIR`].
     /// Takes no lock.
     ///
+    /// The file must be this user's own: one planted by another user (who could then hold the
+    /// lock, or delete it while members hold it) is refused, and a link is never followed. A
+    /// file of this user's that others may open is made private.
+    ///
     /// # Errors
-    /// The file cannot be created or opened.
+    /// The file cannot be created or opened, or it belongs to another user.
     pub fn open(leader_addr: SocketAddr) -> io::Result<Self> {
         let name = format!(
             "auction-node-{}-{}.lock",
@@ -314,7 +324,20 @@ impl ClusterLock {
             .truncate(false)
             .write(true)
             .read(true)
+            .mode(0o600)
+            .custom_flags(libc_o_nofollow())
             .open(&path)?;
+        let meta = file.metadata()?;
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(io::Error::other(format!(
+                "{} belongs to uid {}, not to this user; remove it",
+                path.display(),
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o600))?;
+        }
         Ok(Self { file })
     }
 
@@ -464,6 +487,40 @@ mod tests {
         // This test binary holds the port and is not an auction-node: refused, not killed.
         let e = fence_port_holder(l.local_addr().unwrap()).unwrap_err();
         assert!(e.to_string().contains("not an auction-node"), "{e}");
+    }
+
+    #[test]
+    fn a_lock_file_must_be_this_users_own_and_private() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let path = PathBuf::from(LOCK_DIR).join(format!("auction-node-127.0.0.1-{port}.lock"));
+        let _ = std::fs::remove_file(&path);
+        use std::os::unix::fs::PermissionsExt;
+        drop(ClusterLock::open(addr).unwrap());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        drop(ClusterLock::open(addr).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "made private");
+        // A link planted in its place is not followed.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &path).unwrap();
+        assert!(ClusterLock::open(addr).is_err());
+        std::fs::remove_file(&path).unwrap();
+        // Another user's file is refused (only root can make one here).
+        if rustix::process::geteuid().is_root() {
+            drop(ClusterLock::open(addr).unwrap());
+            let nobody = rustix::process::Uid::from_raw(65534);
+            rustix::fs::chown(&path, Some(nobody), None).unwrap();
+            let Err(e) = ClusterLock::open(addr) else {
+                panic!("another user's lock file was used");
+            };
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

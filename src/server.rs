@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use crate::auction::Op;
 use crate::auth::{self, ClusterSecret};
-use crate::leader::{Event, LeaderHandle, Peer, Reply, ReplyTo, Request, Timing};
+use crate::leader::{Detail, Event, LeaderHandle, Peer, Reply, ReplyTo, Request, Timing};
 use crate::limits::RateLimit;
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
@@ -180,7 +180,7 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         _req: GrpcRequest<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        match self.leader.call(Request::Status).await? {
+        match self.leader.call(Request::Status(Detail::Summary)).await? {
             Reply::Status(s) => Ok(Response::new(s)),
             other => Err(unexpected(&other)),
         }
