@@ -2,8 +2,11 @@
 //! size, and requests per second per session. Requests beyond a limit get a clear error and
 //! change nothing; connections beyond the limit are closed at once.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -76,20 +79,73 @@ pub struct Counted {
     stream: TcpStream,
     /// Released when the connection is dropped.
     _slot: OwnedSemaphorePermit,
+    /// Until the peer has proven itself (replica port): when that must happen by.
+    unproven: Option<Pending>,
+}
+
+/// The connections of a port whose peers must prove themselves (the replica port's handshake)
+/// within a deadline, by peer address. A connection that has not by then is closed, so silent
+/// connections cannot keep members out.
+#[derive(Clone, Debug, Default)]
+pub struct Unproven(Arc<Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>>);
+
+impl Unproven {
+    /// The peer at `peer` proved itself: its connection stays.
+    pub fn prove(&self, peer: SocketAddr) {
+        if let Some(proven) = self.lock().get(&peer) {
+            proven.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<AtomicBool>>> {
+        // Invariant: no code panics while holding this lock, so it is never poisoned.
+        self.0.lock().expect("unproven lock poisoned")
+    }
+}
+
+/// One connection that has yet to prove itself.
+#[derive(Debug)]
+struct Pending {
+    proven: Arc<AtomicBool>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    registry: Unproven,
+    peer: SocketAddr,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.peer);
+    }
 }
 
 /// `incoming` with at most `max` connections open at once: one more is closed right away, and
-/// the refusal is logged (at most once a second).
+/// the refusal is logged (at most once a second). With `prove`, a connection whose peer has not
+/// been proven to `prove.0` within `prove.1` is closed.
 pub fn at_most(
     incoming: impl Stream<Item = std::io::Result<TcpStream>>,
     max: usize,
     port: &'static str,
+    prove: Option<(Unproven, Duration)>,
 ) -> impl Stream<Item = std::io::Result<Counted>> {
     let slots = Arc::new(Semaphore::new(max));
     let mut last_warning: Option<Instant> = None;
     incoming.filter_map(move |accepted| match accepted {
         Ok(stream) => match slots.clone().try_acquire_owned() {
             Ok(slot) => Some(Ok(Counted {
+                unproven: match (&prove, stream.peer_addr()) {
+                    (Some((registry, within)), Ok(peer)) => {
+                        let proven = Arc::new(AtomicBool::new(false));
+                        registry.lock().insert(peer, proven.clone());
+                        Some(Pending {
+                            proven,
+                            deadline: Box::pin(tokio::time::sleep(*within)),
+                            registry: registry.clone(),
+                            peer,
+                        })
+                    }
+                    // A connection without a peer address is already closed.
+                    _ => None,
+                },
                 stream,
                 _slot: slot,
             })),
@@ -123,6 +179,16 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(pending) = &mut self.unproven {
+            if pending.proven.load(Ordering::Relaxed) {
+                self.unproven = None;
+            } else if pending.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer did not prove itself in time",
+                )));
+            }
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -174,7 +240,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let mut limited = Box::pin(at_most(accepted, 2, "test"));
+        let mut limited = Box::pin(at_most(accepted, 2, "test", None));
         let _a = TcpStream::connect(addr).await.unwrap();
         let first = limited.next().await.unwrap().unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::ClusterSecret;
 use crate::leader::{self, LeaderHandle, Timing};
-use crate::limits::{self, Limits, MAX_MESSAGE_BYTES};
+use crate::limits::{self, Limits, MAX_MESSAGE_BYTES, Unproven};
 use crate::pb;
 use crate::process::{self, ClusterLock, Fenced};
 use crate::replica::{self, FollowEnd, SharedState};
@@ -303,12 +303,14 @@ async fn lead(
 ) -> Result<(), NodeError> {
     let handle = leader::spawn(me, state, initial, cfg.timing, shutdown.clone().wait());
     set_role(&role, Role::Leader(handle.clone()));
+    let unproven = Unproven::default();
     let replication = server(cfg)?
         .add_service(
             pb::replication_server::ReplicationServer::new(ReplicationService::new(
                 handle.clone(),
                 me,
                 cfg.secret.clone(),
+                unproven.clone(),
                 cfg.timing,
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -318,6 +320,7 @@ async fn lead(
                 incoming(replica_listener),
                 MAX_REPLICA_CONNECTIONS,
                 "replica",
+                Some((unproven, cfg.timing.timeout)),
             ),
             shutdown.clone().wait(),
         );
@@ -343,6 +346,7 @@ async fn lead(
                 incoming(client_listener),
                 cfg.limits.max_connections,
                 "client",
+                None,
             ),
             shutdown.wait(),
         )
@@ -362,9 +366,10 @@ fn server(cfg: &Config) -> Result<Server, NodeError> {
     }
 }
 
-/// Connections a replica port accepts at once: a cluster has a handful of members, and a few
-/// more for nodes that are joining or rejoining.
-const MAX_REPLICA_CONNECTIONS: usize = 64;
+/// Connections a replica port keeps at once. A cluster needs a handful; a connection whose peer
+/// has not proven it holds the cluster secret within the timeout is closed, so silent
+/// connections cannot keep members from rejoining for long.
+const MAX_REPLICA_CONNECTIONS: usize = 1024;
 
 /// Accepted connections with Nagle's algorithm off: every message is a small, urgent one.
 fn incoming(listener: TcpListener) -> TcpIncoming {

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use crate::auction::Op;
 use crate::auth::{self, ClusterSecret};
 use crate::leader::{Detail, Event, LeaderHandle, Peer, Reply, ReplyTo, Request, Timing};
-use crate::limits::RateLimit;
+use crate::limits::{RateLimit, Unproven};
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
     ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_leader, from_replica,
@@ -246,17 +246,26 @@ pub struct ReplicationService {
     me: Member,
     /// What a replica must prove it holds before it gets anything.
     secret: ClusterSecret,
+    /// The port's connections that have yet to prove themselves; closed if they do not in time.
+    unproven: Unproven,
     timing: Timing,
     /// Numbers the streams, so events name the stream they come from.
     next_conn: AtomicU64,
 }
 
 impl ReplicationService {
-    pub fn new(leader: LeaderHandle, me: Member, secret: ClusterSecret, timing: Timing) -> Self {
+    pub fn new(
+        leader: LeaderHandle,
+        me: Member,
+        secret: ClusterSecret,
+        unproven: Unproven,
+        timing: Timing,
+    ) -> Self {
         Self {
             leader,
             me,
             secret,
+            unproven,
             timing,
             next_conn: AtomicU64::new(1),
         }
@@ -365,6 +374,7 @@ impl pb::replication_server::Replication for ReplicationService {
             .try_send(Ok(first))
             .expect("an empty channel has room");
         let (leader, secret) = (self.leader.clone(), self.secret.clone());
+        let unproven = self.unproven.clone();
         tokio::spawn(async move {
             // Nothing reaches the leader task before the replica has proved itself.
             let proof = tokio::time::timeout(timeout, inbound.message()).await;
@@ -379,6 +389,9 @@ impl pb::replication_server::Replication for ReplicationService {
                     return;
                 }
             };
+            if let Some((_, remote)) = ends {
+                unproven.prove(remote);
+            }
             let peer = Peer { outbound, process };
             if leader.send(Event::Join { conn, node, peer }).await.is_err() {
                 return;

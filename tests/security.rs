@@ -484,3 +484,32 @@ async fn tls_end_to_end_across_a_failover() {
     assert_eq!(json(&stdout)["highest_bid"].as_u64(), Some(11));
     assert!(cluster.transcript.panics().is_empty());
 }
+
+#[tokio::test]
+async fn a_silent_connection_to_the_replica_port_is_closed_after_the_timeout() {
+    use tokio::io::AsyncReadExt;
+    let mut h = Harness::start(&[5400, 5401]).await;
+    let port = h.cluster.spec.leader_port;
+    let opened = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // It holds a slot until it proves itself, which it never does: the node closes it (after
+    // its own greeting, which is read and ignored here).
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = silent.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection stayed open");
+    assert!(opened.elapsed() >= Duration::from_millis(TIMEOUT_MS / 2));
+    // The member that proved itself long ago is still connected and a member.
+    let s = h.wait_for(|s| is_member(s, 5401)).await;
+    assert_eq!(s.members.len(), 2);
+    assert!(!h.cluster.node(5401).unwrap().exited());
+    h.assert_no_panics();
+}
