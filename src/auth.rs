@@ -84,10 +84,6 @@ impl AuthDir {
             .ok_or(AuthError::NoHome)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The cluster secret: `$AUCTION_CLUSTER_SECRET` if set, else `cluster.secret`.
     ///
     /// # Errors

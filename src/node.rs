@@ -304,7 +304,9 @@ async fn lead(
     let handle = leader::spawn(me, state, initial, cfg.timing, shutdown.clone().wait());
     set_role(&role, Role::Leader(handle.clone()));
     let unproven = Unproven::default();
+    // A replica needs one stream; a few more cover a reconnect racing the old stream's end.
     let replication = server(cfg)?
+        .max_concurrent_streams(Some(MAX_REPLICA_STREAMS))
         .add_service(
             pb::replication_server::ReplicationServer::new(ReplicationService::new(
                 handle.clone(),
@@ -370,6 +372,9 @@ fn server(cfg: &Config) -> Result<Server, NodeError> {
 /// has not proven it holds the cluster secret within the timeout is closed, so silent
 /// connections cannot keep members from rejoining for long.
 const MAX_REPLICA_CONNECTIONS: usize = 1024;
+
+/// Calls at once on one replica-port connection.
+const MAX_REPLICA_STREAMS: u32 = 4;
 
 /// Accepted connections with Nagle's algorithm off: every message is a small, urgent one.
 fn incoming(listener: TcpListener) -> TcpIncoming {

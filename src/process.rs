@@ -117,7 +117,8 @@ impl ProcessHandle {
     ///
     /// # Errors
     /// The process may still be alive but cannot be checked or opened (for example, out of
-    /// file descriptors).
+    /// file descriptors), or it is not an `auction-node` of this user: it must never be
+    /// signalled.
     pub fn open(m: &Member) -> io::Result<Option<Self>> {
         let Some(pid) = i32::try_from(m.pid).ok().and_then(Pid::from_raw) else {
             return Ok(None);
@@ -282,7 +283,7 @@ fn proc_net_address(addr: SocketAddr) -> String {
 }
 
 /// `O_NOFOLLOW`, so a symbolic link planted in the shared directory is refused, not followed.
-fn libc_o_nofollow() -> i32 {
+fn o_nofollow() -> i32 {
     // Invariant: the flag's bits fit an i32 on every Linux target.
     i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).expect("O_NOFOLLOW fits an i32")
 }
@@ -325,7 +326,7 @@ impl ClusterLock {
             .write(true)
             .read(true)
             .mode(0o600)
-            .custom_flags(libc_o_nofollow())
+            .custom_flags(o_nofollow())
             .open(&path)?;
         let meta = file.metadata()?;
         if meta.uid() != rustix::process::geteuid().as_raw() {
