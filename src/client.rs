@@ -192,7 +192,7 @@ impl Client {
         };
         let op = session_request::Op::Bid(BidRequest {
             id: Some(self.next_id()),
-            bidder: bidder.to_string(),
+            bidder: bidder.as_str().to_owned(),
             amount: amount.get(),
             token,
         });

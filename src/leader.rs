@@ -189,6 +189,14 @@ struct Round {
     replies: Vec<(ReplyTo, Reply)>,
 }
 
+impl Round {
+    fn release(self) {
+        for (to, reply) in self.replies {
+            to.send(reply);
+        }
+    }
+}
+
 /// The leader task's state.
 struct Leader {
     me: Member,
@@ -447,7 +455,7 @@ impl Leader {
         }
     }
 
-    /// Releases the replies of committed batches, then sends the next batch.
+    /// Sends the next batch, then releases the replies of committed batches.
     ///
     /// Client requests go out one batch at a time: those that arrive while a batch replicates
     /// wait and go out together once it commits, so under load batches grow with the load
@@ -455,25 +463,32 @@ impl Leader {
     /// changes go out at once, because a batch that waits for a fenced member commits only
     /// when that member's removal is in the state.
     fn advance(&mut self) {
-        self.release_committed();
+        let committed = self.take_committed();
         let requests_may_go = self.rounds.is_empty() && !self.queued.is_empty();
         if requests_may_go || !self.queued_changes.is_empty() {
             self.send_batch();
-            // With no follower to wait for, the batch is committed as soon as it is applied.
-            self.release_committed();
+        }
+        // The next batch is on its way to the replicas before the replies are written, so the
+        // replicas apply it while the leader answers.
+        for round in committed {
+            round.release();
+        }
+        // With no follower to wait for, a batch is committed as soon as it is applied.
+        for round in self.take_committed() {
+            round.release();
         }
     }
 
-    fn release_committed(&mut self) {
+    /// Takes the rounds that every member has acknowledged, oldest first.
+    fn take_committed(&mut self) -> Vec<Round> {
+        let mut committed = Vec::new();
         while let Some(round) = self.rounds.front() {
             if !self.followers.committed(&self.state, round.version) {
                 break;
             }
-            let round = self.rounds.pop_front().expect("front exists");
-            for (to, reply) in round.replies {
-                to.send(reply);
-            }
+            committed.extend(self.rounds.pop_front());
         }
+        committed
     }
 
     fn send_batch(&mut self) {
@@ -520,8 +535,11 @@ impl Leader {
                 changes: changes.iter().map(Into::into).collect(),
             };
             let conns: Vec<ConnId> = self.followers.iter_mut().map(|(c, _)| c).collect();
-            for conn in conns {
-                self.send(conn, from_leader::Msg::Append(append.clone()));
+            if let Some((&last, others)) = conns.split_last() {
+                for &conn in others {
+                    self.send(conn, from_leader::Msg::Append(append.clone()));
+                }
+                self.send(last, from_leader::Msg::Append(append));
             }
         }
         self.rounds.push_back(Round {

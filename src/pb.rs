@@ -215,7 +215,7 @@ pub fn auction_view(a: &Auction, now: Millis) -> AuctionView {
         highest_bidder: a
             .highest
             .as_ref()
-            .map(|h| h.bidder.to_string())
+            .map(|h| h.bidder.as_str().to_owned())
             .unwrap_or_default(),
         bidders: a.bidders.len() as u64,
         now_ms: now.0,
@@ -230,7 +230,7 @@ impl From<&Op> for client_op::Op {
                 amount,
                 credential,
             } => Self::Bid(BidOp {
-                bidder: bidder.to_string(),
+                bidder: bidder.as_str().to_owned(),
                 amount: amount.get(),
                 credential: credential.0.to_vec(),
             }),
@@ -315,7 +315,7 @@ impl From<&ClusterState> for State {
                 highest_bidder: a
                     .highest
                     .as_ref()
-                    .map(|h| h.bidder.to_string())
+                    .map(|h| h.bidder.as_str().to_owned())
                     .unwrap_or_default(),
                 bidders: a.bidders.iter().map(ToString::to_string).collect(),
             }),
@@ -333,7 +333,7 @@ impl From<&ClusterState> for State {
                 .machine
                 .registry()
                 .map(|(bidder, c)| Registration {
-                    bidder: bidder.to_string(),
+                    bidder: bidder.as_str().to_owned(),
                     credential: c.0.to_vec(),
                 })
                 .collect(),
