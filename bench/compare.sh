@@ -21,7 +21,11 @@
 # one replica (WAIT 1: two would be unreachable until the killed server returns). An etcd client
 # knows all three members and moves to the next after any error.
 #
-# Usage: bench/compare.sh            (CLIENTS=64 SECS=10 FAILOVER_CLIENTS=16 FAULTS=5 by default)
+# The auction runs twice: with the nodes' default options, and with the leader busy-polling for
+# SPIN_US µs after each small batch (auction-node --spin-us), which trades CPU for latency at
+# light load.
+#
+# Usage: bench/compare.sh  (CLIENTS=64 SECS=10 FAILOVER_CLIENTS=16 FAULTS=5 SPIN_US=100 by default)
 # Results: a markdown table on stdout (with a failover column, and a line on the failover runs);
 # every JSON result in target/compare/.
 set -euo pipefail
@@ -31,6 +35,7 @@ CLIENTS=${CLIENTS:-64}
 SECS=${SECS:-10}
 FAILOVER_CLIENTS=${FAILOVER_CLIENTS:-16}
 FAULTS=${FAULTS:-5}
+SPIN_US=${SPIN_US:-100}
 OUT=target/compare
 BIN=target/release
 
@@ -101,15 +106,22 @@ bench echo-unary --server 127.0.0.1:15500 --target echo-unary
 bench echo-stream --server 127.0.0.1:15500 --target echo-stream
 stop_all
 
-# The auction: three nodes.
-NODE_ARGS=(--client-port 15000 --leader-port 15400 --duration 36000)
-start "$BIN/auction-node" --port 5400 "${NODE_ARGS[@]}"
-until_ok bash -c 'exec 3<>/dev/tcp/127.0.0.1/15000'
-start "$BIN/auction-node" --port 5401 "${NODE_ARGS[@]}"
-start "$BIN/auction-node" --port 5402 "${NODE_ARGS[@]}"
-until_ok bash -c "$BIN/auction-client --server 127.0.0.1:15000 --json status \
-  | grep -q '\"members\":\[[0-9]*,[0-9]*,[0-9]*\]'"
+# The auction: three nodes, with the default options, then with the leader busy-polling after
+# small batches (--spin-us).
+auction_cluster() {
+  local args=(--client-port 15000 --leader-port 15400 --duration 36000 "$@")
+  start "$BIN/auction-node" --port 5400 "${args[@]}"
+  until_ok bash -c 'exec 3<>/dev/tcp/127.0.0.1/15000'
+  start "$BIN/auction-node" --port 5401 "${args[@]}"
+  start "$BIN/auction-node" --port 5402 "${args[@]}"
+  until_ok bash -c "$BIN/auction-client --server 127.0.0.1:15000 --json status \
+    | grep -q '\"members\":\[[0-9]*,[0-9]*,[0-9]*\]'"
+}
+auction_cluster
 bench auction --server 127.0.0.1:15000 --target auction
+stop_all
+auction_cluster --spin-us "$SPIN_US"
+bench auction-spin --server 127.0.0.1:15000 --target auction
 stop_all
 # The bench starts its own 3-node cluster for this.
 failover auction no_restart --faults 20
@@ -187,15 +199,16 @@ bench etcd-nofsync --server "$(etcd_leader)" --target etcd
 failover etcd-nofsync etcd_restart --target etcd --server "$ETCD_ENDPOINTS" --faults "$FAULTS"
 stop_all
 
-python3 - "$OUT" "$CLIENTS" "$FAILOVER_CLIENTS" <<'EOF'
+python3 - "$OUT" "$CLIENTS" "$FAILOVER_CLIENTS" "$SPIN_US" <<'EOF'
 import json, sys
-out, clients, failover_clients = sys.argv[1], sys.argv[2], sys.argv[3]
+out, clients, failover_clients, spin_us = sys.argv[1:5]
 def load(name):
     with open(f"{out}/{name}.json") as f:
         return json.load(f)
-# (label, load result, failover result or None for the floor)
+# (label, load result, failover result or None where none is measured)
 rows = [
     ("auction (3 nodes)", "auction", "auction"),
+    (f"auction, --spin-us {spin_us}", "auction-spin", None),
     ("Redis 7, Lua + WAIT 2 0", "redis", "redis"),
     ("etcd 3.4, fsync", "etcd", "etcd"),
     ("etcd 3.4, --unsafe-no-fsync", "etcd-nofsync", "etcd-nofsync"),

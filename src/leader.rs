@@ -16,6 +16,7 @@ use crate::auction::{Decision, Op};
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
 use crate::process::{self, Fenced};
 use crate::replication::{Change, ChangeKind, ClusterState, ConnId, Followers, Lateness, Member};
+use crate::spin::Spin;
 use crate::types::{Duration as AuctionDuration, Millis, RequestId};
 
 /// How many messages may wait for one replica before it counts as hopelessly behind. A replica
@@ -31,6 +32,9 @@ pub struct Timing {
     /// before it is fenced and removed. Replicas use the same value to give up on a silent
     /// leader.
     pub timeout: Duration,
+    /// How long the leader keeps polling its sockets instead of sleeping after a small batch
+    /// (see [`crate::spin`]); zero never.
+    pub spin: Duration,
 }
 
 /// A request from a client or from the leader's own terminal.
@@ -211,6 +215,8 @@ struct Leader {
     rounds: VecDeque<Round>,
     /// Publishes the members after every membership change.
     members: watch::Sender<Vec<Member>>,
+    /// Keeps the thread polling for a while after small batches, if configured.
+    spin: Spin,
 }
 
 /// Starts the leader task on `state` and returns its handle. `initial` changes (opening the
@@ -234,6 +240,7 @@ pub fn spawn(
         queued_changes: initial,
         rounds: VecDeque::new(),
         members,
+        spin: Spin::spawn(timing.spin),
     };
     tokio::spawn(leader.run(rx, shutdown));
     LeaderHandle {
@@ -542,6 +549,7 @@ impl Leader {
                 self.send(last, from_leader::Msg::Append(append));
             }
         }
+        self.spin.after_batch(replies.len());
         self.rounds.push_back(Round {
             version: self.state.version,
             replies,
@@ -597,6 +605,7 @@ mod tests {
         let timing = Timing {
             heartbeat: Duration::from_secs(3600),
             timeout: Duration::from_secs(7200),
+            spin: Duration::ZERO,
         };
         let opening = start_change(AuctionDuration::from_millis(60_000).unwrap());
         let leader = spawn(

@@ -176,6 +176,13 @@ async fn node_options_that_cannot_work_are_refused() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("duration"));
+    let out = tokio::process::Command::new(NODE)
+        .args(["--port", "1", "--spin-us", "10001"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spin-us must be at most 10000"));
 }
 
 async fn connect(h: &Harness) -> tonic::transport::Channel {

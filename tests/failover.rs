@@ -94,6 +94,28 @@ async fn killing_the_leader_under_four_bidders_loses_no_acknowledged_bid() {
     h.assert_no_panics();
 }
 
+/// A leader that busy-polls after small batches (one client bidding makes every batch small)
+/// answers, fails over and hands its state over like any other.
+#[tokio::test]
+async fn a_spinning_leader_serves_and_fails_over() {
+    let mut h = Harness::start_with(&[5400, 5401, 5402], &["--spin-us", "500"]).await;
+    let mut c = h.cluster.client(WAIT);
+    for value in 1..=50 {
+        assert!(accepted(&mut c, "ann", value).await);
+    }
+    h.cluster.kill(5400).await;
+    assert!(accepted(&mut c, "bob", 51).await);
+    let s = h
+        .wait_for(|s| leader_of(s).is_some_and(|l| l != 5400))
+        .await;
+    assert_eq!(s.auction.unwrap().highest_bid, 51);
+    for value in 52..=100 {
+        assert!(accepted(&mut c, "bob", value).await);
+    }
+    assert_eq!(c.result().await.unwrap().highest_bid, 100);
+    h.assert_no_panics();
+}
+
 #[tokio::test]
 async fn killing_a_replica_leaves_the_leader_serving() {
     let mut h = Harness::start(&[5400, 5401, 5402]).await;

@@ -27,6 +27,11 @@ pub struct Harness {
 impl Harness {
     /// Starts `ids[0]` as the founding leader, then each other id as a member, in order.
     pub async fn start(ids: &[u16]) -> Self {
+        Self::start_with(ids, &[]).await
+    }
+
+    /// As [`Harness::start`], with more `auction-node` arguments for every node.
+    pub async fn start_with(ids: &[u16], node_args: &[&str]) -> Self {
         let mut spec = Spec::on_free_ports(NODE).expect("free ports");
         spec.node_args = vec![
             "--heartbeat-ms".into(),
@@ -34,6 +39,8 @@ impl Harness {
             "--timeout-ms".into(),
             TIMEOUT_MS.to_string(),
         ];
+        spec.node_args
+            .extend(node_args.iter().map(ToString::to_string));
         let mut h = Self {
             cluster: LocalCluster::new(spec, Transcript::new(false)),
         };
