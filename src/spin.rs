@@ -11,95 +11,56 @@
 //! Under heavy load the leader is never idle for long and batches are large, so it does not
 //! spin at all: see [`Spin::after_batch`].
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// Batches of at most this many requests start a spin window; larger ones mean the load keeps
 /// the leader busy without help, and spinning would only take CPU from the other processes.
+/// (`auction-node --help` and README.md say 4.)
 pub const SPIN_MAX_BATCH: usize = 4;
 
 /// The longest spin window a node accepts.
 pub const MAX_SPIN: Duration = Duration::from_millis(10);
 
-/// A handle on the spinning task of this runtime's thread. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Spin {
-    /// `None` when spinning is off: nothing is spawned and [`Spin::after_batch`] does nothing.
-    shared: Option<Arc<Shared>>,
-}
-
+/// The leader's handle on the spinning task of its runtime's thread. The task ends when the
+/// handle is dropped.
 #[derive(Debug)]
-struct Shared {
-    /// How long to keep polling after the last small batch.
-    window: Duration,
-    /// When the spinner started, so the last kick fits in an atomic as nanoseconds since then.
-    epoch: Instant,
-    /// Nanoseconds from `epoch` to the last kick.
-    last_kick: AtomicU64,
-    /// Wakes the spinner when it sleeps.
-    kick: Notify,
+pub struct Spin {
+    /// When the last small batch went out; `None` when spinning is off, and nothing is spawned.
+    last_kick: Option<watch::Sender<Instant>>,
 }
 
 impl Spin {
-    /// Spinning off.
-    pub fn off() -> Self {
-        Self { shared: None }
-    }
-
     /// Spawns the spinner on the current runtime, which must be single-threaded (the spinner
     /// keeps that thread polling); a zero `window` turns spinning off.
     pub fn spawn(window: Duration) -> Self {
         if window.is_zero() {
-            return Self::off();
+            return Self { last_kick: None };
         }
-        let shared = Arc::new(Shared {
-            window,
-            epoch: Instant::now(),
-            last_kick: AtomicU64::new(0),
-            kick: Notify::new(),
-        });
-        tokio::spawn(spin(shared.clone()));
+        let (last_kick, kicks) = watch::channel(Instant::now());
+        tokio::spawn(spin(window, kicks));
         Self {
-            shared: Some(shared),
+            last_kick: Some(last_kick),
         }
     }
 
     /// Told after each batch the leader sends, with its number of client requests: a small
     /// batch (at most [`SPIN_MAX_BATCH`]) starts or extends a spin window.
     pub fn after_batch(&self, requests: usize) {
-        let Some(shared) = &self.shared else {
-            return;
-        };
-        if requests == 0 || requests > SPIN_MAX_BATCH {
-            return;
+        if let Some(last_kick) = &self.last_kick
+            && (1..=SPIN_MAX_BATCH).contains(&requests)
+        {
+            last_kick.send_replace(Instant::now());
         }
-        shared
-            .last_kick
-            .store(shared.since_epoch(), Ordering::Relaxed);
-        shared.kick.notify_one();
     }
 }
 
-impl Shared {
-    fn since_epoch(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Whether the last kick is less than a window ago.
-    fn in_window(&self) -> bool {
-        let window = u64::try_from(self.window.as_nanos()).unwrap_or(u64::MAX);
-        let last = self.last_kick.load(Ordering::Relaxed);
-        self.since_epoch().saturating_sub(last) < window
-    }
-}
-
-async fn spin(shared: Arc<Shared>) {
-    loop {
-        shared.kick.notified().await;
-        while shared.in_window() {
+/// Polls for `window` after each kick; ends when the [`Spin`] is dropped.
+async fn spin(window: Duration, mut kicks: watch::Receiver<Instant>) {
+    while kicks.changed().await.is_ok() {
+        // `has_changed` fails once the handle is gone, which ends a window early too.
+        while kicks.has_changed().is_ok() && kicks.borrow_and_update().elapsed() < window {
             // Lets any other process runnable on this core go first...
             std::thread::yield_now();
             // ...then lets the runtime poll its sockets without blocking (a task that yields
@@ -116,35 +77,35 @@ mod tests {
     #[tokio::test]
     async fn off_spawns_nothing_and_ignores_batches() {
         let spin = Spin::spawn(Duration::ZERO);
-        assert!(spin.shared.is_none());
+        assert!(spin.last_kick.is_none());
         spin.after_batch(1);
     }
 
     #[tokio::test]
-    async fn only_small_batches_open_a_window() {
+    async fn only_small_batches_kick() {
         let spin = Spin::spawn(Duration::from_secs(3600));
-        let shared = spin.shared.clone().expect("spinning is on");
-        // Nothing kicked yet, but the window counts from the epoch: move the kick far back.
-        shared.last_kick.store(0, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let before = shared.last_kick.load(Ordering::Relaxed);
+        let kicks = spin.last_kick.as_ref().expect("spinning is on").subscribe();
         spin.after_batch(SPIN_MAX_BATCH + 1);
         spin.after_batch(0);
-        assert_eq!(shared.last_kick.load(Ordering::Relaxed), before);
-        spin.after_batch(1);
-        assert!(shared.last_kick.load(Ordering::Relaxed) > before);
-        assert!(shared.in_window());
+        assert!(!kicks.has_changed().unwrap());
+        spin.after_batch(SPIN_MAX_BATCH);
+        assert!(kicks.has_changed().unwrap());
     }
 
+    /// The spinner ends with its handle, even in the middle of a window.
     #[tokio::test]
-    async fn a_window_ends() {
-        let spin = Spin::spawn(Duration::from_millis(1));
-        let shared = spin.shared.clone().expect("spinning is on");
-        spin.after_batch(1);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while shared.in_window() {
-            assert!(Instant::now() < deadline, "the window never ended");
+    async fn the_spinner_ends_with_its_handle() {
+        let (last_kick, kicks) = watch::channel(Instant::now());
+        let spinner = tokio::spawn(spin(Duration::from_secs(3600), kicks));
+        last_kick.send_replace(Instant::now());
+        // Lets the spinner see the kick and start its hour-long window.
+        for _ in 0..3 {
             tokio::task::yield_now().await;
         }
+        drop(last_kick);
+        tokio::time::timeout(Duration::from_secs(5), spinner)
+            .await
+            .expect("the spinner ended with its handle")
+            .unwrap();
     }
 }
