@@ -192,10 +192,12 @@ impl Machine {
                         return Err(Refusal::NotYourName);
                     }
                     Some(_) => {}
-                    None if self.registry.len() >= MAX_BIDDERS => {
-                        return Err(Refusal::TooManyBidders);
-                    }
+                    // Only a bid in an open auction registers a name; any other is refused
+                    // below for what is wrong with the auction.
                     None if self.auction.is_open(now) => {
+                        if self.registry.len() >= MAX_BIDDERS {
+                            return Err(Refusal::TooManyBidders);
+                        }
                         self.registry.insert(bidder.clone(), *credential);
                     }
                     None => {}
@@ -442,5 +444,11 @@ mod tests {
             Err(Refusal::TooManyBidders)
         );
         assert_eq!(m.auction.highest, None);
+        // A full registry does not hide what is wrong with a closed auction.
+        m.apply(t(2), None, &Op::Close).unwrap();
+        assert_eq!(
+            m.apply(t(3), None, &bid("newcomer", 1)),
+            Err(Refusal::Closed { auction: 1 })
+        );
     }
 }

@@ -386,7 +386,7 @@ impl Leader {
         });
         let fenced = match peer {
             // Through the handle taken when it joined.
-            Some(p) => p.process.kill().map(|()| Fenced::Killed),
+            Some(p) => p.process.kill(),
             None => process::fence(&node),
         };
         match fenced {

@@ -142,13 +142,15 @@ impl ProcessHandle {
         Ok(Some(Self { pidfd }))
     }
 
-    /// SIGKILLs the process. A process that already exited is not an error.
+    /// SIGKILLs the process. A process that already exited is not an error: it is
+    /// [`Fenced::AlreadyGone`].
     ///
     /// # Errors
     /// The signal could not be sent (for example, no permission).
-    pub fn kill(&self) -> io::Result<()> {
+    pub fn kill(&self) -> io::Result<Fenced> {
         match pidfd_send_signal(&self.pidfd, Signal::KILL) {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Ok(()) => Ok(Fenced::Killed),
+            Err(rustix::io::Errno::SRCH) => Ok(Fenced::AlreadyGone),
             Err(e) => Err(e.into()),
         }
     }
@@ -169,7 +171,7 @@ pub enum Fenced {
 /// The process may be alive but could not be checked or signalled: it is not fenced.
 pub fn fence(m: &Member) -> io::Result<Fenced> {
     match ProcessHandle::open(m)? {
-        Some(h) => h.kill().map(|()| Fenced::Killed),
+        Some(h) => h.kill(),
         None => Ok(Fenced::AlreadyGone),
     }
 }
@@ -194,7 +196,9 @@ pub fn fence_port_holder(addr: SocketAddr) -> io::Result<Option<u32>> {
     let handle = ProcessHandle::open(&holder)
         .map_err(|e| io::Error::other(format!("{addr} is held by pid {pid}: {e}")))?;
     match handle {
-        Some(h) => h.kill().map(|()| Some(pid)),
+        Some(h) => h
+            .kill()
+            .map(|fenced| (fenced == Fenced::Killed).then_some(pid)),
         None => Ok(None),
     }
 }
