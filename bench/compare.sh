@@ -21,11 +21,11 @@
 # one replica (WAIT 1: two would be unreachable until the killed server returns). An etcd client
 # knows all three members and moves to the next after any error.
 #
-# The auction runs twice: with the nodes' default options, and with the leader busy-polling for
-# SPIN_US µs after each small batch (auction-node --spin-us), which trades CPU for latency at
-# light load.
+# The auction runs twice: with the nodes' default options, and with --spin-us 0, which keeps the
+# leader from busy-polling after runs of small batches (the default trades CPU for latency at
+# light load).
 #
-# Usage: bench/compare.sh  (CLIENTS=64 SECS=10 FAILOVER_CLIENTS=16 FAULTS=5 SPIN_US=100 by default)
+# Usage: bench/compare.sh  (CLIENTS=64 SECS=10 FAILOVER_CLIENTS=16 FAULTS=5 by default)
 # Results: a markdown table on stdout (with a failover column, and a line on the failover runs);
 # every JSON result in target/compare/.
 set -euo pipefail
@@ -35,7 +35,6 @@ CLIENTS=${CLIENTS:-64}
 SECS=${SECS:-10}
 FAILOVER_CLIENTS=${FAILOVER_CLIENTS:-16}
 FAULTS=${FAULTS:-5}
-SPIN_US=${SPIN_US:-100}
 OUT=target/compare
 BIN=target/release
 
@@ -106,8 +105,7 @@ bench echo-unary --server 127.0.0.1:15500 --target echo-unary
 bench echo-stream --server 127.0.0.1:15500 --target echo-stream
 stop_all
 
-# The auction: three nodes, with the default options, then with the leader busy-polling after
-# small batches (--spin-us).
+# The auction: three nodes, with the default options, then with a leader that never busy-polls.
 auction_cluster() {
   local args=(--client-port 15000 --leader-port 15400 --duration 36000 "$@")
   start "$BIN/auction-node" --port 5400 "${args[@]}"
@@ -120,8 +118,8 @@ auction_cluster() {
 auction_cluster
 bench auction --server 127.0.0.1:15000 --target auction
 stop_all
-auction_cluster --spin-us "$SPIN_US"
-bench auction-spin --server 127.0.0.1:15000 --target auction
+auction_cluster --spin-us 0
+bench auction-nospin --server 127.0.0.1:15000 --target auction
 stop_all
 # The bench starts its own 3-node cluster for this.
 failover auction no_restart --faults 20
@@ -199,16 +197,16 @@ bench etcd-nofsync --server "$(etcd_leader)" --target etcd
 failover etcd-nofsync etcd_restart --target etcd --server "$ETCD_ENDPOINTS" --faults "$FAULTS"
 stop_all
 
-python3 - "$OUT" "$CLIENTS" "$FAILOVER_CLIENTS" "$SPIN_US" <<'EOF'
+python3 - "$OUT" "$CLIENTS" "$FAILOVER_CLIENTS" <<'EOF'
 import json, sys
-out, clients, failover_clients, spin_us = sys.argv[1:5]
+out, clients, failover_clients = sys.argv[1:4]
 def load(name):
     with open(f"{out}/{name}.json") as f:
         return json.load(f)
 # (label, load result, failover result or None where none is measured)
 rows = [
     ("auction (3 nodes)", "auction", "auction"),
-    (f"auction, --spin-us {spin_us}", "auction-spin", None),
+    ("auction, --spin-us 0", "auction-nospin", None),
     ("Redis 7, Lua + WAIT 2 0", "redis", "redis"),
     ("etcd 3.4, fsync", "etcd", "etcd"),
     ("etcd 3.4, --unsafe-no-fsync", "etcd-nofsync", "etcd-nofsync"),

@@ -1,4 +1,4 @@
-//! Busy-polling after light activity, an opt-in trade of CPU for latency.
+//! Busy-polling after light activity: a trade of CPU for latency, on by default.
 //!
 //! At low load a bid is a chain of process wake-ups (client, leader, replicas, leader, client).
 //! Waking a process that sleeps on an idle core costs an inter-processor interrupt, which on a
@@ -8,17 +8,26 @@
 //! it. Each turn of the poll first yields the core to any other runnable process, so replicas
 //! queued behind the leader on its core still run.
 //!
-//! Under heavy load the leader is never idle for long and batches are large, so it does not
-//! spin at all: see [`Spin::after_batch`].
+//! Under load the leader is never idle for long and batches are large, so it does not spin at
+//! all: only a run of [`CALM_BATCHES`] small batches in a row starts a window (see
+//! [`Spin::after_batch`]). Even at 64 clients a few batches are small, but they come alone.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-/// Batches of at most this many requests start a spin window; larger ones mean the load keeps
-/// the leader busy without help, and spinning would only take CPU from the other processes.
+/// Batches of at most this many requests are small; larger ones mean the load keeps the leader
+/// busy without help, and spinning would only take CPU from the other processes.
 /// (`auction-node --help` and README.md say 4.)
 pub const SPIN_MAX_BATCH: usize = 4;
+
+/// Small batches in a row that start a spin window: a small batch among large ones is a hiccup
+/// of a busy leader, not light load. (`auction-node --help` and README.md say 4.)
+pub const CALM_BATCHES: u32 = 4;
+
+/// The spin window of `auction-node` unless `--spin-us` says otherwise: long enough to span a
+/// replication round and the client's next request on loopback, about 70 µs here.
+pub const DEFAULT_SPIN_US: u64 = 100;
 
 /// The longest spin window a node accepts.
 pub const MAX_SPIN: Duration = Duration::from_millis(10);
@@ -29,6 +38,8 @@ pub const MAX_SPIN: Duration = Duration::from_millis(10);
 pub struct Spin {
     /// When the last small batch went out; `None` when spinning is off, and nothing is spawned.
     last_kick: Option<watch::Sender<Instant>>,
+    /// Small batches since the last large one.
+    calm: u32,
 }
 
 impl Spin {
@@ -36,22 +47,36 @@ impl Spin {
     /// keeps that thread polling); a zero `window` turns spinning off.
     pub fn spawn(window: Duration) -> Self {
         if window.is_zero() {
-            return Self { last_kick: None };
+            return Self {
+                last_kick: None,
+                calm: 0,
+            };
         }
         let (last_kick, kicks) = watch::channel(Instant::now());
         tokio::spawn(spin(window, kicks));
         Self {
             last_kick: Some(last_kick),
+            calm: 0,
         }
     }
 
-    /// Told after each batch the leader sends, with its number of client requests: a small
-    /// batch (at most [`SPIN_MAX_BATCH`]) starts or extends a spin window.
-    pub fn after_batch(&self, requests: usize) {
-        if let Some(last_kick) = &self.last_kick
-            && (1..=SPIN_MAX_BATCH).contains(&requests)
-        {
-            last_kick.send_replace(Instant::now());
+    /// Told after each batch the leader sends, with its number of client requests: each small
+    /// batch (at most [`SPIN_MAX_BATCH`] requests) from the [`CALM_BATCHES`]th in a row on
+    /// starts or extends a spin window. Batches without client requests (heartbeats,
+    /// membership changes) neither count nor break a run.
+    pub fn after_batch(&mut self, requests: usize) {
+        let Some(last_kick) = &self.last_kick else {
+            return;
+        };
+        match requests {
+            0 => {}
+            1..=SPIN_MAX_BATCH => {
+                self.calm = self.calm.saturating_add(1);
+                if self.calm >= CALM_BATCHES {
+                    last_kick.send_replace(Instant::now());
+                }
+            }
+            _ => self.calm = 0,
         }
     }
 }
@@ -76,20 +101,52 @@ mod tests {
 
     #[tokio::test]
     async fn off_spawns_nothing_and_ignores_batches() {
-        let spin = Spin::spawn(Duration::ZERO);
+        let mut spin = Spin::spawn(Duration::ZERO);
         assert!(spin.last_kick.is_none());
-        spin.after_batch(1);
+        for _ in 0..CALM_BATCHES {
+            spin.after_batch(1);
+        }
+        assert_eq!(spin.calm, 0);
+    }
+
+    /// Feeds `batches` to a spinner with an hour-long window, and says whether the last one
+    /// kicked it.
+    async fn kicked_by_last(batches: &[usize]) -> bool {
+        let mut spin = Spin::spawn(Duration::from_secs(3600));
+        let mut kicks = spin.last_kick.as_ref().expect("spinning is on").subscribe();
+        let (last, before) = batches.split_last().expect("some batches");
+        for &requests in before {
+            spin.after_batch(requests);
+        }
+        kicks.mark_unchanged();
+        spin.after_batch(*last);
+        kicks.has_changed().expect("the handle is alive")
     }
 
     #[tokio::test]
-    async fn only_small_batches_kick() {
-        let spin = Spin::spawn(Duration::from_secs(3600));
-        let kicks = spin.last_kick.as_ref().expect("spinning is on").subscribe();
-        spin.after_batch(SPIN_MAX_BATCH + 1);
-        spin.after_batch(0);
-        assert!(!kicks.has_changed().unwrap());
-        spin.after_batch(SPIN_MAX_BATCH);
-        assert!(kicks.has_changed().unwrap());
+    async fn a_run_of_small_batches_kicks() {
+        let run = vec![SPIN_MAX_BATCH; CALM_BATCHES as usize];
+        assert!(kicked_by_last(&run).await);
+        // Once spinning, each further small batch extends the window.
+        assert!(kicked_by_last(&[run.clone(), vec![1]].concat()).await);
+        // Heartbeat rounds do not break a run.
+        let mut with_heartbeat = run.clone();
+        with_heartbeat.insert(1, 0);
+        assert!(kicked_by_last(&with_heartbeat).await);
+    }
+
+    #[tokio::test]
+    async fn large_or_lone_small_batches_do_not_kick() {
+        assert!(!kicked_by_last(&[SPIN_MAX_BATCH + 1]).await);
+        let short_run = vec![1; CALM_BATCHES as usize - 1];
+        assert!(!kicked_by_last(&short_run).await);
+        // A large batch ends a run: the count starts again.
+        let mut broken = vec![1; CALM_BATCHES as usize];
+        broken.insert(1, SPIN_MAX_BATCH + 1);
+        assert!(!kicked_by_last(&broken).await);
+        // Nor does a heartbeat after a run.
+        let heartbeat_last = [vec![1; CALM_BATCHES as usize], vec![0]].concat();
+        assert!(!kicked_by_last(&heartbeat_last).await);
     }
 
     /// The spinner ends with its handle, even in the middle of a window.
