@@ -15,7 +15,7 @@ use crate::auth::{self, ClusterSecret};
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
 use crate::process::{self, ClusterLock, Fenced};
-use crate::replication::{Change, ClusterState, Member};
+use crate::replication::{Change, ChangeKind, ClusterState, Member};
 use crate::tls::{self, ServerTls};
 
 /// The largest state a replica accepts in one message.
@@ -122,8 +122,7 @@ pub async fn follow(
             }
         },
     };
-    // Who sent this stream's snapshot: known once it arrives, and it must be `proven`.
-    let mut leader: Option<Member> = None;
+    let mut follower = Follower::new(proven);
     let mut member = is_member(shared, &me);
     // Checked four times per heartbeat, so a silent leader is noticed at most a quarter of a
     // heartbeat after the timeout.
@@ -131,6 +130,7 @@ pub async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
+        let leader = follower.leader();
         let message = tokio::select! {
             biased;
             message = inbound.message() => match message {
@@ -162,64 +162,24 @@ pub async fn follow(
         let seq = message.seq;
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         let mut state = shared.lock().expect("state lock poisoned");
-        match message.msg {
-            Some(from_leader::Msg::Snapshot(snapshot)) => {
-                let new = match ClusterState::try_from(snapshot) {
-                    Ok(s) => s,
-                    Err(e) => return protocol_error(leader, &format!("bad snapshot: {e}")),
+        let current = match follower.take(&mut state, message.msg) {
+            Ok(current) => current,
+            Err(what) => {
+                warn!("protocol error from the leader: {what}");
+                return FollowEnd::Lost {
+                    leader: follower.leader(),
                 };
-                if new.leader != proven {
-                    return protocol_error(leader, "the state names another leader");
-                }
-                info!(
-                    leader = %new.leader.id,
-                    epoch = new.epoch,
-                    version = new.version,
-                    "received the full state"
-                );
-                leader = Some(new.leader);
-                *state = Some(new);
             }
-            Some(from_leader::Msg::Append(append)) => {
-                let Some(current) = state.as_mut().filter(|_| leader.is_some()) else {
-                    return protocol_error(leader, "changes before the state");
-                };
-                // The snapshot's version was bounded, and each change adds one.
-                if append.first_version != current.version.saturating_add(1) {
-                    return protocol_error(
-                        leader,
-                        &format!(
-                            "changes start at version {} but this replica is at {}",
-                            append.first_version, current.version
-                        ),
-                    );
-                }
-                for change in append.changes {
-                    match Change::try_from(change) {
-                        Ok(c) => {
-                            current.apply(&c);
-                        }
-                        Err(e) => return protocol_error(leader, &format!("bad change: {e}")),
-                    }
-                }
-                debug!(version = current.version, "applied");
-                leader = Some(current.leader);
-            }
-            Some(from_leader::Msg::Heartbeat(_)) => {}
-            Some(from_leader::Msg::Challenge(_)) => {
-                return protocol_error(leader, "a challenge after the handshake");
-            }
-            None => return protocol_error(leader, "empty message"),
-        }
-        let Some(current) = state.as_ref().filter(|_| leader.is_some()) else {
-            return protocol_error(leader, "a heartbeat before the state");
         };
         if !member && current.has_member(&me) {
             // A member holds the cluster lock before its first ack as a member, so no node can
             // found a new cluster while it lives. Nobody holds it exclusively while a leader
             // is alive, so this succeeds.
             if !matches!(lock.try_shared(), Ok(true)) {
-                return protocol_error(leader, "cannot take the cluster lock");
+                warn!("cannot take the cluster lock");
+                return FollowEnd::Lost {
+                    leader: follower.leader(),
+                };
             }
             info!(version = current.version, "now a member");
             member = true;
@@ -236,9 +196,103 @@ pub async fn follow(
     }
 }
 
-/// Checks the leader's half of the handshake: its proof over this replica's challenge. Returns
-/// who the leader is and its challenge.
-fn check_leader(
+/// A replica's side of one stream after the handshake, without the I/O: it checks each message
+/// of the proven leader and applies it to the replica's state. [`follow`] feeds it and
+/// acknowledges what it returns.
+#[derive(Debug)]
+pub struct Follower {
+    /// The leader that proved itself in this stream's handshake; its snapshot must name it.
+    proven: Member,
+    /// Whether this stream has delivered its snapshot: the state from an earlier stream may be
+    /// behind, so changes and acknowledgements wait for this one's.
+    has_snapshot: bool,
+}
+
+impl Follower {
+    /// A stream whose leader proved to be `proven`, before its snapshot.
+    pub fn new(proven: Member) -> Self {
+        Self {
+            proven,
+            has_snapshot: false,
+        }
+    }
+
+    /// The leader whose state this replica holds: the proven one, once its snapshot arrived.
+    pub fn leader(&self) -> Option<Member> {
+        self.has_snapshot.then_some(self.proven)
+    }
+
+    /// Takes one message of the leader into `state`, and returns the state to acknowledge.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with a message the replica refuses, which ends the stream: a snapshot that
+    /// is invalid or names another leader; changes or a heartbeat before the snapshot; changes
+    /// that do not start right after the state's version, or one that is invalid or makes
+    /// another node the leader (the changes before it stay applied, as they would have been in
+    /// a batch of their own); a second challenge; an empty message.
+    pub fn take<'s>(
+        &mut self,
+        state: &'s mut Option<ClusterState>,
+        message: Option<from_leader::Msg>,
+    ) -> Result<&'s ClusterState, String> {
+        match message {
+            Some(from_leader::Msg::Snapshot(snapshot)) => {
+                let new =
+                    ClusterState::try_from(snapshot).map_err(|e| format!("bad snapshot: {e}"))?;
+                if new.leader != self.proven {
+                    return Err("the state names another leader".into());
+                }
+                info!(
+                    leader = %new.leader.id,
+                    epoch = new.epoch,
+                    version = new.version,
+                    "received the full state"
+                );
+                self.has_snapshot = true;
+                Ok(state.insert(new))
+            }
+            Some(from_leader::Msg::Append(append)) => {
+                let Some(current) = state.as_mut().filter(|_| self.has_snapshot) else {
+                    return Err("changes before the state".into());
+                };
+                // The snapshot's version was bounded, and each change adds one.
+                if append.first_version != current.version.saturating_add(1) {
+                    return Err(format!(
+                        "changes start at version {} but this replica is at {}",
+                        append.first_version, current.version
+                    ));
+                }
+                for change in append.changes {
+                    let change =
+                        Change::try_from(change).map_err(|e| format!("bad change: {e}"))?;
+                    // Only a leader that takes over makes a Lead change, naming itself.
+                    if matches!(change.kind, ChangeKind::Lead(m) if m != self.proven) {
+                        return Err("a change names another leader".into());
+                    }
+                    current.apply(&change);
+                }
+                debug!(version = current.version, "applied");
+                Ok(current)
+            }
+            Some(from_leader::Msg::Heartbeat(_)) => state
+                .as_ref()
+                .filter(|_| self.has_snapshot)
+                .ok_or_else(|| "a heartbeat before the state".into()),
+            Some(from_leader::Msg::Challenge(_)) => Err("a challenge after the handshake".into()),
+            None => Err("empty message".into()),
+        }
+    }
+}
+
+/// Checks the leader's half of the handshake, its first message: its proof over this replica's
+/// challenge `ours`. Returns who the leader is and its own challenge.
+///
+/// # Errors
+///
+/// Why the node on the replica port is not this cluster's leader: its first message is not a
+/// challenge, names no valid node, has a challenge of the wrong length or a wrong proof.
+pub fn check_leader(
     secret: &ClusterSecret,
     ours: &[u8],
     first: pb::FromLeader,
@@ -294,7 +348,141 @@ fn refused_or(status: Status, otherwise: impl FnOnce(&Status) -> FollowEnd) -> F
     }
 }
 
-fn protocol_error(leader: Option<Member>, what: &str) -> FollowEnd {
-    tracing::warn!("protocol error from the leader: {what}");
-    FollowEnd::Lost { leader }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Millis, NodeId, Token};
+
+    fn node(id: u16) -> Member {
+        Member {
+            id: NodeId(id),
+            pid: 1000 + u32::from(id),
+            start_time: 7,
+        }
+    }
+
+    fn snapshot(leader: u16) -> Option<from_leader::Msg> {
+        let state = ClusterState::founded(node(leader));
+        Some(from_leader::Msg::Snapshot((&state).into()))
+    }
+
+    /// Changes that add `ids` as members, from `first_version` on.
+    fn append(first_version: u64, ids: &[u16]) -> Option<from_leader::Msg> {
+        let kinds = ids.iter().map(|&id| ChangeKind::Join(node(id))).collect();
+        append_kinds(first_version, kinds)
+    }
+
+    fn append_kinds(first_version: u64, kinds: Vec<ChangeKind>) -> Option<from_leader::Msg> {
+        let changes = kinds
+            .into_iter()
+            .map(|kind| {
+                let change = Change {
+                    at: Millis(1_000),
+                    kind,
+                };
+                (&change).into()
+            })
+            .collect();
+        Some(from_leader::Msg::Append(pb::Append {
+            first_version,
+            changes,
+        }))
+    }
+
+    fn heartbeat() -> Option<from_leader::Msg> {
+        Some(from_leader::Msg::Heartbeat(pb::Heartbeat::default()))
+    }
+
+    #[test]
+    fn takes_the_proven_leaders_snapshot_then_its_changes() {
+        let mut follower = Follower::new(node(5400));
+        let mut state = None;
+        assert_eq!(follower.leader(), None);
+        let version = follower.take(&mut state, snapshot(5400)).unwrap().version;
+        assert_eq!(follower.leader(), Some(node(5400)));
+        let taken = follower
+            .take(&mut state, append(version + 1, &[5401, 5402]))
+            .unwrap();
+        assert_eq!(taken.version, version + 2);
+        assert!(taken.has_member(&node(5402)));
+        assert_eq!(
+            follower.take(&mut state, heartbeat()).unwrap().version,
+            version + 2
+        );
+    }
+
+    #[test]
+    fn refuses_a_snapshot_of_another_leader() {
+        let mut follower = Follower::new(node(5400));
+        let mut state = None;
+        let why = follower.take(&mut state, snapshot(5401)).unwrap_err();
+        assert!(why.contains("another leader"), "{why}");
+        assert_eq!((follower.leader(), state), (None, None));
+    }
+
+    /// A state kept from an earlier stream may be behind: this stream's changes wait for its
+    /// own snapshot.
+    #[test]
+    fn refuses_changes_and_heartbeats_before_the_snapshot() {
+        let mut follower = Follower::new(node(5400));
+        let earlier = ClusterState::founded(node(5400));
+        let mut state = Some(earlier.clone());
+        let version = earlier.version;
+        let why = follower
+            .take(&mut state, append(version + 1, &[5401]))
+            .unwrap_err();
+        assert!(why.contains("before the state"), "{why}");
+        let why = follower.take(&mut state, heartbeat()).unwrap_err();
+        assert!(why.contains("before the state"), "{why}");
+        assert_eq!(state, Some(earlier));
+    }
+
+    #[test]
+    fn refuses_changes_out_of_order_and_messages_out_of_place() {
+        let mut follower = Follower::new(node(5400));
+        let mut state = None;
+        let version = follower.take(&mut state, snapshot(5400)).unwrap().version;
+        for gap in [version, version + 2] {
+            let why = follower.take(&mut state, append(gap, &[5401])).unwrap_err();
+            assert!(why.contains("changes start at version"), "{why}");
+        }
+        let usurp = append_kinds(version + 1, vec![ChangeKind::Lead(node(5401))]);
+        let why = follower.take(&mut state, usurp).unwrap_err();
+        assert!(why.contains("another leader"), "{why}");
+        let challenge = Some(from_leader::Msg::Challenge(pb::Challenge::default()));
+        assert!(follower.take(&mut state, challenge).is_err());
+        assert!(follower.take(&mut state, None).is_err());
+        assert_eq!(state.map(|s| s.version), Some(version));
+    }
+
+    #[test]
+    fn check_leader_accepts_exactly_the_right_proof() {
+        let secret = ClusterSecret::new(Token::new("s".repeat(40)).unwrap());
+        let (ours, theirs) = ([1; auth::NONCE_LEN], [2; auth::NONCE_LEN]);
+        let challenge = |leader: Member, nonce: &[u8], proof: Vec<u8>| pb::FromLeader {
+            seq: 0,
+            msg: Some(from_leader::Msg::Challenge(pb::Challenge {
+                leader: Some(leader.into()),
+                nonce: nonce.to_vec(),
+                proof,
+            })),
+        };
+        let right = secret.leader_proof(&ours, &theirs, &node(5400));
+        let first = challenge(node(5400), &theirs, right.clone());
+        assert_eq!(
+            check_leader(&secret, &ours, first),
+            Ok((node(5400), theirs.to_vec()))
+        );
+        // The proof is bound to the leader it names, and to both challenges.
+        let posing = challenge(node(5401), &theirs, right.clone());
+        assert!(check_leader(&secret, &ours, posing).is_err());
+        assert!(check_leader(&secret, &theirs, challenge(node(5400), &theirs, right)).is_err());
+        let short = challenge(node(5400), &theirs[1..], Vec::new());
+        assert!(check_leader(&secret, &ours, short).is_err());
+        let not_a_challenge = pb::FromLeader {
+            seq: 0,
+            msg: heartbeat(),
+        };
+        assert!(check_leader(&secret, &ours, not_a_challenge).is_err());
+    }
 }

@@ -238,8 +238,9 @@ fn main() {
         ),
         client(2, 2, 4_000, Op::Close),
         client(2, 3, 5_000, Op::Start { duration: minute }),
-        change(6_000, ChangeKind::Lead(node(5401))),
-        change(6_000, ChangeKind::Leave(NodeId(5400))),
+        // A leader's stream names no other leader; this one only starts a new epoch.
+        change(6_000, ChangeKind::Lead(node(5400))),
+        change(6_000, ChangeKind::Leave(NodeId(5401))),
     ];
     write(
         &dir,

@@ -1,75 +1,108 @@
 //! A replication stream as a replica reads it: a stream of `auction::pb::FromLeader` messages
-//! (the input is read as length-delimited messages), handled as `auction::replica::follow`
-//! does:
-//! - a `Challenge` first is the leader's half of the handshake: its identity must pass
-//!   `Member::try_from`, its challenge must have `auth::NONCE_LEN` bytes, and
-//!   `ClusterSecret::verify_leader` must accept its proof over the replica's challenge (fixed
-//!   here: `NONCE`). It must accept exactly the right proof, and nothing else. A `Challenge`
-//!   later ends the stream;
-//! - a `Snapshot` replaces the state if `ClusterState::try_from` accepts it and it names the
-//!   proven leader;
-//! - an `Append` must start right after the current version; each change is validated with
-//!   `Change::try_from` and applied.
+//! (the input is read as length-delimited messages), through the code of
+//! `auction::replica::follow`:
+//! - a `Challenge` first is the leader's half of the handshake, checked by
+//!   `replica::check_leader` against the replica's challenge (fixed here: `NONCE`). It must
+//!   accept exactly the right proof from a valid node with a challenge of `auth::NONCE_LEN`
+//!   bytes, and nothing else. The replica keeps its state (`open_state`) from an earlier stream,
+//!   and a `replica::Follower` for the proven leader then takes the rest;
+//! - without a leading `Challenge`, the messages go to a `Follower` of leader 5400 that has
+//!   already taken `open_state` as its snapshot, so a lone `Append` or heartbeat is taken too.
 //!
-//! A message the replica refuses ends the stream. Unlike a real stream, the replica starts
-//! after a handshake with leader 5400, holding a valid state (see `open_state`), so a lone
-//! `Snapshot` or `Append` is taken too. After every message, the state must still survive the
-//! wire.
+//! A message the follower refuses ends the stream. After every message it takes, the state must
+//! still survive the wire; an `Append` it takes adds one version per change.
 #![no_main]
 
 use auction::auth::NONCE_LEN;
-use auction::pb::{FromLeader, from_leader::Msg};
-use auction::replication::{Change, ClusterState, Member};
+use auction::pb::{self, FromLeader, from_leader::Msg};
+use auction::replica::{Follower, check_leader};
+use auction::replication::{Change, Member};
 use auction_fuzz::{
     NONCE, check_change_round_trip, check_state, cluster_secret, messages, open_state,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut state = open_state();
-    let mut proven = state.leader;
-    for (i, message) in messages::<FromLeader>(data).enumerate() {
-        match message.msg {
-            Some(Msg::Challenge(c)) if i == 0 => {
-                let Some(Ok(leader)) = c.leader.map(Member::try_from) else {
-                    return;
-                };
-                if c.nonce.len() != NONCE_LEN {
-                    return;
-                }
-                let secret = cluster_secret();
-                let right = secret.leader_proof(&NONCE, &c.nonce, &leader);
-                let verified = secret.verify_leader(&NONCE, &c.nonce, &leader, &c.proof);
-                assert_eq!(verified, c.proof == right, "a proof was judged wrongly");
-                if !verified {
-                    return;
-                }
-                proven = leader;
+    let mut stream = messages::<FromLeader>(data).peekable();
+    let mut state = Some(open_state());
+    let mut follower = match stream.peek() {
+        Some(FromLeader {
+            msg: Some(Msg::Challenge(_)),
+            ..
+        }) => {
+            let Some(FromLeader {
+                msg: Some(Msg::Challenge(challenge)),
+                ..
+            }) = stream.next()
+            else {
+                return;
+            };
+            match check_handshake(challenge) {
+                Some(leader) => Follower::new(leader),
+                None => return,
             }
-            Some(Msg::Challenge(_)) => return,
-            Some(Msg::Snapshot(snapshot)) => match ClusterState::try_from(snapshot) {
-                Ok(new) if new.leader == proven => state = new,
-                _ => return,
-            },
-            Some(Msg::Append(append)) => {
-                // The same test as in `follow`.
-                if append.first_version != state.version.saturating_add(1) {
-                    return;
-                }
-                for change in append.changes {
-                    let Ok(change) = Change::try_from(change) else {
-                        return;
-                    };
-                    check_change_round_trip(&change);
-                    let (version, clock) = (state.version, state.clock);
-                    state.apply(&change);
-                    assert_eq!(state.version, version + 1);
-                    assert_eq!(state.clock, clock.max(change.at));
-                }
-            }
-            Some(Msg::Heartbeat(_)) => {}
-            None => return,
         }
-        check_state(&state);
+        _ => {
+            let mut follower = Follower::new(open_state().leader);
+            let snapshot = Msg::Snapshot(pb::State::from(&open_state()));
+            follower
+                .take(&mut state, Some(snapshot))
+                .expect("a follower takes its leader's valid snapshot");
+            follower
+        }
+    };
+    for message in stream {
+        let before = state.as_ref().map(|s| s.version);
+        let appended = match &message.msg {
+            Some(Msg::Append(append)) => {
+                for change in &append.changes {
+                    if let Ok(change) = Change::try_from(change.clone()) {
+                        check_change_round_trip(&change);
+                    }
+                }
+                Some(append.changes.len() as u64)
+            }
+            _ => None,
+        };
+        let Ok(taken) = follower.take(&mut state, message.msg) else {
+            return;
+        };
+        assert_eq!(follower.leader(), Some(taken.leader));
+        if let (Some(before), Some(n)) = (before, appended) {
+            assert_eq!(taken.version, before + n, "an Append of {n} changes");
+        }
+        check_state(taken);
     }
 });
+
+/// Runs `replica::check_leader` on the leader's challenge, and checks that it accepted exactly
+/// the right proof. Returns the proven leader.
+fn check_handshake(c: pb::Challenge) -> Option<Member> {
+    let first = FromLeader {
+        seq: 0,
+        msg: Some(Msg::Challenge(c.clone())),
+    };
+    let secret = cluster_secret();
+    let well_formed = c.leader.and_then(|l| Member::try_from(l).ok());
+    let right = well_formed
+        .filter(|_| c.nonce.len() == NONCE_LEN)
+        .map(|leader| (leader, secret.leader_proof(&NONCE, &c.nonce, &leader)));
+    match check_leader(&secret, &NONCE, first) {
+        Ok((leader, nonce)) => {
+            assert_eq!(nonce, c.nonce, "the leader's challenge changed");
+            assert_eq!(
+                right,
+                Some((leader, c.proof)),
+                "a wrong proof or leader was accepted"
+            );
+            Some(leader)
+        }
+        Err(_) => {
+            assert!(
+                right.is_none_or(|(_, proof)| proof != c.proof),
+                "the right proof was refused"
+            );
+            None
+        }
+    }
+}

@@ -1,12 +1,12 @@
 //! A replication stream as the leader reads it: a stream of `auction::pb::FromReplica`
-//! messages (the input is read as length-delimited messages), as in
+//! messages (the input is read as length-delimited messages), through the code of
 //! `ReplicationService::follow`:
-//! 1. a `Join` whose node identity `Member::try_from` accepts, with a challenge of
-//!    `auth::NONCE_LEN` bytes;
-//! 2. the leader answers with its own challenge (fixed here: `NONCE`), and the next message must
-//!    be a `Prove` that `ClusterSecret::verify_replica` accepts. It must accept exactly the
-//!    right proof, and nothing else. The seeds carry the right proof; the fuzzer cannot forge
-//!    one, so the rest is reached only from a seed's Join and Prove;
+//! 1. `server::check_join` on the first message: it must accept exactly a `Join` whose node id
+//!    fits a port, with a challenge of `auth::NONCE_LEN` bytes, and return that node;
+//! 2. the leader answers with its own challenge (fixed here: `NONCE`), and `server::check_proof`
+//!    must accept the next message if and only if it is a `Prove` with the right proof. The
+//!    seeds carry the right proof; the fuzzer cannot forge one, so the rest is reached only
+//!    from a seed's Join and Prove;
 //! 3. then `Ack`s, which go through the leader's bookkeeping (`replication::Followers`).
 //!
 //! Anything else ends the stream. The check that the joining pid holds the connection needs a
@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use auction::auth::NONCE_LEN;
 use auction::pb::{FromReplica, from_replica::Msg};
-use auction::replication::{Change, ChangeKind, Followers, Member};
+use auction::replication::{Change, ChangeKind, Followers};
+use auction::server::{check_join, check_proof};
 use auction::types::Millis;
 use auction_fuzz::{NONCE, cluster_secret, epoch, messages, open_state};
 use libfuzzer_sys::fuzz_target;
@@ -26,41 +27,41 @@ const CONN: u64 = 1;
 
 fuzz_target!(|data: &[u8]| {
     let mut stream = messages::<FromReplica>(data);
-    let Some(FromReplica {
-        msg: Some(Msg::Join(join)),
-    }) = stream.next()
-    else {
-        return;
+    let first = stream.next();
+    // What a valid Join says: its node's identity and its challenge.
+    let sent = match &first {
+        Some(FromReplica {
+            msg: Some(Msg::Join(join)),
+        }) => join
+            .node
+            .filter(|n| n.id <= u32::from(u16::MAX) && join.nonce.len() == NONCE_LEN)
+            .map(|n| (n, join.nonce.clone())),
+        _ => None,
     };
-    let Some(identity) = join.node else {
-        return;
-    };
-    let node = match Member::try_from(identity) {
-        Ok(m) => m,
-        Err(_) => {
-            assert!(identity.id > u32::from(u16::MAX), "{identity:?} refused");
+    let (node, nonce) = match check_join(first) {
+        Ok(joined) => joined,
+        Err(status) => {
+            assert!(sent.is_none(), "{sent:?} refused: {status:?}");
             return;
         }
+    };
+    let Some((identity, sent_nonce)) = sent else {
+        panic!("an invalid Join was accepted as {node:?}");
     };
     assert_eq!(u32::from(node.id.0), identity.id);
     assert_eq!(
         (node.pid, node.start_time),
         (identity.pid, identity.start_time)
     );
-    if join.nonce.len() != NONCE_LEN {
-        return;
-    }
+    assert_eq!(nonce, sent_nonce);
 
     let secret = cluster_secret();
-    let Some(FromReplica {
-        msg: Some(Msg::Prove(prove)),
-    }) = stream.next()
-    else {
-        return;
-    };
-    let right = secret.replica_proof(&NONCE, &join.nonce, &node);
-    let verified = secret.verify_replica(&NONCE, &join.nonce, &node, &prove.proof);
-    assert_eq!(verified, prove.proof == right, "a proof was judged wrongly");
+    let proof = stream.next();
+    let right = secret.replica_proof(&NONCE, &nonce, &node);
+    let is_right =
+        matches!(&proof, Some(FromReplica { msg: Some(Msg::Prove(p)) }) if p.proof == right);
+    let verified = check_proof(&secret, (&NONCE, &nonce), &node, proof).is_ok();
+    assert_eq!(verified, is_right, "a proof was judged wrongly");
     if !verified {
         return;
     }
