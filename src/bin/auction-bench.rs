@@ -191,12 +191,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             streams: args.clients as u64,
         };
         let report = memory(&spec).await.map_err(|e| anyhow!(e))?;
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            print!("{report}");
-        }
-        return Ok(());
+        return show(&report, args.json);
     }
     if args.sentinels.is_some() && !matches!(args.target, TargetArg::Redis) {
         bail!("--sentinels goes with --target redis");
@@ -255,12 +250,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 bail!("--failover works with --target auction, redis or etcd")
             }
         };
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            print!("{report}");
-        }
-        return Ok(());
+        return show(&report, args.json);
     }
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number");
@@ -307,8 +297,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     });
     let report = run(&spec, progress).await;
     ticker.abort();
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    show(&report, args.json)
+}
+
+/// Prints a final report: one JSON object with `--json`, else its table.
+fn show(report: &(impl serde::Serialize + std::fmt::Display), json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
         print!("{report}");
     }
