@@ -32,8 +32,8 @@ pub struct Timing {
     /// before it is fenced and removed. Replicas use the same value to give up on a silent
     /// leader.
     pub timeout: Duration,
-    /// How long the leader keeps polling its sockets instead of sleeping after a small batch
-    /// (see [`crate::spin`]); zero never.
+    /// How long the leader keeps polling its sockets instead of sleeping after each small batch
+    /// of a run (see [`crate::spin`]); zero never.
     pub spin: Duration,
 }
 
@@ -215,7 +215,7 @@ struct Leader {
     rounds: VecDeque<Round>,
     /// Publishes the members after every membership change.
     members: watch::Sender<Vec<Member>>,
-    /// Keeps the thread polling for a while after small batches, if configured.
+    /// Keeps the thread polling for a while after runs of small batches, unless turned off.
     spin: Spin,
 }
 

@@ -11,7 +11,7 @@
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the cluster lock;
-//! - [`spin`]: the leader's opt-in busy-polling after light activity;
+//! - [`spin`]: the leader's busy-polling after light activity (`--spin-us 0` turns it off);
 //! - [`leader`], [`server`], [`replica`]: the leader task, its gRPC services, and a replica's
 //!   stream;
 //! - [`node`]: role switching and port ownership; [`console`]: the node's terminal;

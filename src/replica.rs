@@ -122,7 +122,7 @@ pub async fn follow(
             }
         },
     };
-    let mut follower = Follower::new(proven);
+    let mut stream = LeaderStream::new(proven);
     let mut member = is_member(shared, &me);
     // Checked four times per heartbeat, so a silent leader is noticed at most a quarter of a
     // heartbeat after the timeout.
@@ -130,7 +130,7 @@ pub async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
-        let leader = follower.leader();
+        let leader = stream.leader();
         let message = tokio::select! {
             biased;
             message = inbound.message() => match message {
@@ -162,12 +162,12 @@ pub async fn follow(
         let seq = message.seq;
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         let mut state = shared.lock().expect("state lock poisoned");
-        let current = match follower.take(&mut state, message.msg) {
+        let current = match stream.take(&mut state, message.msg) {
             Ok(current) => current,
             Err(what) => {
                 warn!("protocol error from the leader: {what}");
                 return FollowEnd::Lost {
-                    leader: follower.leader(),
+                    leader: stream.leader(),
                 };
             }
         };
@@ -178,7 +178,7 @@ pub async fn follow(
             if !matches!(lock.try_shared(), Ok(true)) {
                 warn!("cannot take the cluster lock");
                 return FollowEnd::Lost {
-                    leader: follower.leader(),
+                    leader: stream.leader(),
                 };
             }
             info!(version = current.version, "now a member");
@@ -200,7 +200,7 @@ pub async fn follow(
 /// of the proven leader and applies it to the replica's state. [`follow`] feeds it and
 /// acknowledges what it returns.
 #[derive(Debug)]
-pub struct Follower {
+pub struct LeaderStream {
     /// The leader that proved itself in this stream's handshake; its snapshot must name it.
     proven: Member,
     /// Whether this stream has delivered its snapshot: the state from an earlier stream may be
@@ -208,7 +208,7 @@ pub struct Follower {
     has_snapshot: bool,
 }
 
-impl Follower {
+impl LeaderStream {
     /// A stream whose leader proved to be `proven`, before its snapshot.
     pub fn new(proven: Member) -> Self {
         Self {
@@ -395,64 +395,87 @@ mod tests {
 
     #[test]
     fn takes_the_proven_leaders_snapshot_then_its_changes() {
-        let mut follower = Follower::new(node(5400));
+        let mut stream = LeaderStream::new(node(5400));
         let mut state = None;
-        assert_eq!(follower.leader(), None);
-        let version = follower.take(&mut state, snapshot(5400)).unwrap().version;
-        assert_eq!(follower.leader(), Some(node(5400)));
-        let taken = follower
+        assert_eq!(stream.leader(), None);
+        let version = stream.take(&mut state, snapshot(5400)).unwrap().version;
+        assert_eq!(stream.leader(), Some(node(5400)));
+        let taken = stream
             .take(&mut state, append(version + 1, &[5401, 5402]))
             .unwrap();
         assert_eq!(taken.version, version + 2);
         assert!(taken.has_member(&node(5402)));
         assert_eq!(
-            follower.take(&mut state, heartbeat()).unwrap().version,
+            stream.take(&mut state, heartbeat()).unwrap().version,
             version + 2
         );
     }
 
     #[test]
     fn refuses_a_snapshot_of_another_leader() {
-        let mut follower = Follower::new(node(5400));
+        let mut stream = LeaderStream::new(node(5400));
         let mut state = None;
-        let why = follower.take(&mut state, snapshot(5401)).unwrap_err();
+        let why = stream.take(&mut state, snapshot(5401)).unwrap_err();
         assert!(why.contains("another leader"), "{why}");
-        assert_eq!((follower.leader(), state), (None, None));
+        assert_eq!((stream.leader(), state), (None, None));
     }
 
     /// A state kept from an earlier stream may be behind: this stream's changes wait for its
     /// own snapshot.
     #[test]
     fn refuses_changes_and_heartbeats_before_the_snapshot() {
-        let mut follower = Follower::new(node(5400));
+        let mut stream = LeaderStream::new(node(5400));
         let earlier = ClusterState::founded(node(5400));
         let mut state = Some(earlier.clone());
         let version = earlier.version;
-        let why = follower
+        let why = stream
             .take(&mut state, append(version + 1, &[5401]))
             .unwrap_err();
         assert!(why.contains("before the state"), "{why}");
-        let why = follower.take(&mut state, heartbeat()).unwrap_err();
+        let why = stream.take(&mut state, heartbeat()).unwrap_err();
         assert!(why.contains("before the state"), "{why}");
         assert_eq!(state, Some(earlier));
     }
 
     #[test]
     fn refuses_changes_out_of_order_and_messages_out_of_place() {
-        let mut follower = Follower::new(node(5400));
+        let mut stream = LeaderStream::new(node(5400));
         let mut state = None;
-        let version = follower.take(&mut state, snapshot(5400)).unwrap().version;
+        let version = stream.take(&mut state, snapshot(5400)).unwrap().version;
         for gap in [version, version + 2] {
-            let why = follower.take(&mut state, append(gap, &[5401])).unwrap_err();
+            let why = stream.take(&mut state, append(gap, &[5401])).unwrap_err();
             assert!(why.contains("changes start at version"), "{why}");
         }
         let usurp = append_kinds(version + 1, vec![ChangeKind::Lead(node(5401))]);
-        let why = follower.take(&mut state, usurp).unwrap_err();
+        let why = stream.take(&mut state, usurp).unwrap_err();
         assert!(why.contains("another leader"), "{why}");
         let challenge = Some(from_leader::Msg::Challenge(pb::Challenge::default()));
-        assert!(follower.take(&mut state, challenge).is_err());
-        assert!(follower.take(&mut state, None).is_err());
+        assert!(stream.take(&mut state, challenge).is_err());
+        assert!(stream.take(&mut state, None).is_err());
         assert_eq!(state.map(|s| s.version), Some(version));
+    }
+
+    #[test]
+    fn a_lead_change_may_name_only_the_proven_leader() {
+        let mut stream = LeaderStream::new(node(5400));
+        let mut state = None;
+        let (version, epoch) = {
+            let s = stream.take(&mut state, snapshot(5400)).unwrap();
+            (s.version, s.epoch)
+        };
+        let again = append_kinds(version + 1, vec![ChangeKind::Lead(node(5400))]);
+        assert_eq!(stream.take(&mut state, again).unwrap().epoch, epoch + 1);
+        // The changes before a refused one stay applied, as if they had come alone.
+        let usurp = append_kinds(
+            version + 2,
+            vec![ChangeKind::Join(node(5401)), ChangeKind::Lead(node(5401))],
+        );
+        let why = stream.take(&mut state, usurp).unwrap_err();
+        assert!(why.contains("another leader"), "{why}");
+        let after = state.expect("the state stays");
+        assert_eq!(after.version, version + 2);
+        assert!(after.has_member(&node(5401)));
+        assert_eq!((after.leader, after.epoch), (node(5400), epoch + 1));
     }
 
     #[test]
@@ -477,7 +500,9 @@ mod tests {
         let posing = challenge(node(5401), &theirs, right.clone());
         assert!(check_leader(&secret, &ours, posing).is_err());
         assert!(check_leader(&secret, &theirs, challenge(node(5400), &theirs, right)).is_err());
-        let short = challenge(node(5400), &theirs[1..], Vec::new());
+        // Refused for its length alone: the proof over the short challenge is right.
+        let short_proof = secret.leader_proof(&ours, &theirs[1..], &node(5400));
+        let short = challenge(node(5400), &theirs[1..], short_proof);
         assert!(check_leader(&secret, &ours, short).is_err());
         let not_a_challenge = pb::FromLeader {
             seq: 0,

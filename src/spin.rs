@@ -62,8 +62,8 @@ impl Spin {
 
     /// Told after each batch the leader sends, with its number of client requests: each small
     /// batch (at most [`SPIN_MAX_BATCH`] requests) from the [`CALM_BATCHES`]th in a row on
-    /// starts or extends a spin window. Batches without client requests (heartbeats,
-    /// membership changes) neither count nor break a run.
+    /// starts or extends a spin window. Batches without client requests (membership changes
+    /// only) neither count nor break a run.
     pub fn after_batch(&mut self, requests: usize) {
         let Some(last_kick) = &self.last_kick else {
             return;
@@ -129,10 +129,10 @@ mod tests {
         assert!(kicked_by_last(&run).await);
         // Once spinning, each further small batch extends the window.
         assert!(kicked_by_last(&[run.clone(), vec![1]].concat()).await);
-        // Heartbeat rounds do not break a run.
-        let mut with_heartbeat = run.clone();
-        with_heartbeat.insert(1, 0);
-        assert!(kicked_by_last(&with_heartbeat).await);
+        // Membership-only batches do not break a run.
+        let mut with_membership = run.clone();
+        with_membership.insert(1, 0);
+        assert!(kicked_by_last(&with_membership).await);
     }
 
     #[tokio::test]
@@ -144,9 +144,9 @@ mod tests {
         let mut broken = vec![1; CALM_BATCHES as usize];
         broken.insert(1, SPIN_MAX_BATCH + 1);
         assert!(!kicked_by_last(&broken).await);
-        // Nor does a heartbeat after a run.
-        let heartbeat_last = [vec![1; CALM_BATCHES as usize], vec![0]].concat();
-        assert!(!kicked_by_last(&heartbeat_last).await);
+        // Nor does a membership-only batch after a run.
+        let membership_last = [vec![1; CALM_BATCHES as usize], vec![0]].concat();
+        assert!(!kicked_by_last(&membership_last).await);
     }
 
     /// The spinner ends with its handle, even in the middle of a window.

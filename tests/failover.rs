@@ -94,8 +94,8 @@ async fn killing_the_leader_under_four_bidders_loses_no_acknowledged_bid() {
     h.assert_no_panics();
 }
 
-/// Every other test runs leaders that busy-poll after small batches (the default, and one
-/// client bidding makes every batch small). One that never does answers, fails over and hands
+/// Every other test runs leaders that busy-poll after runs of small batches (the default, and
+/// one client bidding makes every batch small). One that never does answers, fails over and hands
 /// its state over like any other.
 #[tokio::test]
 async fn a_leader_that_never_spins_serves_and_fails_over() {

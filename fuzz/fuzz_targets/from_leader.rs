@@ -5,27 +5,29 @@
 //!   `replica::check_leader` against the replica's challenge (fixed here: `NONCE`). It must
 //!   accept exactly the right proof from a valid node with a challenge of `auth::NONCE_LEN`
 //!   bytes, and nothing else. The replica keeps its state (`open_state`) from an earlier stream,
-//!   and a `replica::Follower` for the proven leader then takes the rest;
-//! - without a leading `Challenge`, the messages go to a `Follower` of leader 5400 that has
+//!   and a `replica::LeaderStream` for the proven leader then takes the rest;
+//! - without a leading `Challenge`, the messages go to a `LeaderStream` of leader 5400 that has
 //!   already taken `open_state` as its snapshot, so a lone `Append` or heartbeat is taken too.
 //!
-//! A message the follower refuses ends the stream. After every message it takes, the state must
-//! still survive the wire; an `Append` it takes adds one version per change.
+//! A message the `LeaderStream` refuses ends the stream. After every message it takes, the state
+//! must still survive the wire. An `Append` it takes must start right after the state's version,
+//! add one version per change, and move the clock to its latest change if that is later.
 #![no_main]
 
 use auction::auth::NONCE_LEN;
 use auction::pb::{self, FromLeader, from_leader::Msg};
-use auction::replica::{Follower, check_leader};
+use auction::replica::{LeaderStream, check_leader};
 use auction::replication::{Change, Member};
+use auction::types::Millis;
 use auction_fuzz::{
     NONCE, check_change_round_trip, check_state, cluster_secret, messages, open_state,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut stream = messages::<FromLeader>(data).peekable();
+    let mut messages = messages::<FromLeader>(data).peekable();
     let mut state = Some(open_state());
-    let mut follower = match stream.peek() {
+    let mut leader_stream = match messages.peek() {
         Some(FromLeader {
             msg: Some(Msg::Challenge(_)),
             ..
@@ -33,43 +35,53 @@ fuzz_target!(|data: &[u8]| {
             let Some(FromLeader {
                 msg: Some(Msg::Challenge(challenge)),
                 ..
-            }) = stream.next()
+            }) = messages.next()
             else {
                 return;
             };
             match check_handshake(challenge) {
-                Some(leader) => Follower::new(leader),
+                Some(leader) => LeaderStream::new(leader),
                 None => return,
             }
         }
         _ => {
-            let mut follower = Follower::new(open_state().leader);
+            let mut leader_stream = LeaderStream::new(open_state().leader);
             let snapshot = Msg::Snapshot(pb::State::from(&open_state()));
-            follower
+            leader_stream
                 .take(&mut state, Some(snapshot))
-                .expect("a follower takes its leader's valid snapshot");
-            follower
+                .expect("a replica takes its proven leader's valid snapshot");
+            leader_stream
         }
     };
-    for message in stream {
-        let before = state.as_ref().map(|s| s.version);
+    for message in messages {
+        let before = state.as_ref().map(|s| (s.version, s.clock));
+        // What a taken Append must do: start right after the state's version, add one version
+        // per change, and move the clock to its latest change if that is later.
         let appended = match &message.msg {
             Some(Msg::Append(append)) => {
+                let mut latest = Millis(0);
                 for change in &append.changes {
                     if let Ok(change) = Change::try_from(change.clone()) {
                         check_change_round_trip(&change);
+                        latest = latest.max(change.at);
                     }
                 }
-                Some(append.changes.len() as u64)
+                Some((append.first_version, append.changes.len() as u64, latest))
             }
             _ => None,
         };
-        let Ok(taken) = follower.take(&mut state, message.msg) else {
+        let Ok(taken) = leader_stream.take(&mut state, message.msg) else {
             return;
         };
-        assert_eq!(follower.leader(), Some(taken.leader));
-        if let (Some(before), Some(n)) = (before, appended) {
-            assert_eq!(taken.version, before + n, "an Append of {n} changes");
+        assert_eq!(leader_stream.leader(), Some(taken.leader));
+        if let (Some((version, clock)), Some((first, n, latest))) = (before, appended) {
+            assert_eq!(
+                first,
+                version + 1,
+                "an Append that does not follow on was taken"
+            );
+            assert_eq!(taken.version, version + n, "an Append of {n} changes");
+            assert_eq!(taken.clock, clock.max(latest), "the clock after an Append");
         }
         check_state(taken);
     }
