@@ -46,10 +46,11 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
 /// that waits for a stopped member to be fenced is not cut short.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The first and the longest pause between attempts. Short at first: a failover after a crash
-/// takes milliseconds, and a client should not sleep through it.
-const FIRST_BACKOFF: Duration = Duration::from_millis(1);
-const MAX_BACKOFF: Duration = Duration::from_millis(100);
+/// The first pause between attempts, doubled after each: short, because a failover after a
+/// crash takes milliseconds, and a client should not sleep through it.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+/// The longest pause between attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why a request has no outcome.
 #[derive(Debug, Error)]

@@ -20,7 +20,7 @@
 //! - [`history`] and [`checker`]: recorded client operations and the linearizability checker
 //!   whose sequential model is [`auction`] itself; [`nemesis`]: fault runs against a real
 //!   cluster that record a history and check it;
-//! - [`bench`]: closed- and open-loop load for `auction-bench`.
+//! - [`bench`](mod@bench): closed- and open-loop load for `auction-bench`.
 
 pub mod auction;
 pub mod auth;

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, fcntl_lock};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
@@ -218,13 +218,19 @@ pub fn holds_connection(pid: u32, local: SocketAddr, remote: SocketAddr) -> io::
     else {
         return Ok(false);
     };
-    let wanted = format!("socket:[{inode}]");
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Ok(false);
+    let pid_dir = PathBuf::from(format!("/proc/{pid}"));
+    Ok(holds_socket(&pid_dir, &format!("socket:[{inode}]")))
+}
+
+/// Whether the process of `/proc/PID` directory `pid_dir` has a descriptor open on `socket`
+/// (as its fd links name it: `socket:[INODE]`). False if its descriptors cannot be read (it is
+/// gone, or another user's).
+fn holds_socket(pid_dir: &Path, socket: &str) -> bool {
+    let Ok(fds) = std::fs::read_dir(pid_dir.join("fd")) else {
+        return false;
     };
-    Ok(fds
-        .flatten()
-        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str())))
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket))
 }
 
 /// The inode of the TCP socket bound to `local` whose `/proc/net/tcp*` fields also pass `more`
@@ -252,25 +258,11 @@ pub fn listener_pid(addr: SocketAddr) -> io::Result<Option<u32>> {
     let Some(inode) = socket_inode(addr, |f| f[3] == "0A")? else {
         return Ok(None);
     };
-    let wanted = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()) {
-                return Ok(Some(pid));
-            }
-        }
-    }
-    Ok(None)
+    let socket = format!("socket:[{inode}]");
+    Ok(std::fs::read_dir("/proc")?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        holds_socket(&entry.path(), &socket).then_some(pid)
+    }))
 }
 
 /// `addr` as `/proc/net/tcp*` writes it: the address's 32-bit words in host order, in hex.

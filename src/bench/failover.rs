@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::etcd_failover::{EtcdBidder, EtcdCluster};
 use super::redis_failover::{RedisCluster, SentinelClient};
-use crate::client::Client;
+use crate::client::{Client, FIRST_BACKOFF, MAX_BACKOFF};
 use crate::cluster::LocalCluster;
 use crate::nemesis::percentile;
 use crate::types::{Amount, BidderId};
@@ -397,8 +397,8 @@ impl Bidder for AuctionBidder {
     }
 }
 
-/// Pauses between the attempts of one request: 1 ms at first, doubling up to 100 ms (as the
-/// auction's own client does), until the budget is spent.
+/// Pauses between the attempts of one request, as the auction's own client does: from
+/// [`FIRST_BACKOFF`], doubling up to [`MAX_BACKOFF`], until the budget is spent.
 pub(super) struct Backoff {
     next: Duration,
     deadline: Instant,
@@ -407,7 +407,7 @@ pub(super) struct Backoff {
 impl Backoff {
     pub(super) fn new(budget: Duration) -> Self {
         Self {
-            next: Duration::from_millis(1),
+            next: FIRST_BACKOFF,
             deadline: Instant::now() + budget,
         }
     }
@@ -418,7 +418,7 @@ impl Backoff {
             return false;
         }
         tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_millis(100));
+        self.next = (self.next * 2).min(MAX_BACKOFF);
         true
     }
 }
