@@ -351,15 +351,8 @@ fn refused_or(status: Status, otherwise: impl FnOnce(&Status) -> FollowEnd) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Millis, NodeId, Token};
-
-    fn node(id: u16) -> Member {
-        Member {
-            id: NodeId(id),
-            pid: 1000 + u32::from(id),
-            start_time: 7,
-        }
-    }
+    use crate::replication::tests::node;
+    use crate::types::{Millis, Token};
 
     fn snapshot(leader: u16) -> Option<from_leader::Msg> {
         let state = ClusterState::founded(node(leader));

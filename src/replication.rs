@@ -277,11 +277,12 @@ impl<C> Followers<C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::types::{Amount, BidderId};
 
-    fn node(id: u16) -> Member {
+    /// A node process with a plausible identity, for tests.
+    pub(crate) fn node(id: u16) -> Member {
         Member {
             id: NodeId(id),
             pid: 1000 + u32::from(id),
