@@ -46,18 +46,12 @@ impl Spin {
     /// Spawns the spinner on the current runtime, which must be single-threaded (the spinner
     /// keeps that thread polling); a zero `window` turns spinning off.
     pub fn spawn(window: Duration) -> Self {
-        if window.is_zero() {
-            return Self {
-                last_kick: None,
-                calm: 0,
-            };
-        }
-        let (last_kick, kicks) = watch::channel(Instant::now());
-        tokio::spawn(spin(window, kicks));
-        Self {
-            last_kick: Some(last_kick),
-            calm: 0,
-        }
+        let last_kick = (!window.is_zero()).then(|| {
+            let (last_kick, kicks) = watch::channel(Instant::now());
+            tokio::spawn(spin(window, kicks));
+            last_kick
+        });
+        Self { last_kick, calm: 0 }
     }
 
     /// Told after each batch the leader sends, with its number of client requests: each small

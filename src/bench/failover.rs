@@ -397,8 +397,9 @@ impl Bidder for AuctionBidder {
     }
 }
 
-/// Pauses between the attempts of one request, as the auction's own client does: from
-/// [`FIRST_BACKOFF`], doubling up to [`MAX_BACKOFF`], until the budget is spent.
+/// Pauses between the attempts of one request, as long as the auction's own client's (without
+/// its jitter): from [`FIRST_BACKOFF`], doubling up to [`MAX_BACKOFF`], until the budget is
+/// spent.
 pub(super) struct Backoff {
     next: Duration,
     deadline: Instant,

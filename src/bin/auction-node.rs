@@ -48,10 +48,10 @@ struct Args {
     /// fence the leader.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
-    /// Microseconds the leader keeps polling its sockets instead of sleeping after 4 or more
-    /// batches in a row of at most 4 requests each, so that it is awake when the answers and the
-    /// next request arrive. Trades CPU for latency at light load (up to a core while requests
-    /// trickle in); 0 turns it off.
+    /// Microseconds the leader keeps polling its sockets instead of sleeping after each batch of
+    /// at most 4 requests, from the 4th such batch in a row on, so that it is awake when the
+    /// answers and the next request arrive. Trades CPU for latency at light load (up to a core
+    /// while requests trickle in); 0 turns it off.
     #[arg(long, default_value_t = auction::spin::DEFAULT_SPIN_US)]
     spin_us: u64,
     /// Milliseconds each place in the line of succession waits before taking over.
