@@ -162,8 +162,8 @@ pub async fn follow(
         let seq = message.seq;
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         let mut state = shared.lock().expect("state lock poisoned");
-        let current = match stream.take(&mut state, message.msg) {
-            Ok(current) => current,
+        let (version, joined) = match stream.take(&mut state, message.msg) {
+            Ok(current) => (current.version, !member && current.has_member(&me)),
             Err(what) => {
                 warn!("protocol error from the leader: {what}");
                 return FollowEnd::Lost {
@@ -171,29 +171,44 @@ pub async fn follow(
                 };
             }
         };
-        if !member && current.has_member(&me) {
-            // A member holds the cluster lock before its first ack as a member, so no node can
-            // found a new cluster while it lives. Nobody holds it exclusively while a leader
-            // is alive, so this succeeds.
-            if !matches!(lock.try_shared(), Ok(true)) {
-                warn!("cannot take the cluster lock");
-                return FollowEnd::Lost {
-                    leader: stream.leader(),
-                };
+        if joined {
+            if let Err(end) = hold_membership(lock.try_shared(), &mut state) {
+                return end;
             }
-            info!(version = current.version, "now a member");
+            info!(version, "now a member");
             member = true;
         }
         let ack = FromReplica {
-            msg: Some(from_replica::Msg::Ack(pb::Ack {
-                seq,
-                version: current.version,
-            })),
+            msg: Some(from_replica::Msg::Ack(pb::Ack { seq, version })),
         };
         drop(state);
         // Acks are cumulative: when the queue is full, the next ack carries this one.
         let _ = acks.try_send(ack);
     }
+}
+
+/// Lets a replica whose state has just listed it as a member act as one only if it took the
+/// cluster lock shared (`locked`): a member holds the lock before its first ack as a member, so
+/// no node can found a new cluster while it lives. Nobody holds the lock exclusively while a
+/// leader is alive, so in practice only a failing lock call refuses. Then the replica forgets
+/// the state that lists it, so that it neither acknowledges as a member nor takes over from the
+/// leader as one: it ends the stream and joins again, and the leader, whose commits wait for
+/// its ack, fences it if the lock keeps failing.
+///
+/// # Errors
+/// How the stream ends when the lock was not taken.
+fn hold_membership(
+    locked: std::io::Result<bool>,
+    state: &mut Option<ClusterState>,
+) -> Result<(), FollowEnd> {
+    let why = match locked {
+        Ok(true) => return Ok(()),
+        Ok(false) => "another node holds it exclusively".to_string(),
+        Err(e) => e.to_string(),
+    };
+    warn!("cannot take the cluster lock ({why}); joining again");
+    *state = None;
+    Err(FollowEnd::Lost { leader: None })
 }
 
 /// A replica's side of one stream after the handshake, without the I/O: it checks each message
@@ -384,6 +399,30 @@ mod tests {
 
     fn heartbeat() -> Option<from_leader::Msg> {
         Some(from_leader::Msg::Heartbeat(pb::Heartbeat::default()))
+    }
+
+    /// A replica that cannot take the cluster lock as it becomes a member must not act as one:
+    /// with its state gone, `node::run` neither fences the leader nor takes over, but joins again.
+    #[test]
+    fn a_new_member_without_the_cluster_lock_forgets_the_state() {
+        let member_state = || {
+            let mut state = None;
+            let mut stream = LeaderStream::new(node(5400));
+            let version = stream.take(&mut state, snapshot(5400)).unwrap().version;
+            let taken = stream.take(&mut state, append(version + 1, &[5401]));
+            assert!(taken.unwrap().has_member(&node(5401)));
+            state
+        };
+        let refusals = [Ok(false), Err(std::io::Error::other("no locks available"))];
+        for locked in refusals {
+            let shared = SharedState::new(Mutex::new(member_state()));
+            let end = hold_membership(locked, &mut shared.lock().unwrap()).unwrap_err();
+            assert!(matches!(end, FollowEnd::Lost { leader: None }), "{end:?}");
+            assert!(!is_member(&shared, &node(5401)));
+        }
+        let shared = SharedState::new(Mutex::new(member_state()));
+        hold_membership(Ok(true), &mut shared.lock().unwrap()).unwrap();
+        assert!(is_member(&shared, &node(5401)));
     }
 
     #[test]
