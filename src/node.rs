@@ -183,6 +183,10 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
             }
             // A member has fenced the silent leader already.
             FollowEnd::Silent { .. } => is_member,
+            FollowEnd::Unlocked(why) => {
+                warn!("cannot take the cluster lock ({why}); joining again");
+                false
+            }
             FollowEnd::Unreachable(why) => {
                 debug!("no leader at {leader_addr}: {why}");
                 false

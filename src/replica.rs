@@ -31,6 +31,9 @@ pub enum FollowEnd {
     Silent { leader: Option<Member> },
     /// The stream ended or broke: the leader is gone. `leader` is who had sent the state.
     Lost { leader: Option<Member> },
+    /// The state made this replica a member, but it could not take the cluster lock: it has
+    /// forgotten that state, so it is not a member here, and must join again.
+    Unlocked(String),
     /// The leader refused this node for good (for example, its id is in use).
     Refused(Status),
     /// The node on the replica port could not prove that it holds the cluster secret: it is
@@ -196,7 +199,7 @@ pub async fn follow(
 /// its ack, fences it if the lock keeps failing.
 ///
 /// # Errors
-/// How the stream ends when the lock was not taken.
+/// [`FollowEnd::Unlocked`] when the lock was not taken.
 fn hold_membership(
     locked: std::io::Result<bool>,
     state: &mut Option<ClusterState>,
@@ -206,9 +209,8 @@ fn hold_membership(
         Ok(false) => "another node holds it exclusively".to_string(),
         Err(e) => e.to_string(),
     };
-    warn!("cannot take the cluster lock ({why}); joining again");
     *state = None;
-    Err(FollowEnd::Lost { leader: None })
+    Err(FollowEnd::Unlocked(why))
 }
 
 /// A replica's side of one stream after the handshake, without the I/O: it checks each message
@@ -417,7 +419,7 @@ mod tests {
         for locked in refusals {
             let shared = SharedState::new(Mutex::new(member_state()));
             let end = hold_membership(locked, &mut shared.lock().unwrap()).unwrap_err();
-            assert!(matches!(end, FollowEnd::Lost { leader: None }), "{end:?}");
+            assert!(matches!(end, FollowEnd::Unlocked(_)), "{end:?}");
             assert!(!is_member(&shared, &node(5401)));
         }
         let shared = SharedState::new(Mutex::new(member_state()));
