@@ -215,10 +215,17 @@ impl Machine {
             last_seen: now,
             decision,
         };
-        if let Some(old) = self.sessions.insert(session, entry) {
-            self.by_age.remove(&(old.last_seen, session));
+        match self.sessions.insert(session, entry) {
+            // Seen again within the millisecond: its place in the age order stays.
+            Some(old) if old.last_seen == now => {}
+            Some(old) => {
+                self.by_age.remove(&(old.last_seen, session));
+                self.by_age.insert((now, session));
+            }
+            None => {
+                self.by_age.insert((now, session));
+            }
         }
-        self.by_age.insert((now, session));
     }
 
     fn expire(&mut self, now: Millis) {
@@ -385,6 +392,24 @@ mod tests {
         let ids: Vec<u64> = m.sessions().map(|(id, _)| id).collect();
         assert_eq!(ids, vec![2]);
         assert_eq!(m.by_age.len(), 1);
+    }
+
+    #[test]
+    fn a_session_keeps_one_place_in_the_age_order() {
+        let mut m = open_machine();
+        // Twice within one millisecond, then later: one entry, at the last time seen.
+        m.apply(t(5), id(1, 1), &bid("a", 1)).unwrap();
+        m.apply(t(5), id(1, 2), &bid("a", 2)).unwrap();
+        assert_eq!(m.by_age.iter().collect::<Vec<_>>(), [&(t(5), 1)]);
+        m.apply(t(6), id(1, 3), &bid("a", 3)).unwrap();
+        assert_eq!(m.by_age.iter().collect::<Vec<_>>(), [&(t(6), 1)]);
+        // It expires a whole TTL after it was last seen, not after it was first seen. (Any
+        // change expires sessions, whatever it decides: a close of the ended auction will do.)
+        let _ = m.apply(t(SESSION_TTL_MS + 5), None, &Op::Close);
+        assert_eq!(m.sessions().count(), 1);
+        let _ = m.apply(t(SESSION_TTL_MS + 6), None, &Op::Close);
+        assert_eq!(m.sessions().count(), 0);
+        assert!(m.by_age.is_empty());
     }
 
     #[test]

@@ -175,7 +175,11 @@ fn check_bidder(bidder: &BidderId) {
 /// exactly what the message said, that only the operator token starts or closes an auction, and
 /// that a refusal has the right code; then decides the request.
 pub fn check_client_op(op: Option<session_request::Op>) {
-    let validated = auction::server::session_request(op.clone(), &admission());
+    let validated = auction::server::session_request(
+        op.clone(),
+        &admission(),
+        &mut auction::server::Credentials::default(),
+    );
     let request = match validated {
         Err(status) => {
             match status.code() {
