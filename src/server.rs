@@ -19,7 +19,7 @@ use crate::pb::{
 };
 use crate::process::{self, ProcessHandle};
 use crate::replication::Member;
-use crate::types::{Amount, BidderId, Credential, Duration, Token};
+use crate::types::{Amount, BidderId, Credential, Duration, InputError, Token};
 
 /// The most replies one client session may have pending (in flight or not yet sent); beyond
 /// that the session stops reading requests until the client reads its replies.
@@ -90,8 +90,8 @@ impl Credentials {
     /// The credential of `token`, which must be a valid token.
     ///
     /// # Errors
-    /// [`InputError::Token`](crate::types::InputError::Token) when it is not.
-    pub fn of(&mut self, token: String) -> Result<Credential, crate::types::InputError> {
+    /// [`InputError::Token`] when it is not.
+    pub fn of(&mut self, token: String) -> Result<Credential, InputError> {
         if let Some((last, credential)) = &self.last
             && last.expose() == token
         {
