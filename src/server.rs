@@ -80,7 +80,7 @@ fn bid(r: BidRequest, credentials: &mut Credentials) -> Result<Request, Status> 
 }
 
 /// The last valid token a session's bids carried, with its credential. A session's bids nearly
-/// always carry the same token, and checking and hashing it took half of a bid's validation.
+/// always carry the same token, and checking and hashing it was most of a bid's validation.
 #[derive(Debug, Default)]
 pub struct Credentials {
     last: Option<(Token, Credential)>,

@@ -175,11 +175,14 @@ fn check_bidder(bidder: &BidderId) {
 /// exactly what the message said, that only the operator token starts or closes an auction, and
 /// that a refusal has the right code; then decides the request.
 pub fn check_client_op(op: Option<session_request::Op>) {
-    let validated = auction::server::session_request(
-        op.clone(),
-        &admission(),
-        &mut auction::server::Credentials::default(),
-    );
+    // The session has bid with BIDDER_TOKEN before, so a bid that carries it is checked through
+    // the credential the session remembers, and any other token afresh: the checks below hold
+    // for both.
+    let mut credentials = auction::server::Credentials::default();
+    credentials
+        .of(BIDDER_TOKEN.to_string())
+        .expect("BIDDER_TOKEN is valid");
+    let validated = auction::server::session_request(op.clone(), &admission(), &mut credentials);
     let request = match validated {
         Err(status) => {
             match status.code() {
