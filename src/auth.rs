@@ -281,6 +281,11 @@ impl ClusterSecret {
         Self(secret)
     }
 
+    /// The secret itself, to hand to a child process through [`SECRET_ENV`].
+    pub fn token(&self) -> &Token {
+        &self.0
+    }
+
     /// The leader's answer to a joining replica's challenge. It names the leader, so a proof
     /// cannot be passed off for another process.
     pub fn leader_proof(

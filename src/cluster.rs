@@ -227,6 +227,13 @@ pub struct Spec {
     pub owns_auth_dir: bool,
     /// Whether nodes serve TLS (`--tls`), and clients dial with it.
     pub tls: bool,
+    /// More environment for every node, for example a [`FakeClock`]'s.
+    pub node_env: Vec<(String, String)>,
+    /// Whether each node gets a /tmp of its own, empty at its start, as a service with
+    /// systemd's `PrivateTmp=yes` does: it runs in a mount namespace of its own with a fresh
+    /// tmpfs on /tmp (needs root and util-linux's `unshare`). The nodes then take the cluster
+    /// secret and the operator token from the environment, since the auth dir may be in /tmp.
+    pub private_tmp: bool,
 }
 
 impl Spec {
@@ -257,6 +264,8 @@ impl Spec {
             auth_dir,
             owns_auth_dir: true,
             tls: false,
+            node_env: Vec::new(),
+            private_tmp: false,
         })
     }
 
@@ -295,7 +304,21 @@ impl LocalCluster {
     /// # Errors
     /// The process could not be started.
     pub fn start(&mut self, id: u16) -> std::io::Result<()> {
-        let mut cmd = Command::new(&self.spec.node_bin);
+        let mut cmd = if self.spec.private_tmp {
+            let auth = AuthDir::new(&self.spec.auth_dir);
+            let secret = auth.cluster_secret().map_err(std::io::Error::other)?;
+            let operator = auth.operator_token().map_err(std::io::Error::other)?;
+            // unshare and sh exec in turn, so the pid spawned is the node's own.
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(r#"mount -t tmpfs tmpfs /tmp && exec "$0" "$@""#)
+                .arg(&self.spec.node_bin)
+                .env(crate::auth::SECRET_ENV, secret.token().expose())
+                .env(crate::auth::OPERATOR_ENV, operator.expose());
+            cmd
+        } else {
+            Command::new(&self.spec.node_bin)
+        };
         cmd.arg("--port")
             .arg(id.to_string())
             .arg("--client-port")
@@ -306,6 +329,7 @@ impl LocalCluster {
             .args(self.spec.tls.then_some("--tls"))
             .env("AUCTION_AUTH_DIR", &self.spec.auth_dir)
             .env("RUST_LOG", &self.spec.log_filter)
+            .envs(self.spec.node_env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_BACKTRACE");
         let proc = Proc::spawn(cmd, &format!("node {id}"), &self.transcript)?;
         self.nodes.insert(id, proc);
@@ -435,4 +459,75 @@ pub fn leader_of(status: &StatusReply) -> Option<u16> {
         .leader
         .as_ref()
         .and_then(|l| u16::try_from(l.id).ok())
+}
+
+/// Where Debian's libfaketime keeps the library, per architecture.
+const LIBFAKETIME_DIRS: [&str; 3] = [
+    "/usr/lib/x86_64-linux-gnu/faketime",
+    "/usr/lib/aarch64-linux-gnu/faketime",
+    "/usr/lib/faketime",
+];
+
+/// A wall clock that tests and fault runs step, shared by every process started with its
+/// [`FakeClock::env`]: libfaketime (Debian's `faketime` package) is preloaded and reads the
+/// offset from one file at every call, while the monotonic clock runs on untouched, as on a host
+/// whose wall clock an NTP step or an operator's `date -s` moves.
+#[derive(Debug)]
+pub struct FakeClock {
+    /// The preloaded library.
+    library: PathBuf,
+    /// The offset file; its content is the offset from the real wall clock, like "-3600" (s).
+    file: PathBuf,
+}
+
+impl FakeClock {
+    /// A clock at offset 0 whose offset file is `file`.
+    ///
+    /// # Errors
+    /// libfaketime is not installed (the message names the package), or the file cannot be
+    /// written.
+    pub fn new(file: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let library = LIBFAKETIME_DIRS
+            .iter()
+            .map(|d| PathBuf::from(d).join("libfaketime.so.1"))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "libfaketime.so.1 not found: install Debian's faketime package \
+                     (apt-get install faketime)",
+                )
+            })?;
+        let clock = Self {
+            library,
+            file: file.into(),
+        };
+        clock.set_offset(0)?;
+        Ok(clock)
+    }
+
+    /// The environment that puts a process on this clock.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("LD_PRELOAD", self.library.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Steps the wall clock of every process on this clock to `secs` seconds away from the real
+    /// one (negative: into the past). Written to a new file and renamed over the old one, so no
+    /// reader ever sees half an offset.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn set_offset(&self, secs: i64) -> std::io::Result<()> {
+        let tmp = self.file.with_extension("next");
+        std::fs::write(&tmp, format!("{secs:+}\n"))?;
+        std::fs::rename(&tmp, &self.file)
+    }
 }

@@ -88,6 +88,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         owns_auth_dir: false,
         tls: args.tls,
+        node_env: Vec::new(),
+        private_tmp: false,
     };
     let client_bin = sibling_binary("auction-client")?;
     let transcript = Transcript::new(true);
