@@ -66,13 +66,15 @@ fn codec(c: &mut Criterion) {
         let changes: Vec<Change> = bids(batch as u64, 64)
             .into_iter()
             .map(|(id, op)| Change {
-                at: Millis(1_795_000_000_000),
+                at: Millis(86_400_000),
                 kind: ChangeKind::Client { id: Some(id), op },
             })
             .collect();
         let append = pb::Append {
             first_version: 1,
             changes: changes.iter().map(Into::into).collect(),
+            generation: 1,
+            epoch: 1,
         };
         let bytes = append.encode_to_vec();
         group.throughput(Throughput::Elements(batch as u64));
@@ -81,6 +83,8 @@ fn codec(c: &mut Criterion) {
                 pb::Append {
                     first_version: 1,
                     changes: changes.iter().map(Into::into).collect(),
+                    generation: 1,
+                    epoch: 1,
                 }
                 .encode_to_vec()
             })

@@ -7,6 +7,7 @@ use crate::auction::Op;
 use crate::leader::{Detail, Reply, Request};
 use crate::node::{Role, RoleCell};
 use crate::pb;
+use crate::replica::Held;
 use crate::types::{Duration, InputError};
 
 /// A command typed into a node's terminal.
@@ -69,7 +70,7 @@ pub async fn execute(
             // Invariant: no code panics while holding this lock, so it is never poisoned.
             let line = match state.lock().expect("state lock poisoned").as_ref() {
                 None => "this node is looking for the leader".to_string(),
-                Some(s) => format!(
+                Some(Held { state: s, .. }) => format!(
                     "this node is a {}; node {} leads (epoch {}, version {}, digest {:016x}). \
                      Type start/close on the leader's terminal, or use auction-client.",
                     if s.has_member(&me) {

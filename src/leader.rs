@@ -15,9 +15,11 @@ use tracing::{debug, error, info, warn};
 use crate::auction::{Decision, Op};
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
 use crate::process::{self, Fenced};
-use crate::replication::{Change, ChangeKind, ClusterState, ConnId, Followers, Lateness, Member};
+use crate::replication::{
+    Change, ChangeKind, ClockReading, ClusterState, ConnId, Followers, Lateness, Member,
+};
 use crate::spin::Spin;
-use crate::types::{Duration as AuctionDuration, Millis, RequestId};
+use crate::types::{Duration as AuctionDuration, Millis, RequestId, wall_clock_ms};
 
 /// How many messages may wait for one replica before it counts as hopelessly behind. A replica
 /// that stops reading is fenced by the ack timeout long before a healthy one fills this.
@@ -205,6 +207,10 @@ impl Round {
 struct Leader {
     me: Member,
     state: ClusterState,
+    /// The auction clock when this node took the lead (or founded), on this node's monotonic
+    /// clock: the leader advances the auction clock by monotonic time only, so no step of the
+    /// wall clock moves a deadline (DESIGN.md, "Time").
+    clock: ClockReading,
     followers: Followers<Peer>,
     timing: Timing,
     /// Requests that arrived since the last batch went out.
@@ -219,12 +225,13 @@ struct Leader {
     spin: Spin,
 }
 
-/// Starts the leader task on `state` and returns its handle. `initial` changes (opening the
-/// first auction, or taking over from a failed leader) form the first batch. The task ends when
-/// `shutdown` resolves or every handle is dropped.
+/// Starts the leader task on `state` and returns its handle. The auction clock resumes from
+/// `clock`. `initial` changes (opening the first auction, or taking over from a failed leader)
+/// form the first batch. The task ends when `shutdown` resolves or every handle is dropped.
 pub fn spawn(
     me: Member,
     state: ClusterState,
+    clock: ClockReading,
     initial: Vec<ChangeKind>,
     timing: Timing,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -234,6 +241,7 @@ pub fn spawn(
     let leader = Leader {
         me,
         state,
+        clock,
         followers: Followers::default(),
         timing,
         queued: Vec::new(),
@@ -370,6 +378,20 @@ impl Leader {
         self.followers.attach(conn, node, peer);
         let snapshot = from_leader::Msg::Snapshot((&self.state).into());
         self.send(conn, snapshot);
+        // The state's clock is that of its last change; the replica also needs the clock now.
+        self.send(conn, self.heartbeat());
+    }
+
+    /// The auction clock now: monotonic time since this node took the lead, never behind the
+    /// state's own clock.
+    fn now(&self) -> Millis {
+        self.clock.at(Instant::now()).max(self.state.clock)
+    }
+
+    fn heartbeat(&self) -> from_leader::Msg {
+        from_leader::Msg::Heartbeat(pb::Heartbeat {
+            clock_ms: self.now().0,
+        })
     }
 
     /// Fences `node`, then commits its removal. A member that could not be fenced stays: commits
@@ -420,10 +442,9 @@ impl Leader {
             );
             self.followers.forgive(now);
         }
-        let version = self.state.version;
         let conns: Vec<ConnId> = self.followers.iter_mut().map(|(c, _)| c).collect();
         for conn in conns {
-            self.send(conn, from_leader::Msg::Heartbeat(pb::Heartbeat { version }));
+            self.send(conn, self.heartbeat());
         }
         for (node, why) in self.followers.late(&self.state, now, self.timing.timeout) {
             match why {
@@ -499,9 +520,21 @@ impl Leader {
     }
 
     fn send_batch(&mut self) {
-        let now = Millis::now().max(self.state.clock);
+        let now = self.now();
+        let (generation, epoch) = (self.state.generation, self.state.epoch);
         let first_version = self.state.version + 1;
         let mut changes = Vec::new();
+        // A read must not say "closed" because of a clock reading that no member holds: a
+        // successor resuming from an earlier reading would say "open" again. So a read that
+        // would see the deadline pass commits the clock with it.
+        let auction = &self.state.machine.auction;
+        let reads = self
+            .queued
+            .iter()
+            .any(|(r, _)| matches!(r, Request::Result));
+        if reads && auction.is_open(self.state.clock) && !auction.is_open(now) {
+            self.queued_changes.push(ChangeKind::Tick);
+        }
         for kind in std::mem::take(&mut self.queued_changes) {
             let change = Change { at: now, kind };
             self.state.apply(&change);
@@ -540,6 +573,8 @@ impl Leader {
             let append = pb::Append {
                 first_version,
                 changes: changes.iter().map(Into::into).collect(),
+                generation: generation.0,
+                epoch,
             };
             let conns: Vec<ConnId> = self.followers.iter_mut().map(|(c, _)| c).collect();
             if let Some((&last, others)) = conns.split_last() {
@@ -557,11 +592,11 @@ impl Leader {
     }
 
     fn view(&self, now: Millis) -> AuctionView {
-        pb::auction_view(&self.state.machine.auction, now)
+        pb::auction_view(&self.state.machine.auction, now, wall_clock_ms())
     }
 
     fn status(&self, detail: Detail) -> pb::StatusReply {
-        let now = Millis::now().max(self.state.clock);
+        let now = self.now();
         pb::StatusReply {
             leader: Some(self.me.into()),
             members: self.state.members.iter().map(|m| (*m).into()).collect(),
@@ -591,26 +626,82 @@ pub fn start_change(duration: AuctionDuration) -> ChangeKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::Generation;
     use crate::types::{Amount, BidderId, NodeId};
+
+    fn lone_member() -> Member {
+        Member {
+            id: NodeId(1),
+            pid: std::process::id(),
+            start_time: 0,
+        }
+    }
+
+    fn quiet() -> Timing {
+        Timing {
+            heartbeat: Duration::from_secs(3600),
+            timeout: Duration::from_secs(7200),
+            spin: Duration::ZERO,
+        }
+    }
+
+    /// A reading of `clock` taken `ago` before now.
+    fn clock_at(clock: Millis, ago: Duration) -> ClockReading {
+        let now = Instant::now();
+        ClockReading {
+            clock,
+            at: now.checked_sub(ago).unwrap_or(now),
+        }
+    }
+
+    /// The auction's deadline passed on the leader's clock, but no member holds a clock reading
+    /// past it: before a read may say "closed", the leader commits the clock, so a successor
+    /// cannot say "open" again.
+    #[tokio::test]
+    async fn a_read_that_sees_the_deadline_pass_commits_the_clock_first() {
+        let me = lone_member();
+        let mut state = ClusterState::founded(me, Generation(1));
+        state.apply(&Change {
+            at: Millis(0),
+            kind: start_change(AuctionDuration::from_secs(1).unwrap()),
+        });
+        let leader = spawn(
+            me,
+            state,
+            // The clock read 0 five seconds ago: it reads 5,000 now, past the deadline (1,000).
+            clock_at(Millis(0), Duration::from_secs(5)),
+            Vec::new(),
+            quiet(),
+            std::future::pending(),
+        );
+        let status = |reply| match reply {
+            Reply::Status(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let before = status(leader.call(Request::Status(Detail::Summary)).await.unwrap());
+        let Reply::Result(view) = leader.call(Request::Result).await.unwrap() else {
+            panic!("a result");
+        };
+        assert!(!view.open, "the deadline has passed");
+        let after = status(leader.call(Request::Status(Detail::Summary)).await.unwrap());
+        assert_eq!(after.version, before.version + 1, "the clock was committed");
+        // Once committed, the next read needs no new change.
+        leader.call(Request::Result).await.unwrap();
+        let again = status(leader.call(Request::Status(Detail::Summary)).await.unwrap());
+        assert_eq!(again.version, after.version);
+    }
 
     /// A leader alone in its cluster answers as soon as it has applied a request, not on its
     /// next heartbeat.
     #[tokio::test]
     async fn a_leader_without_followers_answers_at_once() {
-        let me = Member {
-            id: NodeId(1),
-            pid: std::process::id(),
-            start_time: 0,
-        };
-        let timing = Timing {
-            heartbeat: Duration::from_secs(3600),
-            timeout: Duration::from_secs(7200),
-            spin: Duration::ZERO,
-        };
+        let me = lone_member();
+        let timing = quiet();
         let opening = start_change(AuctionDuration::from_millis(60_000).unwrap());
         let leader = spawn(
             me,
-            ClusterState::founded(me),
+            ClusterState::founded(me, Generation(1)),
+            clock_at(Millis(0), Duration::ZERO),
             vec![opening],
             timing,
             std::future::pending(),

@@ -3,31 +3,31 @@
 //!
 //! Leadership is ownership of the replica port: the OS lets one process listen on an address, so
 //! there is at most one leader. Only the holder of the replica port binds the client port. A node
-//! founds a new cluster only when no member of the cluster on this replica port is alive (the
-//! cluster lock); otherwise a new node joins, and only members, which hold every committed
-//! change, ever take over.
+//! founds a new cluster only when, holding the replica port, it finds no live member of the
+//! cluster on it (no [`MemberMark`]); otherwise a new node joins, and only members, which hold
+//! every committed change, ever take over.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::ClusterSecret;
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::limits::{self, Limits, MAX_MESSAGE_BYTES, Unproven};
 use crate::pb;
-use crate::process::{self, ClusterLock, Fenced};
-use crate::replica::{self, FollowEnd, SharedState};
-use crate::replication::{ChangeKind, ClusterState, Member};
+use crate::process::{self, Fenced, Listener, MemberMark};
+use crate::replica::{self, FollowEnd, Held, SharedState};
+use crate::replication::{ChangeKind, ClockReading, ClusterState, Generation, Member};
 use crate::server::{Admission, AuctionService, ReplicationService};
 use crate::tls::ServerTls;
-use crate::types::{Credential, Duration as AuctionDuration, NodeId};
+use crate::types::{Credential, Duration as AuctionDuration, Millis, NodeId, fill_random};
 
 /// Everything a node needs to know.
 #[derive(Clone, Debug)]
@@ -68,8 +68,11 @@ impl Config {
 /// Why a node stopped.
 #[derive(Debug, Error)]
 pub enum NodeError {
-    #[error("{addr} is in use by a program that is not an auction node")]
-    PortTaken { addr: SocketAddr },
+    #[error(
+        "{addr} is held by {holder}, which is not an auction node of this user; \
+         choose another port (--leader-port, --client-port)"
+    )]
+    PortTaken { addr: SocketAddr, holder: Listener },
     #[error(
         "the node at {addr} does not share this node's cluster secret ({why}); \
          start every node with the same secret"
@@ -132,9 +135,10 @@ fn set_role(cell: &RoleCell, role: Role) {
 pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), NodeError> {
     process::raise_open_file_limit();
     let me = process::this_node(cfg.id).map_err(io("reading /proc/self"))?;
-    let lock = ClusterLock::open(cfg.leader_addr()).map_err(io("opening the cluster lock"))?;
     let leader_addr = cfg.leader_addr();
     let shared = SharedState::default();
+    // Taken when this node becomes a member, held until it dies.
+    let mut mark: Option<MemberMark> = None;
     set_role(
         &role,
         Role::Replica {
@@ -145,25 +149,43 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
     // Pause between attempts of a node that is not a member, or that found no leader to dial.
     let mut backoff = MIN_BACKOFF;
     loop {
+        // Whether a node that is not a member found the replica port held by another process.
+        let mut port_held = false;
         if replica::is_member(&shared, &me) {
+            // Invariant: no code panics while holding this lock, so it is never poisoned.
             let current = shared.lock().expect("state lock poisoned").clone();
-            let current = current.expect("a member has a state");
-            if let Some(listener) = take_over(&cfg, &me, &current).await? {
-                let old = current.leader;
+            let held = current.expect("a member holds a state");
+            if let Some(listener) = take_over(&cfg, &me, &held.state).await? {
+                let old = held.state.leader;
                 let initial = vec![ChangeKind::Lead(me), ChangeKind::Leave(old.id)];
+                let clock = resume(held.clock);
                 info!(old_leader = %old.id, "took over the replica port");
-                return lead(&cfg, me, current, initial, listener, role, shutdown).await;
+                return lead(
+                    &cfg, me, held.state, clock, initial, listener, role, shutdown,
+                )
+                .await;
             }
-        } else if lock.try_exclusive().map_err(io("locking"))? {
-            let listener = found(&cfg, &lock).await?;
-            let received = shared.lock().expect("state lock poisoned").take();
-            let (state, initial) = founding_state(me, received, cfg.duration);
-            info!(%leader_addr, "no member is alive: founding a new cluster");
-            return lead(&cfg, me, state, initial, listener, role, shutdown).await;
+        } else {
+            match vacancy(&cfg).await? {
+                Vacancy::Free(listener) => {
+                    // Held while this process lives, so no later node founds beside it.
+                    let _member = MemberMark::take(leader_addr).map_err(io("marking a member"))?;
+                    let generation = new_generation().map_err(io("drawing a generation"))?;
+                    let received = shared.lock().expect("state lock poisoned").take();
+                    let (state, clock, initial) =
+                        founding_state(me, received, cfg.duration, generation);
+                    info!(%leader_addr, generation = %state.generation, "no member is alive: founding a new cluster");
+                    return lead(&cfg, me, state, clock, initial, listener, role, shutdown).await;
+                }
+                Vacancy::MembersAlive(pids) => {
+                    debug!(?pids, "members are alive: joining, not founding");
+                }
+                Vacancy::Held => port_held = true,
+            }
         }
         let end = tokio::select! {
             () = shutdown.clone().wait() => return Ok(()),
-            end = replica::follow(leader_addr, me, &cfg.secret, cfg.tls.as_ref(), cfg.timing, &lock, &shared) => end,
+            end = replica::follow(leader_addr, me, &cfg.secret, cfg.tls.as_ref(), cfg.timing, &mut mark, &shared) => end,
         };
         let is_member = replica::is_member(&shared, &me);
         let retry_at_once = match end {
@@ -171,23 +193,32 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
             FollowEnd::Lost { leader } => {
                 if let Some(leader) = leader.filter(|_| is_member) {
                     warn!(leader = %leader.id, "lost the leader");
-                    match process::fence(&leader) {
-                        Ok(Fenced::Killed) => warn!(leader = %leader.id, "fenced the lost leader"),
-                        Ok(Fenced::AlreadyGone) => {}
-                        Err(e) => {
-                            warn!(leader = %leader.id, "could not fence the lost leader: {e}")
-                        }
-                    }
+                    fence_leader(&leader, "lost");
                 }
                 is_member
             }
             // A member has fenced the silent leader already.
-            FollowEnd::Silent { .. } => is_member,
-            FollowEnd::Unlocked(why) => {
-                warn!("cannot take the cluster lock ({why}); joining again");
+            FollowEnd::Silent { .. } if is_member => true,
+            FollowEnd::Silent { .. } => {
+                if port_held {
+                    check_port_holder(leader_addr)?;
+                }
+                false
+            }
+            FollowEnd::Stale { leader, why } => {
+                error!(leader = %leader.id, "refused the leader's state: {why}");
+                // Only a member can take over; it does once the stale leader is fenced. One
+                // that cannot fence it serves nothing rather than guess.
+                is_member && fence_leader(&leader, "stale")
+            }
+            FollowEnd::Unmarked(why) => {
+                warn!("cannot take the member mark ({why}); joining again");
                 false
             }
             FollowEnd::Unreachable(why) => {
+                if port_held && !is_member {
+                    check_port_holder(leader_addr)?;
+                }
                 debug!("no leader at {leader_addr}: {why}");
                 false
             }
@@ -216,56 +247,115 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
-/// The state a new cluster starts from, and the changes of its first batch. A node that joined
-/// but outlived every member keeps the state it received rather than lose it; otherwise the
-/// cluster starts empty and opens its first auction.
+/// Fences the leader this member followed (`why` says how it failed). Returns whether it is
+/// gone, so this member may take over.
+fn fence_leader(leader: &Member, why: &str) -> bool {
+    match process::fence(leader) {
+        Ok(Fenced::Killed) => {
+            warn!(leader = %leader.id, "fenced the {why} leader");
+            true
+        }
+        Ok(Fenced::AlreadyGone) => true,
+        Err(e) => {
+            warn!(leader = %leader.id, "could not fence the {why} leader: {e}");
+            false
+        }
+    }
+}
+
+/// Fails when the replica port, which this node could not bind and where nothing answered as a
+/// leader, is held by a program that is not an auction node: nothing will ever answer there.
+///
+/// # Errors
+/// [`NodeError::PortTaken`], naming the holder.
+fn check_port_holder(addr: SocketAddr) -> Result<(), NodeError> {
+    match process::listener(addr) {
+        Ok(Some(holder)) if !holder.is_node => Err(NodeError::PortTaken { addr, holder }),
+        _ => Ok(()),
+    }
+}
+
+/// What a node that is not a member found at the replica port.
+enum Vacancy {
+    /// The port is free and no member lives: this node holds the port and may found.
+    Free(TcpListener),
+    /// Another process holds the port: a leader, or a node about to lead or to give way.
+    Held,
+    /// The port is free, but these members live (paused, or about to take over): join them.
+    MembersAlive(Vec<u32>),
+}
+
+/// Binds the replica port and, holding it, looks for live members. While this node holds the
+/// port no node leads, so none can become a member: no member is added between the look and
+/// this node's own mark. A node that cannot tell whether a member lives does not found.
+async fn vacancy(cfg: &Config) -> Result<Vacancy, NodeError> {
+    let listener = match TcpListener::bind(cfg.leader_addr()).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Ok(Vacancy::Held),
+        Err(e) => return Err(io("binding the replica port")(e)),
+    };
+    match process::live_members(cfg.leader_addr()) {
+        Ok(pids) if pids.is_empty() => Ok(Vacancy::Free(listener)),
+        Ok(pids) => Ok(Vacancy::MembersAlive(pids)),
+        Err(e) => {
+            warn!("cannot tell whether a member is alive ({e}); not founding");
+            Ok(Vacancy::MembersAlive(Vec::new()))
+        }
+    }
+}
+
+/// A new cluster's identity: random, never 0.
+fn new_generation() -> std::io::Result<Generation> {
+    loop {
+        let mut bytes = [0; 8];
+        fill_random(&mut bytes)?;
+        let g = u64::from_le_bytes(bytes);
+        if g != 0 {
+            return Ok(Generation(g));
+        }
+    }
+}
+
+/// The auction clock a new leader starts from: its last reading of the old leader's clock plus
+/// the time this node measured since, re-anchored now.
+fn resume(reading: ClockReading) -> ClockReading {
+    let now = Instant::now();
+    ClockReading {
+        clock: reading.at(now),
+        at: now,
+    }
+}
+
+/// The state a new cluster starts from, its clock, and the changes of its first batch. A node
+/// that joined but outlived every member keeps the state it received rather than lose it;
+/// otherwise the cluster, `generation`, starts empty and opens its first auction.
 fn founding_state(
     me: Member,
-    received: Option<ClusterState>,
+    received: Option<Held>,
     duration: AuctionDuration,
-) -> (ClusterState, Vec<ChangeKind>) {
+    generation: Generation,
+) -> (ClusterState, ClockReading, Vec<ChangeKind>) {
     match received {
-        Some(state) => {
-            // The exclusive cluster lock proves every other member is dead.
+        Some(held) => {
+            // No member mark was found: every other member is dead.
             let mut initial = vec![ChangeKind::Join(me), ChangeKind::Lead(me)];
             initial.extend(
-                state
+                held.state
                     .members
                     .iter()
                     .filter(|m| m.id != me.id)
                     .map(|m| ChangeKind::Leave(m.id)),
             );
-            (state, initial)
+            (held.state, resume(held.clock), initial)
         }
         None => (
-            ClusterState::founded(me),
+            ClusterState::founded(me, generation),
+            ClockReading {
+                clock: Millis(0),
+                at: Instant::now(),
+            },
             vec![leader::start_change(duration)],
         ),
-    }
-}
-
-/// Binds the replica port for a new cluster. The caller holds the cluster lock exclusively, so
-/// no node is alive; a port still bound belongs to a node that is exiting, or to another program.
-async fn found(cfg: &Config, lock: &ClusterLock) -> Result<TcpListener, NodeError> {
-    let listener = bind_patiently(cfg.leader_addr(), Duration::from_secs(2)).await;
-    // Converting exclusive to shared is atomic for POSIX locks: nobody can found in between.
-    lock.try_shared().map_err(io("locking"))?;
-    listener
-}
-
-async fn bind_patiently(addr: SocketAddr, patience: Duration) -> Result<TcpListener, NodeError> {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return Ok(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(NodeError::PortTaken { addr });
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => return Err(io("binding")(e)),
-        }
     }
 }
 
@@ -296,16 +386,25 @@ async fn take_over(
 }
 
 /// Leads until shutdown: serves replicas at once, and clients as soon as the client port is free.
+#[allow(clippy::too_many_arguments)]
 async fn lead(
     cfg: &Config,
     me: Member,
     state: ClusterState,
+    clock: ClockReading,
     initial: Vec<ChangeKind>,
     replica_listener: TcpListener,
     role: RoleCell,
     shutdown: Shutdown,
 ) -> Result<(), NodeError> {
-    let handle = leader::spawn(me, state, initial, cfg.timing, shutdown.clone().wait());
+    let handle = leader::spawn(
+        me,
+        state,
+        clock,
+        initial,
+        cfg.timing,
+        shutdown.clone().wait(),
+    );
     set_role(&role, Role::Leader(handle.clone()));
     let unproven = Unproven::default();
     // A replica needs one stream; a few more cover a reconnect racing the old stream's end.
@@ -408,7 +507,6 @@ async fn bind_client_port(addr: SocketAddr) -> Result<TcpListener, NodeError> {
 mod tests {
     use super::*;
     use crate::replication::Change;
-    use crate::types::Millis;
 
     fn node(id: u16) -> Member {
         Member {
@@ -419,24 +517,42 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_founder_opens_the_first_auction() {
-        let (state, initial) =
-            founding_state(node(1), None, AuctionDuration::from_secs(5).unwrap());
-        assert_eq!(state, ClusterState::founded(node(1)));
+    fn a_fresh_founder_opens_the_first_auction_at_clock_zero() {
+        let (state, clock, initial) = founding_state(
+            node(1),
+            None,
+            AuctionDuration::from_secs(5).unwrap(),
+            Generation(4),
+        );
+        assert_eq!(state, ClusterState::founded(node(1), Generation(4)));
+        assert_eq!(clock.clock, Millis(0));
         assert_eq!(initial.len(), 1);
     }
 
     #[test]
     fn a_joiner_that_outlived_every_member_founds_from_what_it_received() {
-        let mut received = ClusterState::founded(node(1));
+        let mut received = ClusterState::founded(node(1), Generation(4));
         received.apply(&Change {
             at: Millis(1),
             kind: ChangeKind::Join(node(2)),
         });
-        let (mut state, initial) = founding_state(
+        let reading = ClockReading {
+            clock: Millis(7_000),
+            at: Instant::now(),
+        };
+        let held = Held {
+            state: received,
+            clock: reading,
+        };
+        let (mut state, clock, initial) = founding_state(
             node(3),
-            Some(received),
+            Some(held),
             AuctionDuration::from_secs(5).unwrap(),
+            Generation(5),
+        );
+        assert!(
+            clock.clock >= Millis(7_000),
+            "the clock resumes, not restarts"
         );
         for kind in initial {
             state.apply(&Change {
@@ -444,8 +560,32 @@ mod tests {
                 kind,
             });
         }
+        assert_eq!(state.generation, Generation(4), "the same cluster");
         assert_eq!(state.leader, node(3));
         assert_eq!(state.members, vec![node(3)]);
         assert_eq!(state.epoch, 2);
+    }
+
+    #[test]
+    fn a_new_leader_resumes_the_clock_from_its_last_reading_plus_the_time_since() {
+        let ago = Duration::from_millis(1_500);
+        let now = Instant::now();
+        let Some(then) = now.checked_sub(ago) else {
+            return;
+        };
+        let resumed = resume(ClockReading {
+            clock: Millis(10_000),
+            at: then,
+        });
+        assert!(resumed.clock >= Millis(11_500));
+        // Never more than the time that really passed since (a test that ran slow may add some).
+        assert!(resumed.clock <= Millis(10_000).after(then.elapsed()));
+    }
+
+    #[test]
+    fn generations_are_random_and_never_zero() {
+        let (a, b) = (new_generation().unwrap(), new_generation().unwrap());
+        assert_ne!(a, b);
+        assert_ne!(a.0, 0);
     }
 }

@@ -5,7 +5,7 @@
 use thiserror::Error;
 
 use crate::auction::{self, Auction, Bid, Machine, Op};
-use crate::replication::{self, ChangeKind, ClusterState, Member};
+use crate::replication::{self, ChangeKind, ClusterState, Generation, Member};
 use crate::types::{self, Amount, BidderId, Credential, Duration, InputError, Millis, NodeId};
 
 /// The code generated from `proto/auction.proto`.
@@ -37,6 +37,8 @@ pub enum WireError {
     Credential(usize),
     #[error("{0} {1} is beyond {max}", max = MAX_COUNTER)]
     Counter(&'static str, u64),
+    #[error("a cluster's generation is never 0")]
+    Generation,
 }
 
 /// The largest version, epoch or auction number a state may arrive with. Each grows by one per
@@ -205,12 +207,18 @@ pub fn digest(state: &ClusterState) -> u64 {
         })
 }
 
-/// The auction as a reader sees it at `now`.
-pub fn auction_view(a: &Auction, now: Millis) -> AuctionView {
+/// The auction as a reader sees it at `now` on the auction clock, with its deadline shown on
+/// the wall clock as `wall_now_ms` (Unix ms) plus the time left.
+pub fn auction_view(a: &Auction, now: Millis, wall_now_ms: u64) -> AuctionView {
+    let deadline_ms = if a.deadline >= now {
+        wall_now_ms.saturating_add(a.deadline.0 - now.0)
+    } else {
+        wall_now_ms.saturating_sub(now.0 - a.deadline.0)
+    };
     AuctionView {
         number: a.number,
         open: a.is_open(now),
-        deadline_ms: a.deadline.0,
+        deadline_ms,
         highest_bid: a.highest.as_ref().map_or(0, |h| h.amount.get()),
         highest_bidder: a
             .highest
@@ -218,7 +226,7 @@ pub fn auction_view(a: &Auction, now: Millis) -> AuctionView {
             .map(|h| h.bidder.as_str().to_owned())
             .unwrap_or_default(),
         bidders: a.bidders.len() as u64,
-        now_ms: now.0,
+        now_ms: wall_now_ms,
     }
 }
 
@@ -269,6 +277,7 @@ impl From<&replication::Change> for v1::Change {
             ChangeKind::Join(m) => change::Kind::Join((*m).into()),
             ChangeKind::Leave(id) => change::Kind::Leave(u32::from(id.0)),
             ChangeKind::Lead(m) => change::Kind::Lead((*m).into()),
+            ChangeKind::Tick => change::Kind::Tick(ClockTick {}),
         };
         Self {
             at_ms: c.at.0,
@@ -290,6 +299,7 @@ impl TryFrom<v1::Change> for replication::Change {
                 u16::try_from(id).map_err(|_| WireError::NodeId(id))?,
             )),
             change::Kind::Lead(m) => ChangeKind::Lead(m.try_into()?),
+            change::Kind::Tick(ClockTick {}) => ChangeKind::Tick,
         };
         Ok(Self {
             at: Millis(c.at_ms),
@@ -302,6 +312,7 @@ impl From<&ClusterState> for State {
     fn from(s: &ClusterState) -> Self {
         let a = &s.machine.auction;
         Self {
+            generation: s.generation.0,
             version: s.version,
             epoch: s.epoch,
             clock_ms: s.clock.0,
@@ -382,7 +393,11 @@ impl TryFrom<State> for ClusterState {
             .into_iter()
             .map(|r| Ok((BidderId::new(r.bidder)?, credential(&r.credential)?)))
             .collect::<Result<Vec<_>, WireError>>()?;
+        if s.generation == 0 {
+            return Err(WireError::Generation);
+        }
         Ok(Self {
+            generation: Generation(s.generation),
             version: counter(s.version, "version")?,
             epoch: counter(s.epoch, "epoch")?,
             clock: Millis(s.clock_ms),
@@ -413,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_state_survives_the_wire() {
-        let mut s = ClusterState::founded(node(5400));
+        let mut s = ClusterState::founded(node(5400), Generation(5));
         let changes = [
             ChangeKind::Join(node(5401)),
             ChangeKind::Client {
@@ -440,6 +455,7 @@ mod tests {
             },
             ChangeKind::Lead(node(5401)),
             ChangeKind::Leave(NodeId(5400)),
+            ChangeKind::Tick,
         ];
         for kind in changes {
             let c = Change {
@@ -456,7 +472,7 @@ mod tests {
 
     #[test]
     fn states_whose_counters_could_not_grow_are_refused() {
-        let s = ClusterState::founded(node(5400));
+        let s = ClusterState::founded(node(5400), Generation(5));
         for (field, value) in [("version", u64::MAX), ("epoch", MAX_COUNTER + 1)] {
             let mut wire = State::from(&s);
             match field {
@@ -474,6 +490,33 @@ mod tests {
         let mut wire = State::from(&s);
         wire.version = MAX_COUNTER;
         assert!(ClusterState::try_from(wire).is_ok());
+        let mut wire = State::from(&s);
+        wire.generation = 0;
+        assert_eq!(ClusterState::try_from(wire), Err(WireError::Generation));
+    }
+
+    #[test]
+    fn a_view_shows_the_deadline_on_the_wall_clock_whatever_it_reads() {
+        let mut s = ClusterState::founded(node(5400), Generation(5));
+        s.apply(&Change {
+            at: Millis(1_000),
+            kind: ChangeKind::Client {
+                id: None,
+                op: Op::Start {
+                    duration: Duration::from_secs(60).unwrap(),
+                },
+            },
+        });
+        let a = &s.machine.auction;
+        // 20 s into the auction, on a wall clock anywhere (even before 1970 + 60 s): 40 s left.
+        for wall in [5_000, 1_800_000_000_000] {
+            let v = auction_view(a, Millis(21_000), wall);
+            assert!(v.open);
+            assert_eq!((v.deadline_ms - v.now_ms, v.now_ms), (40_000, wall));
+        }
+        let v = auction_view(a, Millis(70_000), 100_000);
+        assert!(!v.open);
+        assert_eq!(v.deadline_ms, 91_000, "closed 9 s ago");
     }
 
     #[test]

@@ -1,20 +1,20 @@
 //! Node processes on this host: who we are, fencing another node with SIGKILL through a pidfd,
-//! finding which process holds a listening port, and the cluster lock that tells whether any node
-//! of a cluster is alive.
+//! finding which process holds a listening port, and the member marks that tell whether any
+//! member of a cluster is alive.
 //!
 //! Fencing never signals a process unless it is exactly the node it is meant to be: the pidfd is
 //! opened first, then the process behind the pid is checked to have the member's recorded start
 //! time, so a pid reused by another program is never hit. A process is taken for gone only when
 //! that is certain; when it cannot be checked, fencing fails and the member stays.
 
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, fcntl_lock};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use crate::replication::Member;
@@ -258,11 +258,9 @@ pub fn listener_pid(addr: SocketAddr) -> io::Result<Option<u32>> {
     let Some(inode) = socket_inode(addr, |f| f[3] == "0A")? else {
         return Ok(None);
     };
-    let socket = format!("socket:[{inode}]");
-    Ok(std::fs::read_dir("/proc")?.flatten().find_map(|entry| {
-        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-        holds_socket(&entry.path(), &socket).then_some(pid)
-    }))
+    Ok(socket_holders(&[format!("socket:[{inode}]")])?
+        .first()
+        .copied())
 }
 
 /// `addr` as `/proc/net/tcp*` writes it: the address's 32-bit words in host order, in hex.
@@ -278,89 +276,124 @@ fn proc_net_address(addr: SocketAddr) -> String {
     format!("{ip}:{:04X}", addr.port())
 }
 
-/// `O_NOFOLLOW`, so a symbolic link planted in the shared directory is refused, not followed.
-fn o_nofollow() -> i32 {
-    // Invariant: the flag's bits fit an i32 on every Linux target.
-    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).expect("O_NOFOLLOW fits an i32")
+/// The abstract socket names of the members of the cluster whose replica port is
+/// `leader_addr` start with this.
+fn mark_prefix(leader_addr: SocketAddr) -> String {
+    format!("auction-node/{leader_addr}/member/")
 }
 
-/// Where the cluster lock files live: a fixed directory, not `$TMPDIR`, so that nodes started
-/// from different environments still share one lock.
-pub const LOCK_DIR: &str = "/tmp";
-
-/// Tells whether any member of a cluster is alive. Every member holds a shared lock on the
-/// cluster's lock file from the moment it is a member until it dies (the kernel drops the lock
-/// when the process dies, even by SIGKILL). A node founds a new cluster only if it can take the
-/// lock exclusively: no member is alive, so no committed state can be lost. Joining nodes hold
-/// nothing, so a joiner that stalls blocks nobody. POSIX record locks convert between shared and
-/// exclusive atomically, which `flock` does not promise.
+/// The mark of a live member of one cluster, held until the process dies: a datagram socket
+/// bound to a name in Linux's abstract socket namespace, `auction-node/<replica port
+/// address>/member/<pid>`.
+///
+/// It tells a starting node whether any member of the cluster is alive ([`live_members`]), so
+/// that no node founds a new, empty cluster beside members that hold committed changes. It lives
+/// where the ports live: the abstract namespace belongs to the network namespace, like the
+/// ports, and holds no file, so no cleaner of /tmp can remove it, a private /tmp cannot hide it,
+/// and the kernel drops it when the process dies, even by SIGKILL (DESIGN.md, "State never
+/// goes backwards").
 #[derive(Debug)]
-pub struct ClusterLock {
-    file: File,
+pub struct MemberMark {
+    /// Bound, never read: its name is the mark.
+    _socket: UnixDatagram,
 }
 
-impl ClusterLock {
-    /// Opens the lock file of the cluster whose replica port is `leader_addr`, in [`LOCK_DIR`].
-    /// Takes no lock.
-    ///
-    /// The file must be this user's own: one planted by another user (who could then hold the
-    /// lock, or delete it while members hold it) is refused, and a link is never followed. A
-    /// file of this user's that others may open is made private.
+impl MemberMark {
+    /// Binds this process's mark as a member of the cluster on `leader_addr`.
     ///
     /// # Errors
-    /// The file cannot be created or opened, or it belongs to another user.
-    pub fn open(leader_addr: SocketAddr) -> io::Result<Self> {
-        let name = format!(
-            "auction-node-{}-{}.lock",
-            leader_addr.ip().to_string().replace(':', "_"),
-            leader_addr.port()
-        );
-        let path = PathBuf::from(LOCK_DIR).join(name);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .read(true)
-            .mode(0o600)
-            .custom_flags(o_nofollow())
-            .open(&path)?;
-        let meta = file.metadata()?;
-        if meta.uid() != rustix::process::geteuid().as_raw() {
-            return Err(io::Error::other(format!(
-                "{} belongs to uid {}, not to this user; remove it",
-                path.display(),
-                meta.uid()
-            )));
-        }
-        if meta.mode() & 0o077 != 0 {
-            rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o600))?;
-        }
-        Ok(Self { file })
+    /// The socket cannot be created or bound (the name is this process's own, so it is taken
+    /// only if this process took it before).
+    pub fn take(leader_addr: SocketAddr) -> io::Result<Self> {
+        let name = format!("{}{}", mark_prefix(leader_addr), std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        Ok(Self {
+            _socket: UnixDatagram::bind_addr(&addr)?,
+        })
     }
+}
 
-    /// Takes the lock exclusively if no other process holds it. Returns `false` if one does.
-    ///
-    /// # Errors
-    /// The lock call fails for another reason than contention.
-    pub fn try_exclusive(&self) -> io::Result<bool> {
-        self.try_lock(FlockOperation::NonBlockingLockExclusive)
+/// The pids of the processes other than this one that hold a [`MemberMark`] of the cluster on
+/// `leader_addr` and are `auction-node`s of this user: the cluster's live members (stopped ones
+/// included). A mark held by anything else is not a member's, so no other user can keep a
+/// cluster from being founded by binding such a name.
+///
+/// # Errors
+/// `/proc/net/unix` or `/proc` cannot be read: whether a member lives is unknown.
+pub fn live_members(leader_addr: SocketAddr) -> io::Result<Vec<u32>> {
+    let prefix = format!("@{}", mark_prefix(leader_addr));
+    // Fields: Num RefCount Protocol Flags Type St Inode Path.
+    let marks: Vec<String> = std::fs::read_to_string("/proc/net/unix")?
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 8 && f[7].starts_with(&prefix)).then(|| format!("socket:[{}]", f[6]))
+        })
+        .collect();
+    if marks.is_empty() {
+        return Ok(Vec::new());
     }
+    let me = std::process::id();
+    Ok(socket_holders(&marks)?
+        .into_iter()
+        .filter(|&pid| pid != me && is_node_of_this_user(pid))
+        .collect())
+}
 
-    /// Takes (or converts to) a shared lock. Returns `false` if a founder holds it exclusively.
-    ///
-    /// # Errors
-    /// The lock call fails for another reason than contention.
-    pub fn try_shared(&self) -> io::Result<bool> {
-        self.try_lock(FlockOperation::NonBlockingLockShared)
-    }
+/// The pids of the processes with a descriptor open on any of `sockets` (as fd links name them:
+/// `socket:[INODE]`). Processes whose descriptors cannot be read (another user's, when not
+/// root) are not listed.
+///
+/// # Errors
+/// `/proc` cannot be read.
+fn socket_holders(sockets: &[String]) -> io::Result<Vec<u32>> {
+    Ok(std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+            fds.flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| sockets.iter().any(|s| l.as_os_str() == s.as_str()))
+                })
+                .then_some(pid)
+        })
+        .collect())
+}
 
-    fn try_lock(&self, op: FlockOperation) -> io::Result<bool> {
-        match fcntl_lock(&self.file, op) {
-            Ok(()) => Ok(true),
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+/// The process that listens on an address, as an error message names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`), or "?" when it cannot be read.
+    pub program: String,
+    /// Whether it is an `auction-node` of this user.
+    pub is_node: bool,
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.program)
     }
+}
+
+/// Who listens on `addr`, if a process whose descriptors this user may read does.
+///
+/// # Errors
+/// `/proc/net/tcp*` cannot be read.
+pub fn listener(addr: SocketAddr) -> io::Result<Option<Listener>> {
+    let Some(pid) = listener_pid(addr)? else {
+        return Ok(None);
+    };
+    let program = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or_else(|_| "?".to_string(), |c| c.trim_end().to_string());
+    Ok(Some(Listener {
+        pid,
+        program,
+        is_node: is_node_of_this_user(pid),
+    }))
 }
 
 #[cfg(test)]
@@ -374,8 +407,8 @@ mod tests {
         assert_eq!(start_time(me.pid).unwrap(), me.start_time);
     }
 
-    /// Starts `sleep 30` under the name of a node, so fencing may signal it.
-    fn fake_node() -> std::process::Child {
+    /// A copy of `sleep` under the name of a node, so fencing may signal it.
+    fn fake_node_binary() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("auction-fake-node-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join(NODE_PROCESS_NAME);
@@ -389,7 +422,15 @@ mod tests {
             std::fs::copy(sleep, &tmp).unwrap();
             let _ = std::fs::rename(&tmp, &bin);
         }
-        std::process::Command::new(&bin).arg("30").spawn().unwrap()
+        bin
+    }
+
+    /// Starts `sleep 30` under the name of a node.
+    fn fake_node() -> std::process::Child {
+        std::process::Command::new(fake_node_binary())
+            .arg("30")
+            .spawn()
+            .unwrap()
     }
 
     #[test]
@@ -486,38 +527,65 @@ mod tests {
         assert!(e.to_string().contains("not an auction-node"), "{e}");
     }
 
+    /// An address that no other test uses, so marks of parallel tests never meet.
+    fn private_cluster() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
     #[test]
-    fn a_lock_file_must_be_this_users_own_and_private() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let path = PathBuf::from(LOCK_DIR).join(format!("auction-node-127.0.0.1-{port}.lock"));
-        let _ = std::fs::remove_file(&path);
-        use std::os::unix::fs::PermissionsExt;
-        drop(ClusterLock::open(addr).unwrap());
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        drop(ClusterLock::open(addr).unwrap());
-        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
-        assert_eq!(mode, 0o600, "made private");
-        // A link planted in its place is not followed.
-        std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink("/dev/null", &path).unwrap();
-        assert!(ClusterLock::open(addr).is_err());
-        std::fs::remove_file(&path).unwrap();
-        // Another user's file is refused (only root can make one here).
-        if rustix::process::geteuid().is_root() {
-            drop(ClusterLock::open(addr).unwrap());
-            let nobody = rustix::process::Uid::from_raw(65534);
-            rustix::fs::chown(&path, Some(nobody), None).unwrap();
-            let Err(e) = ClusterLock::open(addr) else {
-                panic!("another user's lock file was used");
-            };
-            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+    fn a_member_mark_is_seen_while_its_node_lives_and_gone_when_it_dies() {
+        let cluster = private_cluster();
+        assert_eq!(live_members(cluster).unwrap(), Vec::<u32>::new());
+        // This test process is no auction-node, and its own mark never counts anyway.
+        let mine = MemberMark::take(cluster).unwrap();
+        assert_eq!(live_members(cluster).unwrap(), Vec::<u32>::new());
+        drop(mine);
+        // A node process (a copy of sleep named auction-node) that inherited a mark is a member.
+        let mark = MemberMark::take(cluster).unwrap();
+        let mut child = fake_node_holding(&mark);
+        drop(mark);
+        assert_eq!(live_members(cluster).unwrap(), vec![child.id()]);
+        // Another cluster's members are not this one's.
+        assert_eq!(live_members(private_cluster()).unwrap(), Vec::<u32>::new());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(live_members(cluster).unwrap(), Vec::<u32>::new());
+    }
+
+    /// Starts a fake node that inherits `mark`'s socket, as a member holds its own.
+    fn fake_node_holding(mark: &MemberMark) -> std::process::Child {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = mark._socket.as_raw_fd();
+        let mut cmd = std::process::Command::new(fake_node_binary());
+        cmd.arg("30");
+        // SAFETY: only async-signal-safe calls between fork and exec: clearing the close-on-exec
+        // flag of a descriptor this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let borrowed = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())
+                    .map_err(io::Error::from)
+            });
         }
-        let _ = std::fs::remove_file(&path);
+        cmd.spawn().unwrap()
+    }
+
+    #[test]
+    fn a_port_holder_is_named_with_its_program() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let holder = listener(addr).unwrap().unwrap();
+        assert_eq!(holder.pid, std::process::id());
+        assert!(!holder.is_node);
+        assert!(
+            holder
+                .to_string()
+                .starts_with(&format!("pid {} (", holder.pid))
+        );
+        drop(l);
+        assert_eq!(listener(addr).unwrap(), None);
     }
 
     #[test]

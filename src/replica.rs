@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 use crate::auth::{self, ClusterSecret};
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
-use crate::process::{self, ClusterLock, Fenced};
-use crate::replication::{Change, ChangeKind, ClusterState, Member};
+use crate::process::{self, Fenced, MemberMark};
+use crate::replication::{Change, ChangeKind, ClockReading, ClusterState, Member};
 use crate::tls::{self, ServerTls};
 
 /// The largest state a replica accepts in one message.
@@ -31,9 +31,12 @@ pub enum FollowEnd {
     Silent { leader: Option<Member> },
     /// The stream ended or broke: the leader is gone. `leader` is who had sent the state.
     Lost { leader: Option<Member> },
-    /// The state made this replica a member, but it could not take the cluster lock: it has
+    /// The state made this replica a member, but it could not take its member mark: it has
     /// forgotten that state, so it is not a member here, and must join again.
-    Unlocked(String),
+    Unmarked(String),
+    /// The proven leader offered a state that this member must not adopt: another cluster's, or
+    /// older than the committed state this member holds. It acknowledged nothing of it.
+    Stale { leader: Member, why: String },
     /// The leader refused this node for good (for example, its id is in use).
     Refused(Status),
     /// The node on the replica port could not prove that it holds the cluster secret: it is
@@ -41,23 +44,31 @@ pub enum FollowEnd {
     Impostor(String),
 }
 
+/// What a replica holds: the replicated state, and the latest reading of its leader's auction
+/// clock, from which it resumes the clock if it takes over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub state: ClusterState,
+    pub clock: ClockReading,
+}
+
 /// A replica's state, shared with its terminal. Locked briefly per message, never across an
 /// await.
-pub type SharedState = Arc<Mutex<Option<ClusterState>>>;
+pub type SharedState = Arc<Mutex<Option<Held>>>;
 
 /// How often per heartbeat a replica checks whether the leader has been silent too long.
 const SILENCE_CHECKS_PER_HEARTBEAT: u32 = 4;
 
 /// Follows the leader at `leader_addr` as `me`, keeping `shared` up to date. When `me` becomes a
-/// member, it takes the cluster lock shared before it acknowledges anything as a member. A member
-/// fences a silent leader before it returns.
+/// member, it takes its member mark (kept in `mark`) before it acknowledges anything as a
+/// member. A member fences a silent leader before it returns.
 pub async fn follow(
     leader_addr: SocketAddr,
     me: Member,
     secret: &ClusterSecret,
     tls: Option<&ServerTls>,
     timing: Timing,
-    lock: &ClusterLock,
+    mark: &mut Option<MemberMark>,
     shared: &SharedState,
 ) -> FollowEnd {
     let nonce = match auth::nonce() {
@@ -125,7 +136,7 @@ pub async fn follow(
             }
         },
     };
-    let mut stream = LeaderStream::new(proven);
+    let mut stream = LeaderStream::new(me, proven);
     let mut member = is_member(shared, &me);
     // Checked four times per heartbeat, so a silent leader is noticed at most a quarter of a
     // heartbeat after the timeout.
@@ -165,18 +176,29 @@ pub async fn follow(
         let seq = message.seq;
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         let mut state = shared.lock().expect("state lock poisoned");
-        let (version, joined) = match stream.take(&mut state, message.msg) {
-            Ok(current) => (current.version, !member && current.has_member(&me)),
-            Err(what) => {
-                warn!("protocol error from the leader: {what}");
-                return FollowEnd::Lost {
-                    leader: stream.leader(),
-                };
-            }
-        };
+        let (version, joined) =
+            match stream.take(&mut state, message.msg, Instant::now().into_std()) {
+                Ok(current) => (current.version, !member && current.has_member(&me)),
+                Err(StreamError::Stale(why)) => {
+                    return FollowEnd::Stale {
+                        leader: proven,
+                        why,
+                    };
+                }
+                Err(StreamError::Protocol(what)) => {
+                    warn!("protocol error from the leader: {what}");
+                    return FollowEnd::Lost {
+                        leader: stream.leader(),
+                    };
+                }
+            };
         if joined {
-            if let Err(end) = hold_membership(lock.try_shared(), &mut state) {
-                return end;
+            if mark.is_none() {
+                let taken = MemberMark::take(leader_addr);
+                match hold_membership(taken, &mut state) {
+                    Ok(m) => *mark = Some(m),
+                    Err(end) => return end,
+                }
             }
             info!(version, "now a member");
             member = true;
@@ -190,27 +212,41 @@ pub async fn follow(
     }
 }
 
-/// Lets a replica whose state has just listed it as a member act as one only if it took the
-/// cluster lock shared (`locked`): a member holds the lock before its first ack as a member, so
-/// no node can found a new cluster while it lives. Nobody holds the lock exclusively while a
-/// leader is alive, so in practice only a failing lock call refuses. Then the replica forgets
+/// Lets a replica whose state has just listed it as a member act as one only if it took its
+/// member mark (`taken`): a member holds its mark before its first ack as a member, so no node
+/// can found a new cluster while it lives. If the mark could not be taken, the replica forgets
 /// the state that lists it, so that it neither acknowledges as a member nor takes over from the
 /// leader as one: it ends the stream and joins again, and the leader, whose commits wait for
-/// its ack, fences it if the lock keeps failing.
+/// its ack, fences it if the mark keeps failing.
 ///
 /// # Errors
-/// [`FollowEnd::Unlocked`] when the lock was not taken.
+/// [`FollowEnd::Unmarked`] when the mark was not taken.
 fn hold_membership(
-    locked: std::io::Result<bool>,
-    state: &mut Option<ClusterState>,
-) -> Result<(), FollowEnd> {
-    let why = match locked {
-        Ok(true) => return Ok(()),
-        Ok(false) => "another node holds it exclusively".to_string(),
-        Err(e) => e.to_string(),
-    };
-    *state = None;
-    Err(FollowEnd::Unlocked(why))
+    taken: std::io::Result<MemberMark>,
+    held: &mut Option<Held>,
+) -> Result<MemberMark, FollowEnd> {
+    taken.map_err(|e| {
+        *held = None;
+        FollowEnd::Unmarked(e.to_string())
+    })
+}
+
+/// Why a replica refuses a message of its leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// The message breaks the protocol; the stream ends.
+    Protocol(String),
+    /// The snapshot is another cluster's or older than the committed state this member holds;
+    /// nothing of it is adopted or acknowledged.
+    Stale(String),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Protocol(why) | Self::Stale(why) => f.write_str(why),
+        }
+    }
 }
 
 /// A replica's side of one stream after the handshake, without the I/O: it checks each message
@@ -218,6 +254,9 @@ fn hold_membership(
 /// acknowledges what it returns.
 #[derive(Debug)]
 pub struct LeaderStream {
+    /// This replica: while the state it holds lists it as a member, that state holds committed
+    /// changes, and a snapshot may replace it only with a newer state of the same cluster.
+    me: Member,
     /// The leader that proved itself in this stream's handshake; its snapshot must name it.
     proven: Member,
     /// Whether this stream has delivered its snapshot: the state from an earlier stream may be
@@ -226,9 +265,10 @@ pub struct LeaderStream {
 }
 
 impl LeaderStream {
-    /// A stream whose leader proved to be `proven`, before its snapshot.
-    pub fn new(proven: Member) -> Self {
+    /// A stream of replica `me`, whose leader proved to be `proven`, before its snapshot.
+    pub fn new(me: Member, proven: Member) -> Self {
         Self {
+            me,
             proven,
             has_snapshot: false,
         }
@@ -239,26 +279,41 @@ impl LeaderStream {
         self.has_snapshot.then_some(self.proven)
     }
 
-    /// Takes one message of the leader into `state`, and returns the state to acknowledge.
+    /// Takes one message of the leader, received at `now`, into `held`, and returns the state to
+    /// acknowledge. Every message also reads the leader's auction clock (a change's time, a
+    /// heartbeat's clock), which `held` keeps for a takeover.
     ///
     /// # Errors
     ///
-    /// What is wrong with a message the replica refuses, which ends the stream: a snapshot that
-    /// is invalid or names another leader; changes or a heartbeat before the snapshot; changes
-    /// that do not start right after the state's version, or one that is invalid or makes
-    /// another node the leader (the changes before it stay applied, as they would have been in
-    /// a batch of their own); a second challenge; an empty message.
+    /// [`StreamError::Stale`] for a snapshot that this member must not adopt: another
+    /// cluster's, or older than the state it holds (see [`ClusterState::refuses`]); `held` is
+    /// left as it was. [`StreamError::Protocol`] for what else is wrong with a message, which
+    /// ends the stream: a snapshot that is invalid or names another leader; changes or a
+    /// heartbeat before the snapshot; changes of another cluster or epoch, that do not start
+    /// right after the state's version, or one that is invalid or makes another node the leader
+    /// (the changes before it stay applied, as they would have been in a batch of their own); a
+    /// second challenge; an empty message.
     pub fn take<'s>(
         &mut self,
-        state: &'s mut Option<ClusterState>,
+        held: &'s mut Option<Held>,
         message: Option<from_leader::Msg>,
-    ) -> Result<&'s ClusterState, String> {
+        now: std::time::Instant,
+    ) -> Result<&'s ClusterState, StreamError> {
+        let protocol = |why: String| StreamError::Protocol(why);
         match message {
             Some(from_leader::Msg::Snapshot(snapshot)) => {
-                let new =
-                    ClusterState::try_from(snapshot).map_err(|e| format!("bad snapshot: {e}"))?;
+                let new = ClusterState::try_from(snapshot)
+                    .map_err(|e| protocol(format!("bad snapshot: {e}")))?;
                 if new.leader != self.proven {
-                    return Err("the state names another leader".into());
+                    return Err(protocol("the state names another leader".into()));
+                }
+                if let Some(h) = held.as_ref().filter(|h| h.state.has_member(&self.me))
+                    && let Some(why) = h.state.refuses(&new)
+                {
+                    return Err(StreamError::Stale(format!(
+                        "leader {} offered a state that would replace committed changes: {why}",
+                        new.leader.id
+                    )));
                 }
                 info!(
                     leader = %new.leader.id,
@@ -267,37 +322,57 @@ impl LeaderStream {
                     "received the full state"
                 );
                 self.has_snapshot = true;
-                Ok(state.insert(new))
+                // Only this leader's readings from now on: another leader's clock may have run
+                // ahead of this one's, and resuming from it could close an auction early.
+                let clock = ClockReading {
+                    clock: new.clock,
+                    at: now,
+                };
+                Ok(&held.insert(Held { state: new, clock }).state)
             }
             Some(from_leader::Msg::Append(append)) => {
-                let Some(current) = state.as_mut().filter(|_| self.has_snapshot) else {
-                    return Err("changes before the state".into());
+                let Some(Held { state, clock }) = held.as_mut().filter(|_| self.has_snapshot)
+                else {
+                    return Err(protocol("changes before the state".into()));
                 };
+                if (append.generation, append.epoch) != (state.generation.0, state.epoch) {
+                    return Err(protocol(format!(
+                        "changes of generation {:016x} epoch {} for a state of {} epoch {}",
+                        append.generation, append.epoch, state.generation, state.epoch
+                    )));
+                }
                 // The snapshot's version was bounded, and each change adds one.
-                if append.first_version != current.version.saturating_add(1) {
-                    return Err(format!(
+                if append.first_version != state.version.saturating_add(1) {
+                    return Err(protocol(format!(
                         "changes start at version {} but this replica is at {}",
-                        append.first_version, current.version
-                    ));
+                        append.first_version, state.version
+                    )));
                 }
                 for change in append.changes {
-                    let change =
-                        Change::try_from(change).map_err(|e| format!("bad change: {e}"))?;
+                    let change = Change::try_from(change)
+                        .map_err(|e| protocol(format!("bad change: {e}")))?;
                     // Only a leader that takes over makes a Lead change, naming itself.
                     if matches!(change.kind, ChangeKind::Lead(m) if m != self.proven) {
-                        return Err("a change names another leader".into());
+                        return Err(protocol("a change names another leader".into()));
                     }
-                    current.apply(&change);
+                    state.apply(&change);
+                    clock.observe(change.at, now);
                 }
-                debug!(version = current.version, "applied");
-                Ok(current)
+                debug!(version = state.version, "applied");
+                Ok(state)
             }
-            Some(from_leader::Msg::Heartbeat(_)) => state
-                .as_ref()
-                .filter(|_| self.has_snapshot)
-                .ok_or_else(|| "a heartbeat before the state".into()),
-            Some(from_leader::Msg::Challenge(_)) => Err("a challenge after the handshake".into()),
-            None => Err("empty message".into()),
+            Some(from_leader::Msg::Heartbeat(beat)) => {
+                let Some(Held { state, clock }) = held.as_mut().filter(|_| self.has_snapshot)
+                else {
+                    return Err(protocol("a heartbeat before the state".into()));
+                };
+                clock.observe(crate::types::Millis(beat.clock_ms), now);
+                Ok(state)
+            }
+            Some(from_leader::Msg::Challenge(_)) => {
+                Err(protocol("a challenge after the handshake".into()))
+            }
+            None => Err(protocol("empty message".into())),
         }
     }
 }
@@ -337,7 +412,7 @@ pub fn is_member(shared: &SharedState, me: &Member) -> bool {
         .lock()
         .expect("state lock poisoned")
         .as_ref()
-        .is_some_and(|s| s.has_member(me))
+        .is_some_and(|h| h.state.has_member(me))
 }
 
 /// Fences a leader that fell silent: the one that sent this stream's state, or, if none did,
@@ -368,21 +443,39 @@ fn refused_or(status: Status, otherwise: impl FnOnce(&Status) -> FollowEnd) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::Generation;
     use crate::replication::tests::node;
     use crate::types::{Millis, Token};
 
+    /// The cluster of these tests.
+    const GEN: Generation = Generation(3);
+    /// The replica under test, unless a test names another.
+    const ME: u16 = 5409;
+
     fn snapshot(leader: u16) -> Option<from_leader::Msg> {
-        let state = ClusterState::founded(node(leader));
-        Some(from_leader::Msg::Snapshot((&state).into()))
+        snapshot_of(&ClusterState::founded(node(leader), GEN))
     }
 
-    /// Changes that add `ids` as members, from `first_version` on.
+    fn snapshot_of(state: &ClusterState) -> Option<from_leader::Msg> {
+        Some(from_leader::Msg::Snapshot(state.into()))
+    }
+
+    /// Changes that add `ids` as members, from `first_version` on, in epoch 1.
     fn append(first_version: u64, ids: &[u16]) -> Option<from_leader::Msg> {
         let kinds = ids.iter().map(|&id| ChangeKind::Join(node(id))).collect();
         append_kinds(first_version, kinds)
     }
 
     fn append_kinds(first_version: u64, kinds: Vec<ChangeKind>) -> Option<from_leader::Msg> {
+        append_in(GEN, 1, first_version, kinds)
+    }
+
+    fn append_in(
+        generation: Generation,
+        epoch: u64,
+        first_version: u64,
+        kinds: Vec<ChangeKind>,
+    ) -> Option<from_leader::Msg> {
         let changes = kinds
             .into_iter()
             .map(|kind| {
@@ -396,117 +489,260 @@ mod tests {
         Some(from_leader::Msg::Append(pb::Append {
             first_version,
             changes,
+            generation: generation.0,
+            epoch,
         }))
     }
 
     fn heartbeat() -> Option<from_leader::Msg> {
-        Some(from_leader::Msg::Heartbeat(pb::Heartbeat::default()))
+        heartbeat_at(0)
     }
 
-    /// A replica that cannot take the cluster lock as it becomes a member must not act as one:
+    fn heartbeat_at(clock_ms: u64) -> Option<from_leader::Msg> {
+        Some(from_leader::Msg::Heartbeat(pb::Heartbeat { clock_ms }))
+    }
+
+    /// Takes `message` now, with the error as text.
+    fn take<'s>(
+        stream: &mut LeaderStream,
+        held: &'s mut Option<Held>,
+        message: Option<from_leader::Msg>,
+    ) -> Result<&'s ClusterState, String> {
+        stream
+            .take(held, message, std::time::Instant::now())
+            .map_err(|e| e.to_string())
+    }
+
+    fn stream_of(leader: u16) -> LeaderStream {
+        LeaderStream::new(node(ME), node(leader))
+    }
+
+    /// A private address, so the marks of tests that run at once never meet.
+    fn private_cluster() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    /// A replica that cannot take its member mark as it becomes a member must not act as one:
     /// with its state gone, `node::run` neither fences the leader nor takes over, but joins again.
     #[test]
-    fn a_new_member_without_the_cluster_lock_forgets_the_state() {
+    fn a_new_member_without_its_member_mark_forgets_the_state() {
         let member_state = || {
             let mut state = None;
-            let mut stream = LeaderStream::new(node(5400));
-            let version = stream.take(&mut state, snapshot(5400)).unwrap().version;
-            let taken = stream.take(&mut state, append(version + 1, &[5401]));
+            let mut stream = stream_of(5400);
+            let version = take(&mut stream, &mut state, snapshot(5400))
+                .unwrap()
+                .version;
+            let taken = take(&mut stream, &mut state, append(version + 1, &[5401]));
             assert!(taken.unwrap().has_member(&node(5401)));
             state
         };
-        let refusals = [Ok(false), Err(std::io::Error::other("no locks available"))];
-        for locked in refusals {
-            let shared = SharedState::new(Mutex::new(member_state()));
-            let end = hold_membership(locked, &mut shared.lock().unwrap()).unwrap_err();
-            assert!(matches!(end, FollowEnd::Unlocked(_)), "{end:?}");
-            assert!(!is_member(&shared, &node(5401)));
-        }
         let shared = SharedState::new(Mutex::new(member_state()));
-        hold_membership(Ok(true), &mut shared.lock().unwrap()).unwrap();
+        let refused = Err(std::io::Error::other("address in use"));
+        let end = hold_membership(refused, &mut shared.lock().unwrap()).unwrap_err();
+        assert!(matches!(end, FollowEnd::Unmarked(_)), "{end:?}");
+        assert!(!is_member(&shared, &node(5401)));
+        let shared = SharedState::new(Mutex::new(member_state()));
+        let taken = MemberMark::take(private_cluster());
+        hold_membership(taken, &mut shared.lock().unwrap()).unwrap();
         assert!(is_member(&shared, &node(5401)));
     }
 
     #[test]
     fn takes_the_proven_leaders_snapshot_then_its_changes() {
-        let mut stream = LeaderStream::new(node(5400));
+        let mut stream = stream_of(5400);
         let mut state = None;
         assert_eq!(stream.leader(), None);
-        let version = stream.take(&mut state, snapshot(5400)).unwrap().version;
+        let version = take(&mut stream, &mut state, snapshot(5400))
+            .unwrap()
+            .version;
         assert_eq!(stream.leader(), Some(node(5400)));
-        let taken = stream
-            .take(&mut state, append(version + 1, &[5401, 5402]))
-            .unwrap();
+        let taken = take(&mut stream, &mut state, append(version + 1, &[5401, 5402])).unwrap();
         assert_eq!(taken.version, version + 2);
         assert!(taken.has_member(&node(5402)));
         assert_eq!(
-            stream.take(&mut state, heartbeat()).unwrap().version,
+            take(&mut stream, &mut state, heartbeat()).unwrap().version,
             version + 2
         );
     }
 
     #[test]
     fn refuses_a_snapshot_of_another_leader() {
-        let mut stream = LeaderStream::new(node(5400));
+        let mut stream = stream_of(5400);
         let mut state = None;
-        let why = stream.take(&mut state, snapshot(5401)).unwrap_err();
+        let why = take(&mut stream, &mut state, snapshot(5401)).unwrap_err();
         assert!(why.contains("another leader"), "{why}");
         assert_eq!((stream.leader(), state), (None, None));
+    }
+
+    /// A member holds committed changes: an empty founder's state, another cluster's, or an
+    /// older one of its own cluster never replaces them, and nothing of it is acknowledged.
+    #[test]
+    fn a_member_refuses_a_foreign_or_older_snapshot_and_keeps_its_state() {
+        let mut mine = ClusterState::founded(node(5400), GEN);
+        for kind in [ChangeKind::Join(node(ME)), ChangeKind::Tick] {
+            mine.apply(&Change {
+                at: Millis(2_000),
+                kind,
+            });
+        }
+        let held = Held {
+            state: mine.clone(),
+            clock: ClockReading {
+                clock: Millis(2_000),
+                at: std::time::Instant::now(),
+            },
+        };
+        let empty_founder = ClusterState::founded(node(5400), Generation(99));
+        let mut older = mine.clone();
+        older.version -= 1;
+        for offered in [empty_founder, older] {
+            let mut state = Some(held.clone());
+            let mut stream = stream_of(5400);
+            let refused = stream.take(&mut state, snapshot_of(&offered), std::time::Instant::now());
+            assert!(matches!(refused, Err(StreamError::Stale(_))), "{refused:?}");
+            assert_eq!(state.as_ref(), Some(&held));
+            assert_eq!(stream.leader(), None);
+        }
+        // A newer epoch of its own cluster is taken, even with fewer versions.
+        let mut successor = mine.clone();
+        successor.apply(&Change {
+            at: Millis(2_000),
+            kind: ChangeKind::Lead(node(5400)),
+        });
+        successor.version = 1;
+        let mut state = Some(held.clone());
+        assert!(take(&mut stream_of(5400), &mut state, snapshot_of(&successor)).is_ok());
+        // A node that is not a member holds nothing committed: it takes any proven state.
+        let mut state = Some(Held {
+            state: ClusterState::founded(node(5400), GEN),
+            ..held
+        });
+        let foreign = ClusterState::founded(node(5400), Generation(98));
+        assert!(take(&mut stream_of(5400), &mut state, snapshot_of(&foreign)).is_ok());
+    }
+
+    #[test]
+    fn refuses_changes_of_another_cluster_or_epoch() {
+        let mut stream = stream_of(5400);
+        let mut state = None;
+        let version = take(&mut stream, &mut state, snapshot(5400))
+            .unwrap()
+            .version;
+        let kinds = || vec![ChangeKind::Join(node(5401))];
+        for (generation, epoch) in [(Generation(4), 1), (GEN, 2)] {
+            let why = take(
+                &mut stream,
+                &mut state,
+                append_in(generation, epoch, version + 1, kinds()),
+            )
+            .unwrap_err();
+            assert!(why.contains("changes of generation"), "{why}");
+        }
+        assert!(
+            take(
+                &mut stream,
+                &mut state,
+                append_in(GEN, 1, version + 1, kinds())
+            )
+            .is_ok()
+        );
+    }
+
+    /// The clock a replica would resume from: its leader's latest reading, never a stale one
+    /// that waited in a buffer, and never another leader's.
+    #[test]
+    fn a_replica_keeps_its_leaders_latest_clock_reading() {
+        let mut stream = stream_of(5400);
+        let mut state = None;
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        stream.take(&mut state, snapshot(5400), t0).unwrap();
+        stream.take(&mut state, heartbeat_at(5_000), t0).unwrap();
+        let clock = |s: &Option<Held>| s.as_ref().unwrap().clock;
+        assert_eq!(clock(&state).at(t0 + ms(100)), Millis(5_100));
+        // A heartbeat that waited in a buffer reads earlier than the extrapolation: ignored.
+        stream
+            .take(&mut state, heartbeat_at(5_050), t0 + ms(200))
+            .unwrap();
+        assert_eq!(clock(&state).at(t0 + ms(200)), Millis(5_200));
+        // A change carries a reading too.
+        let version = state.as_ref().unwrap().state.version;
+        let later = std::time::Instant::now().max(t0 + ms(300));
+        stream
+            .take(&mut state, append(version + 1, &[5401]), later)
+            .unwrap();
+        assert!(clock(&state).at(later) >= Millis(1_000));
+        // A new leader's snapshot starts from its own clock, whatever the last one read.
+        let mut next = stream_of(5400);
+        next.take(&mut state, snapshot(5400), later).unwrap();
+        assert_eq!(clock(&state).at(later), Millis(0));
     }
 
     /// A state kept from an earlier stream may be behind: this stream's changes wait for its
     /// own snapshot.
     #[test]
     fn refuses_changes_and_heartbeats_before_the_snapshot() {
-        let mut stream = LeaderStream::new(node(5400));
-        let earlier = ClusterState::founded(node(5400));
+        let mut stream = stream_of(5400);
+        let earlier = Held {
+            state: ClusterState::founded(node(5400), GEN),
+            clock: ClockReading {
+                clock: Millis(0),
+                at: std::time::Instant::now(),
+            },
+        };
         let mut state = Some(earlier.clone());
-        let version = earlier.version;
-        let why = stream
-            .take(&mut state, append(version + 1, &[5401]))
-            .unwrap_err();
+        let version = earlier.state.version;
+        let why = take(&mut stream, &mut state, append(version + 1, &[5401])).unwrap_err();
         assert!(why.contains("before the state"), "{why}");
-        let why = stream.take(&mut state, heartbeat()).unwrap_err();
+        let why = take(&mut stream, &mut state, heartbeat()).unwrap_err();
         assert!(why.contains("before the state"), "{why}");
         assert_eq!(state, Some(earlier));
     }
 
     #[test]
     fn refuses_changes_out_of_order_and_messages_out_of_place() {
-        let mut stream = LeaderStream::new(node(5400));
+        let mut stream = stream_of(5400);
         let mut state = None;
-        let version = stream.take(&mut state, snapshot(5400)).unwrap().version;
+        let version = take(&mut stream, &mut state, snapshot(5400))
+            .unwrap()
+            .version;
         for gap in [version, version + 2] {
-            let why = stream.take(&mut state, append(gap, &[5401])).unwrap_err();
+            let why = take(&mut stream, &mut state, append(gap, &[5401])).unwrap_err();
             assert!(why.contains("changes start at version"), "{why}");
         }
         let usurp = append_kinds(version + 1, vec![ChangeKind::Lead(node(5401))]);
-        let why = stream.take(&mut state, usurp).unwrap_err();
+        let why = take(&mut stream, &mut state, usurp).unwrap_err();
         assert!(why.contains("another leader"), "{why}");
         let challenge = Some(from_leader::Msg::Challenge(pb::Challenge::default()));
-        assert!(stream.take(&mut state, challenge).is_err());
-        assert!(stream.take(&mut state, None).is_err());
-        assert_eq!(state.map(|s| s.version), Some(version));
+        assert!(take(&mut stream, &mut state, challenge).is_err());
+        assert!(take(&mut stream, &mut state, None).is_err());
+        assert_eq!(state.map(|h| h.state.version), Some(version));
     }
 
     #[test]
     fn a_lead_change_may_name_only_the_proven_leader() {
-        let mut stream = LeaderStream::new(node(5400));
+        let mut stream = stream_of(5400);
         let mut state = None;
         let (version, epoch) = {
-            let s = stream.take(&mut state, snapshot(5400)).unwrap();
+            let s = take(&mut stream, &mut state, snapshot(5400)).unwrap();
             (s.version, s.epoch)
         };
         let again = append_kinds(version + 1, vec![ChangeKind::Lead(node(5400))]);
-        assert_eq!(stream.take(&mut state, again).unwrap().epoch, epoch + 1);
+        assert_eq!(
+            take(&mut stream, &mut state, again).unwrap().epoch,
+            epoch + 1
+        );
         // The changes before a refused one stay applied, as if they had come alone.
-        let usurp = append_kinds(
+        let usurp = append_in(
+            GEN,
+            epoch + 1,
             version + 2,
             vec![ChangeKind::Join(node(5401)), ChangeKind::Lead(node(5401))],
         );
-        let why = stream.take(&mut state, usurp).unwrap_err();
+        let why = take(&mut stream, &mut state, usurp).unwrap_err();
         assert!(why.contains("another leader"), "{why}");
-        let after = state.expect("the state stays");
+        let after = state.expect("the state stays").state;
         assert_eq!(after.version, version + 2);
         assert!(after.has_member(&node(5401)));
         assert_eq!((after.leader, after.epoch), (node(5400), epoch + 1));

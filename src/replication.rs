@@ -1,7 +1,9 @@
 //! The replicated state and the leader's pure bookkeeping of its followers: versions, acks,
-//! members, and who is late. No sockets and no clock: the leader's shell passes `Instant`s in.
+//! members, and who is late; the cluster's identity and the auction clock's readings. No sockets
+//! and no clock: the shells pass `Instant`s in.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::auction::{Decision, Machine, Op};
@@ -27,6 +29,9 @@ pub enum ChangeKind {
     Leave(NodeId),
     /// A member took over the leadership; a new epoch starts.
     Lead(Member),
+    /// Only moves the auction clock to the change's time: the leader commits one before it
+    /// tells a reader that the deadline has passed, so that fact is on every member.
+    Tick,
 }
 
 /// One change of the replicated state, with the leader's clock when it decided it.
@@ -36,14 +41,29 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
+/// A cluster's identity: a random number drawn when it was founded. Every snapshot and change
+/// carries it, so a node never takes a state from another cluster for a newer one of its own
+/// (DESIGN.md, "State never goes backwards").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Generation(pub u64);
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// Everything the members replicate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterState {
+    /// Which cluster this is; fixed when it was founded.
+    pub generation: Generation,
     /// The number of changes applied since the cluster was founded.
     pub version: u64,
     /// Grows by one at every change of leader.
     pub epoch: u64,
-    /// The largest change time applied, so replicated time never runs backwards across leaders.
+    /// The auction clock: the largest change time applied, so replicated time never runs
+    /// backwards across leaders.
     pub clock: Millis,
     pub leader: Member,
     /// In the order they joined: the seed's `leaderQueue`. The leader is one of them.
@@ -52,9 +72,10 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// The state of a new cluster whose only member is its founder.
-    pub fn founded(founder: Member) -> Self {
+    /// The state of a new cluster, `generation`, whose only member is its founder.
+    pub fn founded(founder: Member, generation: Generation) -> Self {
         Self {
+            generation,
             version: 0,
             epoch: 1,
             clock: Millis(0),
@@ -84,7 +105,28 @@ impl ClusterState {
                 self.leader = *node;
                 None
             }
+            ChangeKind::Tick => None,
         }
+    }
+
+    /// Why a node that holds this state must not adopt `offered` in its place, if it must not:
+    /// `offered` is another cluster's, or older (a lower epoch, or the same epoch and a lower
+    /// version). A newer epoch may have fewer versions: its leader took over with every
+    /// committed change and dropped what was never committed.
+    pub fn refuses(&self, offered: &ClusterState) -> Option<String> {
+        if offered.generation != self.generation {
+            return Some(format!(
+                "it is another cluster's (generation {}, this node's is {})",
+                offered.generation, self.generation
+            ));
+        }
+        if (offered.epoch, offered.version) < (self.epoch, self.version) {
+            return Some(format!(
+                "it is older (epoch {} version {}, this node holds epoch {} version {})",
+                offered.epoch, offered.version, self.epoch, self.version
+            ));
+        }
+        None
     }
 
     /// The members that are not the leader, in succession order.
@@ -104,6 +146,35 @@ impl ClusterState {
     /// `node`'s place in line to succeed the current leader: 0 is first.
     pub fn succession_rank(&self, node: NodeId) -> Option<usize> {
         self.followers().position(|m| m.id == node)
+    }
+}
+
+/// A reading of the auction clock and the instant, on this node's monotonic clock, at which it
+/// was taken (by the leader) or received (by a replica).
+///
+/// The auction clock advances at the rate of the monotonic clock, and a reading is received
+/// after it was taken, so `clock + elapsed since` never runs ahead of the leader's clock had it
+/// gone on: a successor resumes from there with no jump forward, and behind by no more than the
+/// reading's time in transit. Auctions therefore never close early, and a failover delays their
+/// close by about that transit time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockReading {
+    pub clock: Millis,
+    pub at: Instant,
+}
+
+impl ClockReading {
+    /// The auction clock at `now`, extrapolated from this reading.
+    pub fn at(&self, now: Instant) -> Millis {
+        self.clock.after(now.saturating_duration_since(self.at))
+    }
+
+    /// Takes `clock`, received at `now`, if it reads later than this reading extrapolates to:
+    /// a reading that waited in a buffer while this node was stalled reads earlier.
+    pub fn observe(&mut self, clock: Millis, now: Instant) {
+        if clock >= self.at(now) {
+            *self = Self { clock, at: now };
+        }
     }
 }
 
@@ -296,7 +367,7 @@ pub(crate) mod tests {
         }
     }
     fn three_members() -> ClusterState {
-        let mut s = ClusterState::founded(node(1));
+        let mut s = ClusterState::founded(node(1), Generation(7));
         s.apply(&change(ChangeKind::Join(node(2))));
         s.apply(&change(ChangeKind::Join(node(3))));
         s
@@ -320,7 +391,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_replicated_clock_never_runs_backwards() {
-        let mut s = ClusterState::founded(node(1));
+        let mut s = ClusterState::founded(node(1), Generation(7));
         s.apply(&Change {
             at: Millis(100),
             kind: ChangeKind::Leave(NodeId(9)),
@@ -338,6 +409,59 @@ pub(crate) mod tests {
         });
         assert_eq!(s.clock, Millis(100));
         assert!(d.unwrap().is_err(), "no auction yet");
+    }
+
+    #[test]
+    fn a_node_refuses_states_of_another_cluster_and_older_ones() {
+        let mine = three_members();
+        let mut newer_epoch = mine.clone();
+        newer_epoch.apply(&change(ChangeKind::Lead(node(2))));
+        // A successor's state may have dropped an uncommitted tail: fewer versions, newer epoch.
+        newer_epoch.version = 1;
+        assert_eq!(mine.refuses(&newer_epoch), None);
+        assert_eq!(mine.refuses(&mine), None);
+        let mut older = mine.clone();
+        older.version -= 1;
+        assert!(mine.refuses(&older).unwrap().contains("older"));
+        let foreign = ClusterState {
+            generation: Generation(8),
+            ..newer_epoch
+        };
+        assert!(mine.refuses(&foreign).unwrap().contains("another cluster"));
+        // An empty founder's state is both.
+        let empty = ClusterState::founded(node(1), Generation(9));
+        assert!(mine.refuses(&empty).is_some());
+    }
+
+    #[test]
+    fn a_clock_reading_extrapolates_and_ignores_stale_readings() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = ClockReading {
+            clock: Millis(1_000),
+            at: t0,
+        };
+        assert_eq!(r.at(t0 + ms(250)), Millis(1_250));
+        // A reading that waited in a buffer reads earlier than the extrapolation: kept out.
+        r.observe(Millis(1_100), t0 + ms(300));
+        assert_eq!(r.at(t0 + ms(300)), Millis(1_300));
+        r.observe(Millis(1_400), t0 + ms(350));
+        assert_eq!(r.at(t0 + ms(350)), Millis(1_400));
+        // An instant before the reading (never, with a monotonic clock) moves nothing back.
+        assert_eq!(r.at(t0), Millis(1_400));
+    }
+
+    #[test]
+    fn a_tick_moves_only_the_clock() {
+        let mut s = three_members();
+        let before = s.clone();
+        s.apply(&Change {
+            at: Millis(9_000),
+            kind: ChangeKind::Tick,
+        });
+        assert_eq!(s.clock, Millis(9_000));
+        assert_eq!(s.version, before.version + 1);
+        assert_eq!((&s.members, &s.machine), (&before.members, &before.machine));
     }
 
     #[test]
@@ -362,7 +486,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_leader_alone_commits_at_once() {
-        let s = ClusterState::founded(node(1));
+        let s = ClusterState::founded(node(1), Generation(7));
         assert!(Followers::<()>::default().committed(&s, 9));
     }
 

@@ -125,23 +125,36 @@ impl fmt::Display for BidderId {
     }
 }
 
-/// A point in time on the host's clock: milliseconds since the Unix epoch. Only the leader reads
-/// the clock; everything else receives times as values.
+/// A point on the replicated auction clock, in milliseconds since the cluster was founded.
+///
+/// The clock is replicated state: only the leader advances it, by the time that elapsed on its
+/// monotonic clock (DESIGN.md, "Time"), so a step of the host's wall clock (NTP, `date -s`, a
+/// restored VM) moves no deadline and expires no session. Deadlines and session ages are points
+/// on this clock; the wall clock serves only to display them ([`wall_clock_ms`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Millis(pub u64);
 
 impl Millis {
-    /// The host clock now.
-    pub fn now() -> Self {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Self(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
-    }
-
     pub fn saturating_add(self, d: Duration) -> Self {
         Self(self.0.saturating_add(d.as_millis()))
     }
+
+    /// This point plus `elapsed` (saturating; sub-millisecond parts are dropped).
+    pub fn after(self, elapsed: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+/// The host's wall clock in milliseconds since the Unix epoch: for display only (a deadline
+/// shown as a date), never for a decision, since it may step back or forward at any moment.
+pub fn wall_clock_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The length of an auction, from 1 second to 10 years, in milliseconds.

@@ -148,8 +148,10 @@ async fn a_replica_port_held_by_another_program_is_reported() {
     let node = cluster.node(5400).unwrap();
     let status = node.wait(WAIT).await.expect("the node exits");
     assert!(!status.success());
+    // The message names the holder: this test's own process.
+    let holder = format!("is held by pid {} (", std::process::id());
     wait_for_lines(&cluster.transcript, 1, |l| {
-        l.contains("is in use by a program that is not an auction node")
+        l.contains(&holder) && l.contains("which is not an auction node")
     })
     .await;
 }

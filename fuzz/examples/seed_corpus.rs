@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use auction::auction::Op;
 use auction::pb::{self, from_leader, from_replica, session_request};
-use auction::replication::{Change, ChangeKind, ClusterState};
+use auction::replication::{Change, ChangeKind, ClusterState, Generation};
 use auction::types::{Amount, BidderId, Duration, Millis, NodeId, RequestId};
 use auction_fuzz::{
     ANN_TOKEN, BIDDER_TOKEN, NONCE, OPERATOR_TOKEN, cluster_secret, credential, node, open_state,
@@ -254,13 +254,13 @@ fn main() {
                 from_leader::Msg::Append(pb::Append {
                     first_version: next,
                     changes: changes.clone(),
+                    generation: state.generation.0,
+                    epoch: state.epoch,
                 }),
             ),
             from_leader(
                 3,
-                from_leader::Msg::Heartbeat(pb::Heartbeat {
-                    version: next + changes.len() as u64 - 1,
-                }),
+                from_leader::Msg::Heartbeat(pb::Heartbeat { clock_ms: 6_100 }),
             ),
         ]),
     );
@@ -273,6 +273,8 @@ fn main() {
             from_leader::Msg::Append(pb::Append {
                 first_version: next,
                 changes: changes[1..3].to_vec(),
+                generation: state.generation.0,
+                epoch: state.epoch,
             }),
         )]),
     );
@@ -282,7 +284,9 @@ fn main() {
         "snapshot-new-cluster",
         &stream(&[from_leader(
             1,
-            from_leader::Msg::Snapshot((&ClusterState::founded(node(5400))).into()),
+            from_leader::Msg::Snapshot(
+                (&ClusterState::founded(node(5400), Generation(0xf0e))).into(),
+            ),
         )]),
     );
     println!("wrote the seed corpus to {}", dir.display());

@@ -4,29 +4,38 @@
 //! - a `Challenge` first is the leader's half of the handshake, checked by
 //!   `replica::check_leader` against the replica's challenge (fixed here: `NONCE`). It must
 //!   accept exactly the right proof from a valid node with a challenge of `auth::NONCE_LEN`
-//!   bytes, and nothing else. The replica keeps its state (`open_state`) from an earlier stream,
-//!   and a `replica::LeaderStream` for the proven leader then takes the rest;
+//!   bytes, and nothing else. The replica, member 5401, keeps its state (`open_state`) from an
+//!   earlier stream, and a `replica::LeaderStream` for the proven leader then takes the rest;
 //! - without a leading `Challenge`, the messages go to a `LeaderStream` of leader 5400 that has
 //!   already taken `open_state` as its snapshot, so a lone `Append` or heartbeat is taken too.
 //!
 //! A message the `LeaderStream` refuses ends the stream. After every message it takes, the state
 //! must still survive the wire. An `Append` it takes must start right after the state's version,
-//! add one version per change, and move the clock to its latest change if that is later.
+//! add one version per change, and move the clock to its latest change if that is later. A
+//! snapshot that replaces a state this member holds must be of the same cluster and no older.
 #![no_main]
 
 use auction::auth::NONCE_LEN;
 use auction::pb::{self, FromLeader, from_leader::Msg};
-use auction::replica::{LeaderStream, check_leader};
-use auction::replication::{Change, Member};
+use auction::replica::{Held, LeaderStream, check_leader};
+use auction::replication::{Change, ClockReading, Member};
 use auction::types::Millis;
 use auction_fuzz::{
     NONCE, check_change_round_trip, check_state, cluster_secret, messages, open_state,
 };
 use libfuzzer_sys::fuzz_target;
+use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
     let mut messages = messages::<FromLeader>(data).peekable();
-    let mut state = Some(open_state());
+    let me = auction_fuzz::node(5401);
+    let mut state = Some(Held {
+        state: open_state(),
+        clock: ClockReading {
+            clock: open_state().clock,
+            at: Instant::now(),
+        },
+    });
     let mut leader_stream = match messages.peek() {
         Some(FromLeader {
             msg: Some(Msg::Challenge(_)),
@@ -40,21 +49,26 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             match check_handshake(challenge) {
-                Some(leader) => LeaderStream::new(leader),
+                Some(leader) => LeaderStream::new(me, leader),
                 None => return,
             }
         }
         _ => {
-            let mut leader_stream = LeaderStream::new(open_state().leader);
+            let mut leader_stream = LeaderStream::new(me, open_state().leader);
             let snapshot = Msg::Snapshot(pb::State::from(&open_state()));
             leader_stream
-                .take(&mut state, Some(snapshot))
+                .take(&mut state, Some(snapshot), Instant::now())
                 .expect("a replica takes its proven leader's valid snapshot");
             leader_stream
         }
     };
     for message in messages {
-        let before = state.as_ref().map(|s| (s.version, s.clock));
+        let before = state.as_ref().map(|h| (h.state.version, h.state.clock));
+        let held_before = state
+            .as_ref()
+            .filter(|h| h.state.has_member(&me))
+            .map(|h| h.state.clone());
+        let is_snapshot = matches!(message.msg, Some(Msg::Snapshot(_)));
         // What a taken Append must do: start right after the state's version, add one version
         // per change, and move the clock to its latest change if that is later.
         let appended = match &message.msg {
@@ -70,9 +84,16 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => None,
         };
-        let Ok(taken) = leader_stream.take(&mut state, message.msg) else {
+        let Ok(taken) = leader_stream.take(&mut state, message.msg, Instant::now()) else {
             return;
         };
+        if is_snapshot && let Some(mine) = held_before {
+            assert_eq!(
+                mine.refuses(taken),
+                None,
+                "a member adopted a foreign or older state"
+            );
+        }
         assert_eq!(leader_stream.leader(), Some(taken.leader));
         if let (Some((version, clock)), Some((first, n, latest))) = (before, appended) {
             assert_eq!(

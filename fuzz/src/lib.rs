@@ -11,7 +11,7 @@ use auction::auction::{Decision, Op, Refusal};
 use auction::auth::{ClusterSecret, NONCE_LEN};
 use auction::leader::Request;
 use auction::pb::{self, session_request};
-use auction::replication::{Change, ChangeKind, ClusterState, Member};
+use auction::replication::{Change, ChangeKind, ClusterState, Generation, Member};
 use auction::server::Admission;
 use auction::types::{Amount, BidderId, Credential, Duration, Millis, NodeId, RequestId, Token};
 use prost::Message;
@@ -25,6 +25,8 @@ pub const ANN_TOKEN: &str = "fuzz-ann-token-0123456789abcdef-ann";
 pub const BIDDER_TOKEN: &str = "fuzz-bidder-token-0123456789abcdef";
 /// The cluster secret of the nodes under test.
 pub const CLUSTER_SECRET: &str = "fuzz-cluster-secret-0123456789abcdef";
+/// The cluster of [`open_state`].
+pub const GENERATION: Generation = Generation(0x5eed);
 /// The challenge of the leader in `from_replica`, and of the replica in `from_leader` (a real
 /// node draws a new one per stream; fixed here so that the seeds can carry valid proofs).
 pub const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
@@ -121,7 +123,7 @@ pub fn fixture_changes() -> Vec<Change> {
 /// A valid replicated state: leader 5400, member 5401, auction 1 open until 61 000 ms with a
 /// bid of 10 by `ann`, who is registered with [`ANN_TOKEN`].
 pub fn open_state() -> ClusterState {
-    let mut s = ClusterState::founded(node(5400));
+    let mut s = ClusterState::founded(node(5400), GENERATION);
     for c in fixture_changes() {
         s.apply(&c);
     }
@@ -141,7 +143,7 @@ pub fn check_state(s: &ClusterState) {
     let back = ClusterState::try_from(decoded).expect("a reachable state is a valid snapshot");
     assert_eq!(&back, s, "the state changed on its way through a snapshot");
     assert_eq!(pb::digest(&back), pb::digest(s));
-    let _ = pb::auction_view(&s.machine.auction, s.clock);
+    let _ = pb::auction_view(&s.machine.auction, s.clock, 0);
     for m in &s.members {
         let _ = s.succession_rank(m.id);
     }
@@ -321,7 +323,7 @@ fn decide(id: Option<RequestId>, op: &Op, at: Millis) {
 
 /// The decision travels to the client and back unchanged.
 fn check_decision(decision: &Decision, state: &ClusterState, now: Millis) {
-    let reply = pb::decision_reply(decision, pb::auction_view(&state.machine.auction, now));
+    let reply = pb::decision_reply(decision, pb::auction_view(&state.machine.auction, now, 0));
     let decoded = pb::DecisionReply::decode(reply.encode_to_vec().as_slice())
         .expect("an encoded reply decodes");
     let wire = decoded.decision.expect("a reply carries its decision");
