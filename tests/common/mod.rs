@@ -32,6 +32,13 @@ impl Harness {
 
     /// As [`Harness::start`], with more `auction-node` arguments for every node.
     pub async fn start_with(ids: &[u16], node_args: &[&str]) -> Self {
+        Self::start_with_spec(Self::spec(node_args), ids).await
+    }
+
+    /// The spec [`Harness::start_with`] uses: ports that were free, the tests' heartbeat and
+    /// timeout, then `node_args`. Change it (a fake clock, a private /tmp) and pass it to
+    /// [`Harness::start_with_spec`].
+    pub fn spec(node_args: &[&str]) -> Spec {
         let mut spec = Spec::on_free_ports(NODE).expect("free ports");
         spec.node_args = vec![
             "--heartbeat-ms".into(),
@@ -41,15 +48,58 @@ impl Harness {
         ];
         spec.node_args
             .extend(node_args.iter().map(ToString::to_string));
+        spec
+    }
+
+    /// As [`Harness::start`], with the nodes started as `spec` says.
+    pub async fn start_with_spec(spec: Spec, ids: &[u16]) -> Self {
         let mut h = Self {
             cluster: LocalCluster::new(spec, Transcript::new(false)),
         };
         h.cluster.start(ids[0]).expect("start leader");
         h.wait_leader(ids[0]).await;
         for &id in &ids[1..] {
-            h.cluster.start_member(id, WAIT).await.expect("join");
+            h.start_member(id).await;
         }
         h
+    }
+
+    /// Starts node `id` (again, if it ran before) and waits until the leader lists this very
+    /// process as a member. Fails as soon as the process exits instead.
+    pub async fn start_member(&mut self, id: u16) -> StatusReply {
+        self.cluster.start(id).expect("start node");
+        self.wait_member(id).await
+    }
+
+    /// Waits until the leader lists node `id`'s current process (same pid) as a member. Fails as
+    /// soon as the process exits instead.
+    pub async fn wait_member(&mut self, id: u16) -> StatusReply {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut client = self.cluster.client(Duration::from_millis(500));
+        loop {
+            let pid = self.cluster.node(id).expect("known node").pid();
+            let last = match client.status().await {
+                Ok(s)
+                    if s.members
+                        .iter()
+                        .any(|m| m.id == u32::from(id) && m.pid == pid) =>
+                {
+                    return s;
+                }
+                Ok(s) => format!("{s:?}"),
+                Err(e) => e.to_string(),
+            };
+            let node = self.cluster.node(id).expect("known node");
+            assert!(
+                !node.exited(),
+                "node {id} exited instead of becoming a member; last status: {last}"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} did not become a member within {WAIT:?}; last status: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn wait_for(&self, pred: impl FnMut(&StatusReply) -> bool) -> StatusReply {
