@@ -231,8 +231,10 @@ pub struct Spec {
     pub node_env: Vec<(String, String)>,
     /// Whether each node gets a /tmp of its own, empty at its start, as a service with
     /// systemd's `PrivateTmp=yes` does: it runs in a mount namespace of its own with a fresh
-    /// tmpfs on /tmp (needs root and util-linux's `unshare`). The nodes then take the cluster
-    /// secret and the operator token from the environment, since the auth dir may be in /tmp.
+    /// tmpfs on /tmp (util-linux's `unshare`; needs root, as a service manager has: in a user
+    /// namespace of its own, a node could not check the processes of the others, and fencing
+    /// refuses what it cannot check). The nodes then take the cluster secret and the operator
+    /// token from the environment, since the auth dir may be in /tmp.
     pub private_tmp: bool,
 }
 
@@ -309,6 +311,12 @@ impl LocalCluster {
             let secret = auth.cluster_secret().map_err(std::io::Error::other)?;
             let operator = auth.operator_token().map_err(std::io::Error::other)?;
             // unshare and sh exec in turn, so the pid spawned is the node's own.
+            if !rustix::process::geteuid().is_root() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "a node with a private /tmp needs root (unshare --mount): run the tests as root",
+                ));
+            }
             let mut cmd = Command::new("unshare");
             cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
                 .arg(r#"mount -t tmpfs tmpfs /tmp && exec "$0" "$@""#)
