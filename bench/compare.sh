@@ -36,7 +36,7 @@ SECS=${SECS:-10}
 FAILOVER_CLIENTS=${FAILOVER_CLIENTS:-16}
 FAULTS=${FAULTS:-5}
 OUT=target/compare
-BIN=target/release
+BIN=target/perf
 
 if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null \
     || ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
@@ -45,7 +45,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/nul
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     redis-server redis-sentinel etcd-server etcd-client >&2
 fi
-cargo build --release --quiet --bin auction-node --bin auction-bench --bin auction-client
+cargo build --profile perf --quiet --bin auction-node --bin auction-bench --bin auction-client
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 WORK=$(mktemp -d)

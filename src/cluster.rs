@@ -136,6 +136,20 @@ impl Proc {
         stdin.flush().await
     }
 
+    /// Types raw bytes into the process, as a terminal or a pipe may send them (not always
+    /// UTF-8).
+    ///
+    /// # Errors
+    /// The process's stdin is closed.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("stdin closed"))?;
+        stdin.write_all(bytes).await?;
+        stdin.flush().await
+    }
+
     /// Closes the process's stdin (end of input).
     pub fn close_stdin(&mut self) {
         self.stdin = None;

@@ -83,6 +83,23 @@ pub enum ReplyTo {
 }
 
 impl ReplyTo {
+    /// Refuses the request undecided, with `status`: the client may send it again elsewhere.
+    pub fn refuse(self, status: &Status) {
+        match self {
+            // The caller hears UNAVAILABLE when its reply is dropped.
+            Self::Caller(_) => {}
+            Self::Session { tag, slot } => {
+                slot.send(Ok(pb::SessionReply {
+                    tag,
+                    reply: Some(pb::session_reply::Reply::Error(pb::ErrorReply {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    })),
+                }));
+            }
+        }
+    }
+
     /// Delivers `reply`. A caller or session that went away no longer wants it.
     pub fn send(self, reply: Reply) {
         match self {
@@ -146,6 +163,10 @@ pub enum Event {
     Gone {
         conn: ConnId,
     },
+    /// A replica said it leaves on purpose, and its stream ends.
+    Left {
+        conn: ConnId,
+    },
 }
 
 /// A cheap handle to the leader task.
@@ -175,6 +196,11 @@ impl LeaderHandle {
             .map_err(|_| Status::unavailable("the leader is shutting down"))?;
         rx.await
             .map_err(|_| Status::unavailable("the leader is shutting down"))
+    }
+
+    /// Resolves once the leader task has ended (it left, or failed).
+    pub async fn stopped(&self) {
+        self.events.closed().await;
     }
 
     /// Delivers a replication event.
@@ -223,6 +249,9 @@ struct Leader {
     members: watch::Sender<Vec<Member>>,
     /// Keeps the thread polling for a while after runs of small batches, unless turned off.
     spin: Spin,
+    /// Set once the node was asked to stop: until then, the leader answers what it has taken
+    /// (every batch in flight must commit), refuses what comes new, then hands over.
+    leaving_by: Option<Instant>,
 }
 
 /// Starts the leader task on `state` and returns its handle. The auction clock resumes from
@@ -249,6 +278,7 @@ pub fn spawn(
         rounds: VecDeque::new(),
         members,
         spin: Spin::spawn(timing.spin),
+        leaving_by: None,
     };
     tokio::spawn(leader.run(rx, shutdown));
     LeaderHandle {
@@ -275,9 +305,12 @@ impl Leader {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                // A stopped node must not act again: on shutdown the task ends and the stream
-                // senders drop, which ends every replica stream.
-                () = &mut shutdown => break,
+                // A node asked to stop answers what it took, then hands over and acts no more:
+                // the task ends and the stream senders drop, which ends every replica stream.
+                () = &mut shutdown, if self.leaving_by.is_none() => {
+                    info!("leaving: answering the requests in flight, then handing over");
+                    self.leaving_by = Some(Instant::now() + self.timing.timeout);
+                }
                 event = events.recv() => match event {
                     Some(event) => self.handle(event),
                     None => break,
@@ -296,16 +329,55 @@ impl Leader {
                 self.handle(event);
             }
             self.advance();
+            if let Some(by) = self.leaving_by
+                && (self.drained() || Instant::now() >= by)
+            {
+                self.hand_over();
+                break;
+            }
         }
         info!("stopped leading");
+    }
+
+    /// Whether every request taken has been answered and every change committed.
+    fn drained(&self) -> bool {
+        self.rounds.is_empty() && self.queued.is_empty() && self.queued_changes.is_empty()
+    }
+
+    /// Tells every replica that this leader leaves on purpose, so that the first member in line
+    /// takes over as soon as this process is gone, without fencing it.
+    fn hand_over(&mut self) {
+        if !self.drained() {
+            warn!("leaving with requests unanswered: their clients will send them again");
+        }
+        let conns: Vec<ConnId> = self.followers.iter_mut().map(|(c, _)| c).collect();
+        for conn in conns {
+            self.send(conn, from_leader::Msg::Leaving(pb::Leaving {}));
+        }
+        info!("handed over");
     }
 
     fn handle(&mut self, event: Event) {
         match event {
             Event::Request { request, reply } => match request {
                 Request::Status(detail) => reply.send(Reply::Status(self.status(detail))),
+                _ if self.leaving_by.is_some() => {
+                    reply.refuse(&Status::unavailable("the leader is leaving"));
+                }
                 request => self.queued.push((request, reply)),
             },
+            Event::Left { conn } => {
+                if let Some(f) = self.followers.detach(conn) {
+                    if self.state.has_member(&f.node) {
+                        info!(node = %f.node.id, "member left");
+                        if !self.queued_changes.contains(&ChangeKind::Leave(f.node.id)) {
+                            self.queued_changes.push(ChangeKind::Leave(f.node.id));
+                        }
+                    } else {
+                        debug!(node = %f.node.id, "joining node left");
+                    }
+                }
+            }
             Event::Join { conn, node, peer } => self.on_join(conn, node, peer),
             Event::Ack { conn, seq, version } => {
                 let first = self.followers.on_ack(conn, seq, version);

@@ -23,7 +23,7 @@ use crate::leader::{self, LeaderHandle, Timing};
 use crate::limits::{self, Limits, MAX_MESSAGE_BYTES, Unproven};
 use crate::pb;
 use crate::process::{self, Fenced, Listener, MemberMark};
-use crate::replica::{self, FollowEnd, Held, SharedState};
+use crate::replica::{self, Dial, FollowEnd, Held, SharedState};
 use crate::replication::{ChangeKind, ClockReading, ClusterState, Generation, Member};
 use crate::server::{Admission, AuctionService, ReplicationService};
 use crate::tls::ServerTls;
@@ -183,13 +183,26 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
                 Vacancy::Held => port_held = true,
             }
         }
-        let end = tokio::select! {
-            () = shutdown.clone().wait() => return Ok(()),
-            end = replica::follow(leader_addr, me, &cfg.secret, cfg.tls.as_ref(), cfg.timing, &mut mark, &shared) => end,
+        let dial = Dial {
+            leader_addr,
+            secret: &cfg.secret,
+            tls: cfg.tls.as_ref(),
+            timing: cfg.timing,
         };
+        let end = replica::follow(dial, me, &mut mark, &shared, shutdown.clone().wait()).await;
         let is_member = replica::is_member(&shared, &me);
         let retry_at_once = match end {
             FollowEnd::Refused(status) => return Err(NodeError::Refused(status.message().into())),
+            FollowEnd::Stopped => return Ok(()),
+            // A leader that leaves on purpose is not fenced: members wait for its process to
+            // end, then take over. One that lingers past the timeout is fenced after all.
+            FollowEnd::Left { leader } => match leader.filter(|_| is_member) {
+                Some(leader) => {
+                    info!(leader = %leader.id, "the leader left; taking over once it is gone");
+                    gone(&leader, cfg.timing.timeout).await || fence_leader(&leader, "departing")
+                }
+                None => false,
+            },
             FollowEnd::Lost { leader } => {
                 if let Some(leader) = leader.filter(|_| is_member) {
                     warn!(leader = %leader.id, "lost the leader");
@@ -260,6 +273,20 @@ fn fence_leader(leader: &Member, why: &str) -> bool {
             warn!(leader = %leader.id, "could not fence the {why} leader: {e}");
             false
         }
+    }
+}
+
+/// Waits until `leader`'s process is gone, for at most `within`. Returns whether it is.
+async fn gone(leader: &Member, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(None) = process::ProcessHandle::open(leader) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -484,7 +511,11 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Binds the client port, retrying until the previous leader's socket is gone.
+/// Binds the client port, retrying while the previous leader's socket is still there.
+///
+/// # Errors
+/// The port is held by a program that is not an auction node ([`NodeError::PortTaken`]):
+/// it will not give way.
 async fn bind_client_port(addr: SocketAddr) -> Result<TcpListener, NodeError> {
     let mut waited = Duration::ZERO;
     let step = Duration::from_millis(2);
@@ -492,6 +523,11 @@ async fn bind_client_port(addr: SocketAddr) -> Result<TcpListener, NodeError> {
         match TcpListener::bind(addr).await {
             Ok(l) => return Ok(l),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                // A node that is leaving gives the port up; another program never does. (Looked
+                // up every 100 ms: it scans every process's descriptors.)
+                if waited.as_millis() % 100 < step.as_millis() {
+                    check_port_holder(addr)?;
+                }
                 if waited.as_millis() % 2000 < step.as_millis() {
                     warn!(%addr, "client port still in use; waiting for it");
                 }

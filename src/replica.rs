@@ -37,6 +37,11 @@ pub enum FollowEnd {
     /// The proven leader offered a state that this member must not adopt: another cluster's, or
     /// older than the committed state this member holds. It acknowledged nothing of it.
     Stale { leader: Member, why: String },
+    /// The leader said it leaves on purpose: it has committed what it answered and will not act
+    /// again. `leader` is who had sent the state.
+    Left { leader: Option<Member> },
+    /// This node was asked to stop; a member has told the leader it leaves.
+    Stopped,
     /// The leader refused this node for good (for example, its id is in use).
     Refused(Status),
     /// The node on the replica port could not prove that it holds the cluster secret: it is
@@ -59,83 +64,38 @@ pub type SharedState = Arc<Mutex<Option<Held>>>;
 /// How often per heartbeat a replica checks whether the leader has been silent too long.
 const SILENCE_CHECKS_PER_HEARTBEAT: u32 = 4;
 
-/// Follows the leader at `leader_addr` as `me`, keeping `shared` up to date. When `me` becomes a
-/// member, it takes its member mark (kept in `mark`) before it acknowledges anything as a
-/// member. A member fences a silent leader before it returns.
+/// How a replica reaches and checks its leader.
+#[derive(Clone, Copy, Debug)]
+pub struct Dial<'a> {
+    /// The replica port.
+    pub leader_addr: SocketAddr,
+    /// What the leader must prove it holds, and what this replica proves with.
+    pub secret: &'a ClusterSecret,
+    /// TLS to dial with, or plain HTTP/2.
+    pub tls: Option<&'a ServerTls>,
+    pub timing: Timing,
+}
+
+/// Follows the leader at `dial.leader_addr` as `me`, keeping `shared` up to date, until the
+/// leader fails, leaves or refuses, or `stopping` resolves. When `me` becomes a member, it takes
+/// its member mark (kept in `mark`) before it acknowledges anything as a member. A member fences
+/// a silent leader before it returns; a member told to stop tells the leader it leaves.
 pub async fn follow(
-    leader_addr: SocketAddr,
+    dial: Dial<'_>,
     me: Member,
-    secret: &ClusterSecret,
-    tls: Option<&ServerTls>,
-    timing: Timing,
     mark: &mut Option<MemberMark>,
     shared: &SharedState,
+    stopping: impl Future<Output = ()>,
 ) -> FollowEnd {
-    let nonce = match auth::nonce() {
-        Ok(n) => n,
-        Err(e) => return FollowEnd::Unreachable(format!("no randomness for a challenge: {e}")),
-    };
-    let endpoint = match tls::endpoint(leader_addr, tls) {
-        Ok(e) => e.connect_timeout(timing.timeout).tcp_nodelay(true),
-        Err(e) => return FollowEnd::Unreachable(e),
-    };
-    let channel = match endpoint.connect().await {
-        Ok(c) => c,
-        Err(e) => return FollowEnd::Unreachable(e.to_string()),
-    };
-    let mut client = pb::replication_client::ReplicationClient::new(channel)
-        .max_decoding_message_size(MAX_STATE_BYTES);
-    let (acks, rx) = mpsc::channel(1024);
-    let join = FromReplica {
-        msg: Some(from_replica::Msg::Join(pb::Join {
-            node: Some(me.into()),
-            nonce: nonce.to_vec(),
-        })),
-    };
-    if acks.try_send(join).is_err() {
-        return FollowEnd::Unreachable("could not queue Join".into());
-    }
-    let response =
-        match tokio::time::timeout(timing.timeout, client.follow(ReceiverStream::new(rx))).await {
-            Err(_) => {
-                if is_member(shared, &me) {
-                    fence_silent_leader(leader_addr, None);
-                }
-                return FollowEnd::Silent { leader: None };
-            }
-            Ok(Err(status)) => {
-                return refused_or(status, |s| FollowEnd::Unreachable(s.to_string()));
-            }
-            Ok(Ok(r)) => r,
-        };
-    let mut inbound = response.into_inner();
-    // The leader proves itself first; only then does this replica answer with its own proof.
-    let proven = match tokio::time::timeout(timing.timeout, inbound.message()).await {
-        Err(_) => {
-            if is_member(shared, &me) {
-                fence_silent_leader(leader_addr, None);
-            }
-            return FollowEnd::Silent { leader: None };
-        }
-        Ok(Err(status)) => return refused_or(status, |s| FollowEnd::Unreachable(s.to_string())),
-        Ok(Ok(None)) => return FollowEnd::Unreachable("the stream ended at once".into()),
-        Ok(Ok(Some(first))) => match check_leader(secret, &nonce, first) {
-            Ok((leader, their_nonce)) => {
-                let proof = secret.replica_proof(&their_nonce, &nonce, &me);
-                let prove = FromReplica {
-                    msg: Some(from_replica::Msg::Prove(pb::Prove { proof })),
-                };
-                if acks.try_send(prove).is_err() {
-                    return FollowEnd::Unreachable("could not queue the proof".into());
-                }
-                leader
-            }
-            Err(why) => {
-                warn!("the node on the replica port is not this cluster's leader: {why}");
-                return FollowEnd::Impostor(why);
-            }
+    tokio::pin!(stopping);
+    let (mut inbound, acks, proven) = tokio::select! {
+        () = &mut stopping => return FollowEnd::Stopped,
+        shaken = handshake(dial, me, shared) => match shaken {
+            Ok(link) => link,
+            Err(end) => return end,
         },
     };
+    let timing = dial.timing;
     let mut stream = LeaderStream::new(me, proven);
     let mut member = is_member(shared, &me);
     // Checked four times per heartbeat, so a silent leader is noticed at most a quarter of a
@@ -152,6 +112,23 @@ pub async fn follow(
                 Ok(None) => return FollowEnd::Lost { leader },
                 Ok(Some(m)) => m,
             },
+            // Asked to stop: a member says it leaves, so the leader removes it without fencing
+            // it, and waits (at most the timeout) until the leader has let it go.
+            () = &mut stopping => {
+                if member {
+                    let leave = FromReplica {
+                        msg: Some(from_replica::Msg::Leave(pb::Leave {})),
+                    };
+                    if acks.try_send(leave).is_ok() {
+                        let _ = tokio::time::timeout(timing.timeout, async {
+                            while let Ok(Some(_)) = inbound.message().await {}
+                        })
+                        .await;
+                    }
+                    info!("left the cluster");
+                }
+                return FollowEnd::Stopped;
+            }
             // The leader's silence, measured on this replica's own ticks: a tick that comes
             // much later than due means this replica was stalled (paused, or starved), so the
             // silence was its own and the clock restarts.
@@ -165,7 +142,7 @@ pub async fn follow(
                     if member {
                         // Fenced while this stream is still open, so a leader that was only
                         // slow never sees it end and fences this replica in return.
-                        fence_silent_leader(leader_addr, leader);
+                        fence_silent_leader(dial.leader_addr, leader);
                     }
                     return FollowEnd::Silent { leader };
                 }
@@ -173,6 +150,9 @@ pub async fn follow(
             }
         };
         last_heard = Instant::now();
+        if matches!(message.msg, Some(from_leader::Msg::Leaving(_))) {
+            return FollowEnd::Left { leader };
+        }
         let seq = message.seq;
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         let mut state = shared.lock().expect("state lock poisoned");
@@ -194,7 +174,7 @@ pub async fn follow(
             };
         if joined {
             if mark.is_none() {
-                let taken = MemberMark::take(leader_addr);
+                let taken = MemberMark::take(dial.leader_addr);
                 match hold_membership(taken, &mut state) {
                     Ok(m) => *mark = Some(m),
                     Err(end) => return end,
@@ -210,6 +190,94 @@ pub async fn follow(
         // Acks are cumulative: when the queue is full, the next ack carries this one.
         let _ = acks.try_send(ack);
     }
+}
+
+/// Opens a stream to the node on the replica port and runs the handshake: this replica's Join
+/// and challenge, the leader's proof, this replica's proof. Returns the stream, the sender of
+/// this replica's messages, and the proven leader.
+///
+/// # Errors
+/// How following ended before any state arrived.
+async fn handshake(
+    dial: Dial<'_>,
+    me: Member,
+    shared: &SharedState,
+) -> Result<
+    (
+        tonic::Streaming<pb::FromLeader>,
+        mpsc::Sender<FromReplica>,
+        Member,
+    ),
+    FollowEnd,
+> {
+    let Dial {
+        leader_addr,
+        secret,
+        tls,
+        timing,
+    } = dial;
+    let nonce = auth::nonce()
+        .map_err(|e| FollowEnd::Unreachable(format!("no randomness for a challenge: {e}")))?;
+    let endpoint = tls::endpoint(leader_addr, tls)
+        .map_err(FollowEnd::Unreachable)?
+        .connect_timeout(timing.timeout)
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| FollowEnd::Unreachable(e.to_string()))?;
+    let mut client = pb::replication_client::ReplicationClient::new(channel)
+        .max_decoding_message_size(MAX_STATE_BYTES);
+    let (acks, rx) = mpsc::channel(1024);
+    let join = FromReplica {
+        msg: Some(from_replica::Msg::Join(pb::Join {
+            node: Some(me.into()),
+            nonce: nonce.to_vec(),
+        })),
+    };
+    if acks.try_send(join).is_err() {
+        return Err(FollowEnd::Unreachable("could not queue Join".into()));
+    }
+    let silent = || {
+        if is_member(shared, &me) {
+            fence_silent_leader(leader_addr, None);
+        }
+        FollowEnd::Silent { leader: None }
+    };
+    let response =
+        match tokio::time::timeout(timing.timeout, client.follow(ReceiverStream::new(rx))).await {
+            Err(_) => return Err(silent()),
+            Ok(Err(status)) => {
+                return Err(refused_or(status, |s| {
+                    FollowEnd::Unreachable(s.to_string())
+                }));
+            }
+            Ok(Ok(r)) => r,
+        };
+    let mut inbound = response.into_inner();
+    // The leader proves itself first; only then does this replica answer with its own proof.
+    let first = match tokio::time::timeout(timing.timeout, inbound.message()).await {
+        Err(_) => return Err(silent()),
+        Ok(Err(status)) => {
+            return Err(refused_or(status, |s| {
+                FollowEnd::Unreachable(s.to_string())
+            }));
+        }
+        Ok(Ok(None)) => return Err(FollowEnd::Unreachable("the stream ended at once".into())),
+        Ok(Ok(Some(first))) => first,
+    };
+    let (leader, their_nonce) = check_leader(secret, &nonce, first).map_err(|why| {
+        warn!("the node on the replica port is not this cluster's leader: {why}");
+        FollowEnd::Impostor(why)
+    })?;
+    let proof = secret.replica_proof(&their_nonce, &nonce, &me);
+    let prove = FromReplica {
+        msg: Some(from_replica::Msg::Prove(pb::Prove { proof })),
+    };
+    if acks.try_send(prove).is_err() {
+        return Err(FollowEnd::Unreachable("could not queue the proof".into()));
+    }
+    Ok((inbound, acks, leader))
 }
 
 /// Lets a replica whose state has just listed it as a member act as one only if it took its
@@ -369,6 +437,8 @@ impl LeaderStream {
                 clock.observe(crate::types::Millis(beat.clock_ms), now);
                 Ok(state)
             }
+            // [`follow`] ends the stream on it before it would come here.
+            Some(from_leader::Msg::Leaving(_)) => Err(protocol("the leader is leaving".into())),
             Some(from_leader::Msg::Challenge(_)) => {
                 Err(protocol("a challenge after the handshake".into()))
             }

@@ -233,13 +233,20 @@ impl pb::auction_server::Auction for AuctionService {
                 let Ok(slot) = stream.clone().reserve_owned().await else {
                     return;
                 };
-                let message = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    // The client ended the stream.
-                    Ok(None) => return,
-                    // Malformed or oversized: the stream ends with the reason.
-                    Err(status) => {
-                        slot.send(Err(status));
+                let message = tokio::select! {
+                    message = inbound.message() => match message {
+                        Ok(Some(m)) => m,
+                        // The client ended the stream.
+                        Ok(None) => return,
+                        // Malformed or oversized: the stream ends with the reason.
+                        Err(status) => {
+                            slot.send(Err(status));
+                            return;
+                        }
+                    },
+                    // The leader left: the client goes on with its successor.
+                    () = leader.stopped() => {
+                        slot.send(Err(Status::unavailable("the leader left")));
                         return;
                     }
                 };
@@ -469,6 +476,12 @@ impl pb::replication_server::Replication for ReplicationService {
                         if leader.send(event).await.is_err() {
                             return;
                         }
+                    }
+                    Ok(Some(FromReplica {
+                        msg: Some(from_replica::Msg::Leave(_)),
+                    })) => {
+                        let _ = leader.send(Event::Left { conn }).await;
+                        return;
                     }
                     Ok(Some(other)) => {
                         debug!(node = %node.id, "protocol error from replica: {other:?}");

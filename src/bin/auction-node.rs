@@ -15,6 +15,7 @@ use auction::limits::Limits;
 use auction::node::{self, Config, Role, Shutdown};
 use auction::types::{Duration as AuctionDuration, NodeId};
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Every request allocates a little on its way through gRPC, and mimalloc does that more
 /// cheaply than the system allocator.
@@ -26,9 +27,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// This node's id, as in the seed: 5400 for the first node, then 5401, 5402, ...
-    #[arg(long)]
-    port: u16,
+    /// This node's id: 5400 for the first node, then 5401, 5402, ... It names the node; it is
+    /// not a port it listens on. `--port` is the same option, under the name the original
+    /// hand-in's commands use.
+    #[arg(long, alias = "port")]
+    id: u16,
     /// Port on which the leader serves clients.
     #[arg(long, default_value_t = 5000)]
     client_port: u16,
@@ -105,7 +108,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         secret: auth.cluster_secret()?,
         tls: if args.tls { Some(auth.tls()?) } else { None },
         operator: auth.operator_token()?.credential(),
-        id: NodeId(args.port),
+        id: NodeId(args.id),
         host: args.host,
         client_port: args.client_port,
         leader_port: args.leader_port,
@@ -146,7 +149,7 @@ fn start(args: &Args, cfg: Config) -> anyhow::Result<()> {
         .with_target(false)
         .init();
     tracing::info!(
-        id = args.port,
+        id = args.id,
         pid = std::process::id(),
         "auction-node starting"
     );
@@ -161,9 +164,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop, shutdown) = Shutdown::new();
     // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    // Every line is read as bytes, so one that is not UTF-8 (Latin-1 text, half a character
+    // left by a backspace) is reported and skipped rather than ending the terminal.
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
+        let mut stdin = std::io::stdin().lock();
+        let mut bytes = Vec::new();
+        loop {
+            bytes.clear();
+            match stdin.read_until(b'\n', &mut bytes) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8(std::mem::take(&mut bytes)).map_err(|_| ());
             if lines_tx.send(line).is_err() {
                 break;
             }
@@ -174,7 +186,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         while let Some(line) = lines.recv().await {
             let mut out = std::io::stdout();
-            let result = match console::parse(&line) {
+            let Ok(line) = line else {
+                use std::io::Write;
+                let _ = writeln!(out, "ignored a line that is not UTF-8 text");
+                continue;
+            };
+            let result = match console::parse(line.trim_end_matches(['\n', '\r'])) {
                 Ok(Some(command)) => {
                     console::execute(command, &terminal_role, duration, &mut out).await
                 }
@@ -189,16 +206,24 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let node = tokio::spawn(node::run(cfg, role, shutdown));
+    // How long a node asked to stop may take to leave: a leader answers what is in flight and
+    // hands over, a member tells the leader it leaves; each waits at most the timeout.
+    let patience = cfg.timing.timeout + Duration::from_secs(1);
+    let mut node = tokio::spawn(node::run(cfg, role, shutdown));
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            r.context("listening for Ctrl-C")?;
-            tracing::info!("shutting down");
-            let _ = stop.send(true);
-        }
-        r = node => {
-            return r.context("node task failed")?.map_err(Into::into);
-        }
+        r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,
+        _ = terminate.recv() => {}
+        r = &mut node => return r.context("node task failed")?.map_err(Into::into),
     }
-    Ok(())
+    tracing::info!("shutting down (Ctrl-C again to stop at once)");
+    let _ = stop.send(true);
+    tokio::select! {
+        r = &mut node => r.context("node task failed")?.map_err(Into::into),
+        () = tokio::time::sleep(patience) => {
+            tracing::warn!("did not leave within {patience:?}; stopping");
+            Ok(())
+        }
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }
