@@ -8,8 +8,20 @@
 //! backtracks when it meets the return of an operation it has not placed. An operation whose
 //! outcome is unknown returns "never": it may be placed anywhere after its invocation, with any
 //! outcome. Operations on different auctions are independent and are checked separately.
+//!
+//! Time in the model stays at 0: an auction ends only by its [`Call::Expire`] operation, which
+//! the search must place inside its window like any other. So a read that says "closed" before
+//! the window opens (an early close), and a read invoked after the window ended that says "open"
+//! (a late close, a frozen clock), have no linearization. After the Expire, bids are refused as
+//! `Closed`.
+//!
+//! An operation with an unknown outcome may take effect in the auction current at its
+//! invocation or in any later one, so it goes into the history of each of them (as unknown: it
+//! may take effect there or not). The auction current at its invocation is at least the one its
+//! client last saw, and at least the latest one named by an answer returned before it was
+//! invoked. This over-approximates, and never reports a false violation.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -37,6 +49,8 @@ pub struct Violation {
     pub unplaced: Vec<Op>,
     /// Set when the search gave up rather than proved a violation.
     pub gave_up: bool,
+    /// The auction's end at its deadline, with its whole window, if the history has it.
+    pub deadline: Option<Op>,
 }
 
 impl fmt::Display for Violation {
@@ -54,6 +68,9 @@ impl fmt::Display for Violation {
             self.auction,
             self.prefix_end.as_secs_f64()
         )?;
+        if let Some(deadline) = &self.deadline {
+            writeln!(f, "its deadline: {deadline}")?;
+        }
         writeln!(
             f,
             "the longest order found places {} operations and ends in: {}",
@@ -77,12 +94,44 @@ impl fmt::Display for Violation {
 /// The smallest window of the history that cannot be linearized.
 pub fn check(history: &[Op]) -> Result<(), Box<Violation>> {
     let mut by_auction: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
+    let placed_in_one = |op: &Op| op.is_known() || op.call == Call::Expire;
+    let auctions: BTreeSet<u64> = history
+        .iter()
+        .filter(|op| placed_in_one(op))
+        .map(|op| op.auction)
+        .collect();
+    // The auctions named by answers, by return time, each with the latest named so far: the
+    // lowest auction an operation invoked after that time can take effect in.
+    let mut named: Vec<(Duration, u64)> = history
+        .iter()
+        .filter(|op| op.is_known() && op.call != Call::Expire)
+        .filter_map(|op| Some((op.returned?, op.auction)))
+        .collect();
+    named.sort_unstable();
+    let mut latest = 0;
+    for entry in &mut named {
+        latest = latest.max(entry.1);
+        entry.1 = latest;
+    }
+    let latest_before = |t: Duration| -> u64 {
+        let i = named.partition_point(|(r, _)| *r < t);
+        i.checked_sub(1).map_or(0, |i| named[i].1)
+    };
     // A read without an answer constrains nothing.
     for op in history
         .iter()
         .filter(|op| op.call != Call::Read || op.is_known())
     {
-        by_auction.entry(op.auction).or_default().push(op.clone());
+        if placed_in_one(op) {
+            by_auction.entry(op.auction).or_default().push(op.clone());
+        } else {
+            let lowest = op.auction.max(latest_before(op.invoked));
+            for &auction in auctions.range(lowest..) {
+                let mut op = op.clone();
+                op.auction = auction;
+                by_auction.entry(auction).or_default().push(op);
+            }
+        }
     }
     for (auction, mut ops) in by_auction {
         ops.sort_by_key(|op| op.invoked);
@@ -94,7 +143,7 @@ pub fn check(history: &[Op]) -> Result<(), Box<Violation>> {
 }
 
 /// The model of auction `number` as the cluster opens it: open, no bids, and a deadline the run
-/// never reaches (time in the model stays at 0).
+/// never reaches (time in the model stays at 0; the auction ends by its [`Call::Expire`]).
 fn model(number: u64) -> Machine {
     let mut m = Machine::default();
     let forever = AuctionDuration::from_secs(AuctionDuration::MAX_SECS).expect("in range");
@@ -127,7 +176,14 @@ fn step(state: &Machine, op: &Op) -> Option<Machine> {
         }
         (Call::Read, Return::Read(seen)) => (*seen == read(state)).then(|| state.clone()),
         (Call::Read, Return::Unknown) => Some(state.clone()),
-        (Call::Read, Return::Bid(_)) => None,
+        (Call::Read, Return::Bid(_) | Return::Expired) => None,
+        // The deadline passes: the auction closes if it is still open, and keeps its winner.
+        (Call::Expire, Return::Expired | Return::Unknown) => {
+            let mut next = state.clone();
+            next.auction.closed_early = true;
+            Some(next)
+        }
+        (Call::Expire, Return::Bid(_) | Return::Read(_)) => None,
     }
 }
 
@@ -143,9 +199,10 @@ fn read(state: &Machine) -> ReadView {
 
 fn describe(state: &Machine) -> String {
     let v = read(state);
+    let open = if v.open { "open" } else { "closed" };
     match v.highest {
-        Some((who, amount)) => format!("highest {amount} by {who}, {} bidders", v.bidders),
-        None => format!("no bids, {} bidders", v.bidders),
+        Some((who, amount)) => format!("{open}, highest {amount} by {who}, {} bidders", v.bidders),
+        None => format!("{open}, no bids, {} bidders", v.bidders),
     }
 }
 
@@ -365,6 +422,7 @@ fn explain(auction: u64, ops: &[Op], whole: Failure) -> Violation {
         state: describe(&failure.state),
         unplaced,
         gave_up: failure.gave_up,
+        deadline: ops.iter().find(|op| op.call == Call::Expire).cloned(),
     }
 }
 
@@ -600,7 +658,153 @@ mod tests {
         assert_eq!(v.last_placed.len(), 8);
         let text = v.to_string();
         assert!(text.contains("up to 0.601s"), "{text}");
-        assert!(text.contains("read -> highest 10 by c0"), "{text}");
+        assert!(text.contains("read -> open, highest 10 by c0"), "{text}");
+    }
+
+    /// A read of `auction`, open or closed.
+    fn read_of(
+        auction: u64,
+        open: bool,
+        span: (u64, u64),
+        highest: Option<(u32, u64)>,
+        bidders: u64,
+    ) -> Op {
+        let mut op = read(9, span, highest, bidders);
+        if let Return::Read(v) = &mut op.ret {
+            v.number = auction;
+            v.open = open;
+        }
+        op.auction = auction;
+        op
+    }
+    fn expire(auction: u64, span: (u64, Option<u64>)) -> Op {
+        Op {
+            client: crate::history::DEADLINE,
+            auction,
+            call: Call::Expire,
+            invoked: ms(span.0),
+            returned: span.1.map(ms),
+            ret: if span.1.is_some() {
+                Return::Expired
+            } else {
+                Return::Unknown
+            },
+        }
+    }
+    fn closed(auction: u64) -> Return {
+        Return::Bid(Err(Refusal::Closed { auction }))
+    }
+
+    #[test]
+    fn an_auction_closes_inside_its_window_and_refuses_bids_after() {
+        let h = [
+            bid(1, 10, (0, Some(1)), ok()),
+            expire(1, (100, Some(200))),
+            read_of(1, true, (150, 160), Some((1, 10)), 1),
+            read_of(1, false, (190, 195), Some((1, 10)), 1),
+            bid(2, 20, (196, Some(197)), closed(1)),
+        ];
+        check(&h).unwrap();
+        // A bid that overlaps the window may be decided before the deadline.
+        let h = [
+            expire(1, (100, Some(200))),
+            bid(3, 30, (150, Some(250)), ok()),
+            read_of(1, false, (300, 310), Some((3, 30)), 1),
+        ];
+        check(&h).unwrap();
+    }
+
+    #[test]
+    fn an_early_close_is_caught() {
+        let h = [
+            bid(1, 10, (0, Some(1)), ok()),
+            expire(1, (100, Some(200))),
+            read_of(1, false, (50, 60), Some((1, 10)), 1),
+        ];
+        let v = check(&h).unwrap_err();
+        assert!(!v.gave_up);
+        assert!(v.to_string().contains("read -> closed"), "{v}");
+        // A bid refused as closed before the window opens is caught too.
+        let h = [
+            expire(1, (100, Some(200))),
+            bid(2, 5, (50, Some(60)), closed(1)),
+        ];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn a_late_close_is_caught() {
+        // Invoked after the window ended, yet open: a frozen clock.
+        let h = [
+            expire(1, (100, Some(200))),
+            read_of(1, true, (250, 260), None, 0),
+        ];
+        let v = check(&h).unwrap_err();
+        let text = v.to_string();
+        assert!(
+            text.contains("its deadline: [0.100s .. 0.200s] deadline of auction 1 passes"),
+            "{text}"
+        );
+        // An acknowledged bid after the window is caught as well.
+        let h = [
+            expire(1, (100, Some(200))),
+            bid(1, 5, (250, Some(260)), ok()),
+        ];
+        assert!(check(&h).is_err());
+        // Invoked before the window ended: it may have been decided in time.
+        let h = [
+            expire(1, (100, Some(200))),
+            read_of(1, true, (190, 260), None, 0),
+        ];
+        check(&h).unwrap();
+    }
+
+    #[test]
+    fn a_deadline_whose_window_outlives_the_history_may_pass_or_not() {
+        let h = [
+            expire(1, (100, None)),
+            read_of(1, true, (300, 310), None, 0),
+            read_of(1, false, (400, 410), None, 0),
+        ];
+        check(&h).unwrap();
+        // But not before its window opens.
+        let h = [expire(1, (100, None)), read_of(1, false, (50, 60), None, 0)];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn an_unknown_bid_may_take_effect_in_a_later_auction() {
+        let mut lost = bid(1, 10, (50, None), Return::Unknown);
+        lost.auction = 1;
+        let h = [
+            lost.clone(),
+            expire(1, (100, Some(200))),
+            read_of(1, false, (250, 260), None, 0),
+            expire(2, (1000, Some(1100))),
+            read_of(2, true, (300, 310), Some((1, 10)), 1),
+        ];
+        check(&h).unwrap();
+        // Invoked after an answer named auction 2, it cannot take effect in auction 1.
+        let mut late = bid(1, 10, (320, None), Return::Unknown);
+        late.auction = 1;
+        let h = [
+            expire(1, (100, Some(200))),
+            read_of(2, true, (300, 310), None, 0),
+            late,
+            read_of(1, false, (330, 340), Some((1, 10)), 1),
+        ];
+        let v = check(&h).unwrap_err();
+        assert_eq!(v.auction, 1);
+        // Nor in an auction before the one its client had seen.
+        let mut hinted = bid(1, 10, (50, None), Return::Unknown);
+        hinted.auction = 2;
+        let h = [
+            hinted,
+            expire(1, (100, Some(200))),
+            read_of(1, false, (250, 260), Some((1, 10)), 1),
+            read_of(2, true, (300, 310), None, 0),
+        ];
+        assert!(check(&h).is_err());
     }
 
     #[test]

@@ -747,7 +747,7 @@ async fn perform(client: &mut Client, call: &Call) -> Result<(Return, u64), Clie
             let o = client.bid(bidder, *amount).await?;
             Ok((Return::Bid(o.decision), o.auction.highest_bid))
         }
-        Call::Read => {
+        Call::Read | Call::Expire => {
             let view = client.result().await?;
             Ok((Return::Read(read_view(&view)), view.highest_bid))
         }
