@@ -1,13 +1,17 @@
 //! `auction-soak`: many fault runs in a row against real clusters, each checked for
-//! linearizability, lost bids, diverging members, panics and exactly-once, with a summary of the
-//! faults and of how long the cluster took to answer bids again after each kind.
+//! linearizability (auctions closing neither early nor late included), lost bids, diverging
+//! members, panics and exactly-once, with a summary of the faults, of how long the cluster took
+//! to answer bids again after each kind, and of how late auctions were seen to close.
+//!
+//! The nodes run on a wall clock that the nemesis steps (Debian's `faketime` package must be
+//! installed); `--private-tmp` gives each node a /tmp of its own (needs root).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use auction::nemesis::{Config, Summary, run};
+use auction::nemesis::{Config, FaultKind, Summary, run};
 use clap::Parser;
 
 /// Runs seeded fault runs and reports. A failing run's transcript is written to --log-dir, and
@@ -36,6 +40,21 @@ struct Args {
     /// Where transcripts of failing runs go.
     #[arg(long, default_value = "target/soak")]
     log_dir: PathBuf,
+    /// Give each node a /tmp of its own, empty at its start, as systemd's PrivateTmp=yes does
+    /// (needs root and util-linux's unshare).
+    #[arg(long)]
+    private_tmp: bool,
+    /// The kinds of fault to inject, separated by commas (default: all): kill-leader,
+    /// kill-replica, pause-leader-short, pause-leader-long, pause-replica-short,
+    /// pause-replica-long, kill-during-failover, pause-during-failover, kill-client,
+    /// step-clock-forward, step-clock-back, step-clock-during-failover, delete-artefacts,
+    /// delete-artefacts-during-failover; or "process" for the first nine, "host" for the rest.
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// Where each run keeps the file with the nodes' wall clock offset; the nodes must see it,
+    /// so it must be outside /tmp with --private-tmp.
+    #[arg(long, default_value = "target/soak/scratch")]
+    scratch_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +77,24 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
     }
+    let mut kinds = Vec::new();
+    for key in &args.faults {
+        match key.as_str() {
+            "process" => kinds.extend(
+                FaultKind::ALL
+                    .into_iter()
+                    .filter(|k| !FaultKind::HOST.contains(k)),
+            ),
+            "host" => kinds.extend(FaultKind::HOST),
+            _ => kinds.push(
+                FaultKind::from_key(key)
+                    .with_context(|| format!("--faults: no fault is called {key:?}"))?,
+            ),
+        }
+    }
+    if kinds.is_empty() {
+        kinds = FaultKind::ALL.to_vec();
+    }
     let mut summary = Summary::default();
     for k in 0..args.runs {
         let seed = args.seed + k;
@@ -66,14 +103,21 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
         cfg.clients = args.clients;
         cfg.timeout_ms = args.timeout_ms;
         cfg.heartbeat_ms = args.heartbeat_ms;
+        cfg.private_tmp = args.private_tmp;
+        cfg.kinds.clone_from(&kinds);
+        cfg.scratch_dir.clone_from(&args.scratch_dir);
         let report = run(&cfg).await;
+        let max_lag = report.close_lags.iter().max().copied().unwrap_or_default();
         println!(
-            "run {}/{} seed {seed}: {} ops ({} unknown), {} faults, checked in {:.2}s: {}",
+            "run {}/{} seed {seed}: {} ops ({} unknown), {} faults, {} auctions (longest close \
+             lag {} ms), checked in {:.2}s: {}",
             k + 1,
             args.runs,
             report.ops,
             report.unknown,
             report.faults.len(),
+            report.auctions.len(),
+            max_lag.as_millis(),
             report.check_time.as_secs_f64(),
             if report.passed() { "ok" } else { "FAILED" }
         );
@@ -81,8 +125,9 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
             std::fs::create_dir_all(&args.log_dir).context("creating --log-dir")?;
             let path = args.log_dir.join(format!("seed-{seed}.log"));
             let text = format!(
-                "{}\n\n{}\n",
+                "{}\n\nauctions and faults:\n{}\n\n{}\n",
                 report.problems.join("\n"),
+                report.timeline(),
                 report.transcript.join("\n")
             );
             std::fs::write(&path, text).context("writing the transcript")?;
