@@ -24,18 +24,36 @@ use crate::pb::{
 use crate::tls::{self, ServerTls};
 use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId, Token};
 
-/// Resolves a `HOST:PORT` given by a person to the address to dial.
+/// Resolves a `HOST:PORT` given by a person to the first address it names.
 ///
 /// # Errors
 /// It is not `HOST:PORT`, or the host resolves to no address.
 pub fn resolve(server: &str) -> std::io::Result<SocketAddr> {
+    Ok(resolve_all(server)?[0])
+}
+
+/// Resolves a `HOST:PORT` given by a person to every address it names, in the resolver's order
+/// of preference, without duplicates. A [`Client`] tries each in turn: `localhost` often
+/// resolves to `::1` first while a node listens on 127.0.0.1 only.
+///
+/// # Errors
+/// It is not `HOST:PORT`, or the host resolves to no address.
+pub fn resolve_all(server: &str) -> std::io::Result<Vec<SocketAddr>> {
     use std::net::ToSocketAddrs;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-    server
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for addr in server
         .to_socket_addrs()
         .map_err(|e| invalid(format!("{server:?} is not HOST:PORT: {e}")))?
-        .next()
-        .ok_or_else(|| invalid(format!("{server:?} resolves to no address")))
+    {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(invalid(format!("{server:?} resolves to no address")));
+    }
+    Ok(addrs)
 }
 
 /// The default time a client keeps retrying before it reports an exception.
@@ -45,6 +63,11 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
 /// same id, so at most once is applied). Longer than the leader's default timeout, so a commit
 /// that waits for a stopped member to be fenced is not cut short.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection to one of several addresses may take before the next one is tried
+/// (the last one gets all the time left). A refused connection fails at once; this bounds an
+/// address that drops packets.
+pub const CONNECT_TIMEOUT_PER_ADDRESS: Duration = Duration::from_millis(500);
 
 /// The first pause between attempts, doubled after each: short, because a failover after a
 /// crash takes milliseconds, and a client should not sleep through it.
@@ -68,6 +91,13 @@ pub enum ClientError {
     /// The request could not be made here (no randomness for a new bidder token).
     #[error("cannot make the request: {0}")]
     Local(String),
+    /// What answered does not serve the auction's clients (for example, the replica port): no
+    /// retry can help, and nothing was applied.
+    #[error(
+        "{server} does not serve auction clients ({detail}); is it the replica port? \
+         Clients use the cluster's client port (5000 unless the nodes have --client-port)"
+    )]
+    NotAuctionServer { server: String, detail: String },
 }
 
 /// The outcome of a request that changes the auction.
@@ -78,10 +108,14 @@ pub struct Outcome {
     pub auction: AuctionView,
 }
 
-/// A client session with the cluster at one well-known address.
+/// A client session with the cluster at one well-known address (which a host name may resolve
+/// to several addresses for).
 #[derive(Debug)]
 pub struct Client {
-    server: SocketAddr,
+    /// The addresses to dial, tried in turn from `preferred` on.
+    servers: Vec<SocketAddr>,
+    /// The index in `servers` of the address that last connected, tried first.
+    preferred: usize,
     retry_budget: Duration,
     /// Random per client, so sessions of different clients never collide.
     session: u64,
@@ -124,8 +158,15 @@ struct Connection {
 
 impl Client {
     pub fn new(server: SocketAddr, retry_budget: Duration) -> Self {
+        Self::with_addresses(vec![server], retry_budget)
+    }
+
+    /// A client that dials each of `servers` in turn, as [`resolve_all`] returns them, and
+    /// remembers the one that connected for the next reconnection.
+    pub fn with_addresses(servers: Vec<SocketAddr>, retry_budget: Duration) -> Self {
         Self {
-            server,
+            servers,
+            preferred: 0,
             retry_budget,
             session: random_session(),
             seq: 0,
@@ -163,6 +204,11 @@ impl Client {
 
     pub fn session(&self) -> u64 {
         self.session
+    }
+
+    /// The address dialled first: the one that last connected, else the first one given.
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.servers.get(self.preferred).copied()
     }
 
     /// How many attempts the last request took: more than one means it was retried, for
@@ -291,8 +337,16 @@ impl Client {
                 .min(ATTEMPT_TIMEOUT);
             let error = match tokio::time::timeout(left, self.attempt(call, left)).await {
                 Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(status)) if status.code() == Code::Unimplemented => {
+                    return Err(ClientError::NotAuctionServer {
+                        server: self
+                            .server()
+                            .map_or_else(|| "the server".into(), |a| a.to_string()),
+                        detail: format!("it answered {}", status_text(&status)),
+                    });
+                }
                 Ok(Err(status)) if !retryable(&status) => {
-                    return Err(ClientError::Invalid(status.message().to_string()));
+                    return Err(ClientError::Invalid(status_text(&status)));
                 }
                 Ok(Err(status)) => status_text(&status),
                 Err(_) => "timed out".to_string(),
@@ -350,24 +404,66 @@ impl Client {
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Connection, Status> {
-        let endpoint = tls::endpoint(self.server, self.tls.as_ref())
-            .map_err(Status::invalid_argument)?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {}: {e}", self.server)))?;
-        let mut unary = AuctionClient::new(channel);
-        let (requests, rx) = mpsc::channel(16);
-        let replies = unary.session(ReceiverStream::new(rx)).await?.into_inner();
-        Ok(Connection {
-            unary,
-            requests,
-            replies,
-        })
+    /// Connects to the first address that accepts, starting with the one that worked last,
+    /// and opens a session stream there.
+    async fn connect(&mut self, timeout: Duration) -> Result<Connection, Status> {
+        let deadline = Instant::now() + timeout;
+        let count = self.servers.len();
+        let mut failures = Vec::new();
+        for i in 0..count {
+            let index = (self.preferred + i) % count;
+            let addr = self.servers[index];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let limit = if i + 1 == count {
+                left
+            } else {
+                left.min(CONNECT_TIMEOUT_PER_ADDRESS)
+            };
+            let endpoint = tls::endpoint(addr, self.tls.as_ref())
+                .map_err(Status::invalid_argument)?
+                .connect_timeout(limit)
+                .tcp_nodelay(true);
+            let channel = match tokio::time::timeout(limit, endpoint.connect()).await {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(e)) => {
+                    failures.push(format!("{addr}: {}", error_chain(&e)));
+                    continue;
+                }
+                Err(_) => {
+                    failures.push(format!("{addr}: timed out after {limit:?}"));
+                    continue;
+                }
+            };
+            self.preferred = index;
+            let mut unary = AuctionClient::new(channel);
+            let (requests, rx) = mpsc::channel(16);
+            let replies = unary.session(ReceiverStream::new(rx)).await?.into_inner();
+            return Ok(Connection {
+                unary,
+                requests,
+                replies,
+            });
+        }
+        Err(Status::unavailable(if failures.is_empty() {
+            "no address to connect to".to_string()
+        } else {
+            format!("cannot connect to {}", failures.join("; "))
+        }))
     }
+}
+
+/// An error and its sources, as one line: "transport error: ... : Connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn decision(reply: session_reply::Reply) -> Result<Outcome, ClientError> {

@@ -4,11 +4,12 @@
 use std::io::Write;
 
 use crate::auction::Op;
+use crate::input;
 use crate::leader::{Detail, Reply, Request};
 use crate::node::{Role, RoleCell};
 use crate::pb;
 use crate::replica::Held;
-use crate::types::{Duration, InputError};
+use crate::types::Duration;
 
 /// A command typed into a node's terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,15 +34,14 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         "status" => Command::Status,
         "close" => Command::Close,
         "help" | "?" => Command::Help,
-        "start" => match words.next() {
-            None => Command::Start(None),
-            Some(secs) => {
-                let secs: u64 = secs.parse().map_err(|_| {
-                    format!("{}: SECS must be a whole number", InputError::Duration)
-                })?;
-                Command::Start(Some(Duration::from_secs(secs).map_err(|e| e.to_string())?))
-            }
-        },
+        // The same SECS as the client's `start SECS`.
+        "start" => Command::Start(
+            words
+                .next()
+                .map(input::parse_secs)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+        ),
         other => return Err(format!("unknown command {other:?}; type help")),
     };
     if words.next().is_some() {
@@ -145,7 +145,7 @@ pub fn describe_auction(a: &pb::AuctionView) -> String {
     }
 }
 
-/// The cluster in one line, for people.
+/// The cluster in one line, for people; with the state digest when it has one.
 pub fn describe_status(s: &pb::StatusReply) -> String {
     let leader = s.leader.as_ref().map_or(0, |l| l.id);
     let queue: Vec<String> = s
@@ -155,12 +155,17 @@ pub fn describe_status(s: &pb::StatusReply) -> String {
         .map(|m| m.id.to_string())
         .collect();
     let auction = s.auction.as_ref().map(describe_auction).unwrap_or_default();
+    // 0 means none: only a node's own terminal computes the digest.
+    let digest = if s.digest == 0 {
+        String::new()
+    } else {
+        format!(", digest {:016x}", s.digest)
+    };
     format!(
-        "leader {leader}, next in line [{}], epoch {}, version {}, digest {:016x}; {auction}",
+        "leader {leader}, next in line [{}], epoch {}, version {}{digest}; {auction}",
         queue.join(", "),
         s.epoch,
         s.version,
-        s.digest
     )
 }
 

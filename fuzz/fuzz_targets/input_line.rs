@@ -1,9 +1,10 @@
-//! What a person types into the interactive client (`auction::input::parse_line`), and the
-//! `FromStr` parsers of the validated types (`Amount`, `BidderId`, `Token`). Whatever parses as a bid is a valid amount, and is
-//! the number that was typed.
+//! What a person types into the interactive client (`auction::input::parse_bytes` and
+//! `parse_line`), and the `FromStr` parsers of the validated types (`Amount`, `BidderId`,
+//! `Token`). Whatever parses as a bid is a valid amount, and is the number that was typed; bytes
+//! that are not UTF-8 are an error.
 #![no_main]
 
-use auction::input::{Line, parse_line};
+use auction::input::{Line, parse_bytes, parse_line};
 use auction::types::{Amount, BidderId, Duration, Token};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,12 +24,25 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // Any bytes: a line that is not UTF-8 is an error, never a panic.
+    let from_bytes = parse_bytes(data);
     let Ok(line) = std::str::from_utf8(data) else {
+        assert!(from_bytes.is_err());
         return;
     };
+    assert_eq!(from_bytes, parse_line(line));
     let t = line.trim();
     let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
     let looks_like_a_number = unsigned.starts_with(|c: char| c.is_ascii_digit());
+    let first = t
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let command = matches!(
+        first.as_str(),
+        "help" | "?" | "quit" | "exit" | "status" | "start" | "close"
+    );
     match parse_line(line) {
         Ok(Line::Bid(a)) => {
             assert!((1..=Amount::MAX).contains(&a.get()), "{line:?} bid {a}");
@@ -41,9 +55,20 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Line::Help) => assert!(matches!(t.to_ascii_lowercase().as_str(), "help" | "?")),
         Ok(Line::Quit) => assert!(matches!(t.to_ascii_lowercase().as_str(), "quit" | "exit")),
-        Ok(Line::Result) => assert!(!looks_like_a_number, "{line:?} asked for the result"),
+        Ok(Line::Status) => assert_eq!(t.to_ascii_lowercase(), "status"),
+        Ok(Line::Close) => assert_eq!(t.to_ascii_lowercase(), "close"),
+        Ok(Line::Start(d)) => {
+            assert_eq!(first, "start", "{line:?}");
+            if let Some(d) = d {
+                assert!((1_000..=Duration::MAX_SECS * 1_000).contains(&d.as_millis()));
+            }
+        }
+        Ok(Line::Result) => assert!(
+            !looks_like_a_number && !command,
+            "{line:?} asked for the result"
+        ),
         Err(e) => {
-            assert!(looks_like_a_number, "{line:?} refused: {e}");
+            assert!(looks_like_a_number || command, "{line:?} refused: {e}");
             let _ = e.to_string();
         }
     }

@@ -1,23 +1,25 @@
 //! `auction-client`: bid and read results, interactively (as in the seed) or one command at a
 //! time for scripts.
 
-use std::io::{BufRead, Write};
+use std::fmt::Display;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use auction::auth::AuthDir;
+use auction::auth::{AuthDir, AuthError};
 use auction::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Outcome};
 use auction::console::{describe_auction, describe_status};
-use auction::input::{self, Line};
+use auction::input::{self, Line, LineError, LineRead};
 use auction::pb::{AuctionView, StatusReply};
 use auction::types::{Amount, BidderId, Duration as AuctionDuration};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
 /// A client of the replicated auction. Without a command it reads lines from stdin: an integer
-/// bids, any other line asks for the result.
+/// bids; `status`, `start [SECS]`, `close`, `help` and `quit` do what they say; any other line
+/// asks for the result. A line that is not UTF-8 text is explained and not sent.
 ///
 /// A bidder's first bid in an open auction registers its name with a token that this client
 /// keeps in AUTH_DIR/bidders/NAME.token; bids in that name need that token. `start` and `close`
@@ -25,14 +27,17 @@ use serde_json::json;
 /// $AUCTION_OPERATOR_TOKEN).
 ///
 /// Exit codes: 0 success, 1 bid (or start/close) refused, 2 exception (no leader answered within
-/// the retry budget) or bad usage.
+/// the retry budget) or bad usage; with --json, bad usage also prints
+/// {"outcome":"error","reason":...}. Without a command: 0, or 2 when requests were sent and not
+/// one was answered (the first contact counts). A closed stdout (`| head -1`) ends the client
+/// with the status of what it did so far.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// The bidder's name (letters, digits, '-', '_', '.'); needed to bid.
     #[arg(long)]
     id: Option<String>,
-    /// The cluster's client address.
+    /// The cluster's client address, HOST:PORT; each address HOST resolves to is tried in turn.
     #[arg(long, default_value = "127.0.0.1:5000")]
     server: String,
     /// How long to keep retrying (across failovers) before reporting an exception, in ms: at most
@@ -64,10 +69,13 @@ enum Command {
     Result,
     /// Who leads, the members in succession order, versions.
     Status,
-    /// Start the next auction.
+    /// Start the next auction: `start 60`, as in a node's terminal, or `start --duration 60`.
     Start {
         /// Length in seconds; the leader's --duration if omitted.
-        #[arg(long)]
+        #[arg(value_name = "SECS", conflicts_with = "duration")]
+        secs: Option<u64>,
+        /// The same as SECS.
+        #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
     /// Close the open auction now.
@@ -80,17 +88,99 @@ const REFUSED: u8 = 1;
 const EXCEPTION: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return usage_error(&e),
+    };
+    let json = args.json;
     match tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(args)))
     {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            fail(format_args!("{e:#}"), json);
             ExitCode::from(EXCEPTION)
         }
     }
+}
+
+/// A command line clap refused: its message on stderr and, with `--json`, an error object on
+/// stdout. `--help` and `--version` print and succeed.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if e.exit_code() == 0 {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if json {
+        // The message up to the usage and tips, on one line.
+        let text = e.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let message = message.join(" ");
+        let _ = emit(error_object(
+            message.strip_prefix("error: ").unwrap_or(&message),
+        ));
+    }
+    let _ = e.print();
+    ExitCode::from(EXCEPTION)
+}
+
+/// Reports an error that ends the client: on stderr and, with `--json`, as an error object on
+/// stdout.
+fn fail(why: impl Display, json: bool) {
+    warn(format_args!("error: {why}"));
+    if json {
+        let _ = emit(error_object(why));
+    }
+}
+
+/// The `--json` answer when nothing was sent: bad usage, or a local problem.
+fn error_object(reason: impl Display) -> serde_json::Value {
+    json!({ "outcome": "error", "reason": reason.to_string() })
+}
+
+/// Writes one line to stdout, at once, for whoever reads it line by line.
+fn emit(line: impl Display) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// Writes one line to stderr; if stderr is gone there is nobody to tell.
+fn warn(line: impl Display) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+/// Whoever read stdout has gone (`auction-client ... | head -1`).
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout is closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// As [`emit`], with a closed stdout told apart: like any Unix tool, the client then ends
+/// quietly, and what it did keeps its exit status.
+fn say(line: impl Display) -> anyhow::Result<()> {
+    emit(line).map_err(|e| {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            anyhow::Error::new(StdoutClosed)
+        } else {
+            anyhow::Error::new(e).context("cannot write to stdout")
+        }
+    })
 }
 
 /// The bidder named by `--id`, with its token set on `client`.
@@ -102,8 +192,8 @@ fn bidder(id: Option<&str>, auth: &AuthDir, client: &mut Client) -> anyhow::Resu
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let server = auction::client::resolve(&args.server).context("--server")?;
-    let mut client = Client::new(server, Duration::from_millis(args.retry_ms));
+    let servers = auction::client::resolve_all(&args.server).context("--server")?;
+    let mut client = Client::with_addresses(servers, Duration::from_millis(args.retry_ms));
     let auth = AuthDir::new(match &args.auth_dir {
         Some(dir) => dir.clone(),
         None => AuthDir::default_path()?,
@@ -111,87 +201,192 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.tls {
         client.set_tls(auth.existing_tls()?);
     }
-    if matches!(args.command, Some(Command::Start { .. } | Command::Close)) {
+    let operator = matches!(args.command, Some(Command::Start { .. } | Command::Close));
+    if operator {
         client.set_operator_token(auth.existing_operator_token()?);
     }
     let json = args.json;
-    let code = match args.command {
+    let (code, answer) = match args.command {
         None => {
             let bidder = match args.id.as_deref() {
                 Some(id) => Some(bidder(Some(id), &auth, &mut client)?),
                 None => None,
             };
-            return interactive(&mut client, bidder, json).await;
+            let session = Session {
+                client,
+                bidder,
+                auth,
+                json,
+                operator,
+                sent: 0,
+                answered: 0,
+            };
+            return session.run(&args.server).await;
         }
         Some(Command::Bid { amount }) => {
             let bidder = bidder(args.id.as_deref(), &auth, &mut client)?;
-            let amount: Amount = amount.parse().context("amount")?;
-            let r = client.bid(&bidder, amount).await;
-            print_decision("bid", &r, json)
+            // The message names the amount.
+            let amount: Amount = amount.parse()?;
+            decision("bid", &client.bid(&bidder, amount).await, json)
         }
-        Some(Command::Result) => print_result(&client.result().await, json),
-        Some(Command::Status) => print_status(&client.status().await, json),
-        Some(Command::Start { duration }) => {
-            let duration = duration
+        Some(Command::Result) => result(&client.result().await, json),
+        Some(Command::Status) => status(&client.status().await, json),
+        Some(Command::Start { secs, duration }) => {
+            let duration = secs
+                .or(duration)
                 .map(AuctionDuration::from_secs)
-                .transpose()
-                .context("--duration")?;
-            let r = client.start(duration).await;
-            print_decision("start", &r, json)
+                .transpose()?;
+            decision("start", &client.start(duration).await, json)
         }
-        Some(Command::Close) => print_decision("close", &client.close().await, json),
+        Some(Command::Close) => decision("close", &client.close().await, json),
     };
-    Ok(ExitCode::from(code))
+    match say(answer) {
+        Err(e) if !e.is::<StdoutClosed>() => Err(e),
+        _ => Ok(ExitCode::from(code)),
+    }
 }
 
-async fn interactive(
-    client: &mut Client,
+const HELP: &str = "a whole number bids that amount (with --id NAME); status shows who leads; \
+                    start [SECS] opens the next auction and close ends this one (both need the \
+                    operator token); quit leaves; any other line shows the result";
+
+/// The interactive client: one request per line of stdin, until its end or `quit`.
+struct Session {
+    client: Client,
     bidder: Option<BidderId>,
+    auth: AuthDir,
     json: bool,
-) -> anyhow::Result<ExitCode> {
-    if !json {
-        println!(
-            "connected to {} as {}; type an amount to bid, anything else for the result, quit to leave",
-            client_label(client),
-            bidder
-                .as_ref()
-                .map_or("an observer (no --id)", BidderId::as_str)
-        );
-    }
-    let stdin = std::io::stdin();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let read = tokio::task::block_in_place(|| stdin.lock().read_line(&mut line))?;
-        if read == 0 {
-            return Ok(ExitCode::SUCCESS);
+    /// Whether the client holds the operator token.
+    operator: bool,
+    /// Requests sent (the first contact included), and how many of them a leader answered.
+    sent: u32,
+    answered: u32,
+}
+
+impl Session {
+    async fn run(mut self, server: &str) -> anyhow::Result<ExitCode> {
+        match self.talk(server).await {
+            Err(e) if !e.is::<StdoutClosed>() => Err(e),
+            // A session in which no request was answered did not work.
+            _ if self.sent > 0 && self.answered == 0 => Ok(ExitCode::from(EXCEPTION)),
+            _ => Ok(ExitCode::SUCCESS),
         }
-        match input::parse_line(&line) {
-            Ok(Line::Bid(amount)) => match &bidder {
-                Some(b) => {
-                    let r = client.bid(b, amount).await;
-                    print_decision("bid", &r, json);
-                }
-                None => eprintln!("bidding needs --id NAME"),
-            },
-            Ok(Line::Result) => {
-                print_result(&client.result().await, json);
+    }
+
+    async fn talk(&mut self, server: &str) -> anyhow::Result<()> {
+        if !self.json {
+            let greeting = self.greeting(server).await?;
+            say(greeting)?;
+        }
+        let stdin = io::stdin();
+        let mut bytes = Vec::new();
+        loop {
+            let read =
+                tokio::task::block_in_place(|| input::read_line(&mut stdin.lock(), &mut bytes))
+                    .context("cannot read stdin")?;
+            let line = match read {
+                LineRead::End => return Ok(()),
+                LineRead::TooLong => Err(LineError::TooLong),
+                LineRead::Line => input::parse_bytes(&bytes),
+            };
+            match line {
+                Ok(Line::Quit) => return Ok(()),
+                Ok(Line::Help) if self.json => warn(HELP),
+                Ok(Line::Help) => say(HELP)?,
+                Ok(line) => self.request(line).await?,
+                Err(e) => self.not_sent(e)?,
             }
-            Ok(Line::Help) => println!(
-                "an integer bids that amount; any other line shows the result; quit leaves"
-            ),
-            Ok(Line::Quit) => return Ok(ExitCode::SUCCESS),
-            Err(e) => eprintln!("not sent: {e}"),
         }
-        std::io::stdout().flush()?;
+    }
+
+    /// The first line: said once a leader answered, or once none did within the retry budget.
+    async fn greeting(&mut self, server: &str) -> anyhow::Result<String> {
+        let (who, invite) = match &self.bidder {
+            Some(b) => (
+                format!("as {b}"),
+                "type an amount to bid, anything else for the result, help for more, quit to leave",
+            ),
+            None => (
+                "as an observer (no --id, so no bids)".to_string(),
+                "press Enter for the result, help for more, quit to leave",
+            ),
+        };
+        self.sent += 1;
+        match self.client.status().await {
+            Ok(s) => {
+                self.answered += 1;
+                let at = self
+                    .client
+                    .server()
+                    .map_or_else(|| server.to_string(), |a| a.to_string());
+                let leader = s
+                    .leader
+                    .map(|l| format!(" (node {} leads)", l.id))
+                    .unwrap_or_default();
+                Ok(format!("connected to {at}{leader} {who}; {invite}"))
+            }
+            Err(e @ ClientError::NotAuctionServer { .. }) => Err(e.into()),
+            Err(e) => Ok(format!(
+                "not connected to {server} ({e}); each request tries again; {who}, {invite}"
+            )),
+        }
+    }
+
+    async fn request(&mut self, line: Line) -> anyhow::Result<()> {
+        let json = self.json;
+        let (code, answer) = match line {
+            Line::Bid(amount) => {
+                let Some(bidder) = &self.bidder else {
+                    return self.not_sent("bidding needs --id NAME");
+                };
+                decision("bid", &self.client.bid(bidder, amount).await, json)
+            }
+            Line::Result => result(&self.client.result().await, json),
+            Line::Status => status(&self.client.status().await, json),
+            Line::Start(duration) => {
+                if let Err(e) = self.operator() {
+                    return self.not_sent(e);
+                }
+                decision("start", &self.client.start(duration).await, json)
+            }
+            Line::Close => {
+                if let Err(e) = self.operator() {
+                    return self.not_sent(e);
+                }
+                decision("close", &self.client.close().await, json)
+            }
+            Line::Help | Line::Quit => return Ok(()),
+        };
+        self.sent += 1;
+        if code != EXCEPTION {
+            self.answered += 1;
+        }
+        say(answer)
+    }
+
+    /// Loads the operator token at the first start or close.
+    fn operator(&mut self) -> Result<(), AuthError> {
+        if !self.operator {
+            self.client
+                .set_operator_token(self.auth.existing_operator_token()?);
+            self.operator = true;
+        }
+        Ok(())
+    }
+
+    /// Explains a line that is not sent; with `--json`, also as an error object on stdout, so
+    /// every line has its answer there.
+    fn not_sent(&self, why: impl Display) -> anyhow::Result<()> {
+        warn(format_args!("not sent: {why}"));
+        if self.json {
+            say(error_object(format_args!("not sent: {why}")))?;
+        }
+        Ok(())
     }
 }
 
-fn client_label(client: &Client) -> String {
-    format!("session {:016x}", client.session())
-}
-
-fn print_decision(what: &str, r: &Result<Outcome, ClientError>, json: bool) -> u8 {
+/// A decision's exit code and answer line.
+fn decision(what: &str, r: &Result<Outcome, ClientError>, json: bool) -> (u8, String) {
     let (outcome, reason, auction, code) = match r {
         Ok(o) => match &o.decision {
             Ok(()) => ("success", String::new(), Some(&o.auction), 0),
@@ -201,7 +396,7 @@ fn print_decision(what: &str, r: &Result<Outcome, ClientError>, json: bool) -> u
         Err(ClientError::Invalid(why)) => ("fail", why.clone(), None, REFUSED),
         Err(e) => ("exception", e.to_string(), None, EXCEPTION),
     };
-    if json {
+    let answer = if json {
         let mut v = json!({ "outcome": outcome, "reason": reason });
         if let Some(a) = auction {
             v["auction"] = json!(a.number);
@@ -209,75 +404,64 @@ fn print_decision(what: &str, r: &Result<Outcome, ClientError>, json: bool) -> u
             v["highest_bidder"] = json!(nonempty(&a.highest_bidder));
             v["open"] = json!(a.open);
         }
-        println!("{v}");
+        v.to_string()
     } else {
         match auction {
-            Some(a) if reason.is_empty() => {
-                println!("{what}: {outcome}; {}", describe_auction(a));
-            }
-            _ => println!("{what}: {outcome} ({reason})"),
+            Some(a) if reason.is_empty() => format!("{what}: {outcome}; {}", describe_auction(a)),
+            _ => format!("{what}: {outcome} ({reason})"),
         }
-    }
-    code
+    };
+    (code, answer)
 }
 
-fn print_result(r: &Result<AuctionView, ClientError>, json: bool) -> u8 {
-    match r {
-        Ok(a) => {
-            if json {
-                let closed = !a.open;
-                let winner = nonempty(&a.highest_bidder).filter(|_| closed);
-                let v = json!({
-                    "state": if a.open { "open" } else { "closed" },
-                    "auction": a.number,
-                    "highest_bid": nonzero(a.highest_bid),
-                    "highest_bidder": nonempty(&a.highest_bidder),
-                    "winner": winner,
-                    "winning_bid": nonzero(a.highest_bid).filter(|_| closed),
-                    "bidders": a.bidders,
-                    "deadline_ms": a.deadline_ms,
-                });
-                println!("{v}");
-            } else {
-                println!("result: {}", describe_auction(a));
-            }
-            0
-        }
-        Err(e) => exception(e, json),
+fn result(r: &Result<AuctionView, ClientError>, json: bool) -> (u8, String) {
+    let a = match r {
+        Ok(a) => a,
+        Err(e) => return exception(e, json),
+    };
+    if !json {
+        return (0, format!("result: {}", describe_auction(a)));
     }
+    let closed = !a.open;
+    let winner = nonempty(&a.highest_bidder).filter(|_| closed);
+    let v = json!({
+        "state": if a.open { "open" } else { "closed" },
+        "auction": a.number,
+        "highest_bid": nonzero(a.highest_bid),
+        "highest_bidder": nonempty(&a.highest_bidder),
+        "winner": winner,
+        "winning_bid": nonzero(a.highest_bid).filter(|_| closed),
+        "bidders": a.bidders,
+        "deadline_ms": a.deadline_ms,
+    });
+    (0, v.to_string())
 }
 
-fn print_status(r: &Result<StatusReply, ClientError>, json: bool) -> u8 {
-    match r {
-        Ok(s) => {
-            if json {
-                let v = json!({
-                    "leader": s.leader.as_ref().map(|l| l.id),
-                    "leader_pid": s.leader.as_ref().map(|l| l.pid),
-                    "members": s.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-                    "epoch": s.epoch,
-                    "version": s.version,
-                });
-                println!("{v}");
-            } else {
-                println!("status: {}", describe_status(s));
-            }
-            0
-        }
-        Err(e) => exception(e, json),
+fn status(r: &Result<StatusReply, ClientError>, json: bool) -> (u8, String) {
+    let s = match r {
+        Ok(s) => s,
+        Err(e) => return exception(e, json),
+    };
+    if !json {
+        return (0, format!("status: {}", describe_status(s)));
     }
+    let v = json!({
+        "leader": s.leader.as_ref().map(|l| l.id),
+        "leader_pid": s.leader.as_ref().map(|l| l.pid),
+        "members": s.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        "epoch": s.epoch,
+        "version": s.version,
+    });
+    (0, v.to_string())
 }
 
-fn exception(e: &ClientError, json: bool) -> u8 {
-    if json {
-        println!(
-            "{}",
-            json!({ "outcome": "exception", "reason": e.to_string() })
-        );
+fn exception(e: &ClientError, json: bool) -> (u8, String) {
+    let answer = if json {
+        json!({ "outcome": "exception", "reason": e.to_string() }).to_string()
     } else {
-        println!("exception: {e}");
-    }
-    EXCEPTION
+        format!("exception: {e}")
+    };
+    (EXCEPTION, answer)
 }
 
 fn nonzero(v: u64) -> Option<u64> {
