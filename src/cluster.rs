@@ -20,11 +20,25 @@ use crate::client::{Client, ClientError};
 use crate::pb::StatusReply;
 
 /// Every output line of every process, in the order they arrived, each prefixed with its
-/// process's name. Optionally echoed to stdout as it arrives.
+/// process's name. Optionally echoed to stdout, or shown another way, as it arrives.
 #[derive(Clone, Debug, Default)]
 pub struct Transcript {
     lines: Arc<Mutex<Vec<String>>>,
     echo: bool,
+    show: Show,
+}
+
+/// Shows one line of a transcript: the process's name and the line.
+type ShowLine = dyn Fn(&str, &str) + Send + Sync;
+
+/// Shows each line of a transcript as it arrives.
+#[derive(Clone, Default)]
+struct Show(Option<Arc<ShowLine>>);
+
+impl std::fmt::Debug for Show {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Show(..)" } else { "None" })
+    }
 }
 
 impl Transcript {
@@ -32,11 +46,24 @@ impl Transcript {
         Self {
             lines: Arc::default(),
             echo,
+            show: Show::default(),
+        }
+    }
+
+    /// A transcript that hands each line, with its process's name, to `show` as it arrives
+    /// (instead of printing it), for a terminal that formats lines its own way.
+    pub fn showing(show: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        Self {
+            show: Show(Some(Arc::new(show))),
+            ..Self::new(false)
         }
     }
 
     /// Adds one line under `name`.
     pub fn push(&self, name: &str, line: &str) {
+        if let Some(show) = &self.show.0 {
+            show(name, line);
+        }
         let line = format!("[{name}] {line}");
         if self.echo {
             println!("{line}");
@@ -72,6 +99,11 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with piped stdio; every output line goes to `transcript` under `name`.
     ///
+    /// The process dies with this one, however this one ends (even by SIGKILL): the kernel
+    /// sends it SIGKILL when its parent goes. Linux ties that to the thread that spawned it, so
+    /// spawn from a thread that lives as long as the process is needed (the main thread, a
+    /// test's thread, a runtime's worker), never from `spawn_blocking`.
+    ///
     /// # Errors
     /// The process could not be started.
     pub fn spawn(mut cmd: Command, name: &str, transcript: &Transcript) -> std::io::Result<Self> {
@@ -82,6 +114,19 @@ impl Proc {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        let parent = rustix::process::getpid();
+        // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
+        // (prctl, getppid) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                // The parent may have died before the line above: then nobody would send it.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(rustix::io::Errno::SRCH.into());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn()?;
         let pid = child
             .id()
@@ -178,6 +223,11 @@ impl Proc {
     /// Whether the process has exited (it is reaped if so).
     pub fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How the process ended, once it has (it is reaped if so).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for the process to exit, at most `timeout`. Returns its exit code if it exited.
