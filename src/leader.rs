@@ -21,6 +21,11 @@ use crate::replication::{
 use crate::spin::Spin;
 use crate::types::{Duration as AuctionDuration, Millis, RequestId, wall_clock_ms};
 
+/// The log target of auction events: an auction opened or closed (INFO), a bid accepted
+/// (DEBUG, so that the busiest path logs nothing unless asked to). Show them all with
+/// `RUST_LOG=info,auction::events=debug`.
+pub const EVENTS: &str = "auction::events";
+
 /// How many messages may wait for one replica before it counts as hopelessly behind. A replica
 /// that stops reading is fenced by the ack timeout long before a healthy one fills this.
 pub const OUTBOUND_CAPACITY: usize = 16 * 1024;
@@ -609,7 +614,7 @@ impl Leader {
         }
         for kind in std::mem::take(&mut self.queued_changes) {
             let change = Change { at: now, kind };
-            self.state.apply(&change);
+            self.apply(&change);
             changes.push(change);
         }
         if !changes.is_empty() {
@@ -624,7 +629,6 @@ impl Leader {
                         kind: ChangeKind::Client { id, op },
                     };
                     let decision = self
-                        .state
                         .apply(&change)
                         // Invariant: a client change always yields a decision.
                         .expect("client changes are decided");
@@ -661,6 +665,42 @@ impl Leader {
             version: self.state.version,
             replies,
         });
+    }
+
+    /// Applies `change` and logs what it did to the auction under [`EVENTS`]. A bid's line is
+    /// at DEBUG: while that is filtered out, it costs one cached check per accepted bid.
+    fn apply(&mut self, change: &Change) -> Option<Decision> {
+        let before = &self.state.machine.auction;
+        let (number, closed_early) = (before.number, before.closed_early);
+        let decision = self.state.apply(change);
+        if let (ChangeKind::Client { op, .. }, Some(Ok(()))) = (&change.kind, &decision) {
+            let a = &self.state.machine.auction;
+            match op {
+                Op::Bid { bidder, amount, .. } => {
+                    debug!(target: EVENTS, auction = a.number, %bidder, %amount, "bid accepted");
+                }
+                // A retried request gets its first decision again and changes nothing: it is
+                // not logged twice.
+                Op::Start { duration } if a.number != number => {
+                    let duration = Duration::from_millis(duration.as_millis());
+                    info!(target: EVENTS, auction = a.number, ?duration, "auction opened");
+                }
+                Op::Close if a.closed_early && !closed_early => match &a.highest {
+                    Some(b) => info!(
+                        target: EVENTS,
+                        auction = a.number,
+                        winner = %b.bidder,
+                        amount = %b.amount,
+                        "auction closed"
+                    ),
+                    None => {
+                        info!(target: EVENTS, auction = a.number, "auction closed without bids")
+                    }
+                },
+                Op::Start { .. } | Op::Close => {}
+            }
+        }
+        decision
     }
 
     fn view(&self, now: Millis) -> AuctionView {
