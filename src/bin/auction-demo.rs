@@ -2,23 +2,33 @@
 //! `auction-client`, in one terminal, where killing or pausing the leader is a command.
 //! `--scenario seed` instead plays the seed's 12-step scenario and prints the transcript.
 
-use std::io::BufRead;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{ExitCode, ExitStatus};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use auction::auth::AuthDir;
+use auction::client::{Client, DEFAULT_RETRY_BUDGET};
 use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of, sibling_binary};
+use auction::console::{self, describe_auction, describe_status};
+use auction::types::{BidderId, Duration as AuctionDuration};
 use clap::{Parser, ValueEnum};
 use rustix::process::Signal;
 use tokio::process::Command;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Starts a local cluster of real node processes and a client, in one terminal.
 ///
-/// Type an amount to bid, `result` for the result, or a demo command: `kill [ID]` (kill -9 the
-/// leader, or node ID), `stop [ID]` / `cont [ID]` (SIGSTOP / SIGCONT), `restart ID`, `nodes`,
-/// `status`, `help`, `quit`.
+/// Type an amount to bid, `result` for the result (the winner once the auction is closed),
+/// `close` to end the auction now, `start [SECS]` to open the next one, or a demo command:
+/// `kill [ID]` (kill -9 the leader, or node ID), `stop [ID]` / `cont [ID]` (SIGSTOP the leader /
+/// SIGCONT the stopped node), `restart ID`, `nodes`, `status`, `help`, `quit`.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -31,7 +41,7 @@ struct Args {
     /// The replica port of the cluster; node ids count up from it, as in the seed.
     #[arg(long, default_value_t = 5400)]
     leader_port: u16,
-    /// Length of the first auction, in seconds.
+    /// Length of the first auction, and of `start` without SECS, in seconds.
     #[arg(long, default_value_t = 300)]
     duration: u64,
     /// The bidder name of the demo's client.
@@ -41,6 +51,11 @@ struct Args {
     /// dials with it.
     #[arg(long)]
     tls: bool,
+    /// The nodes' log filter, in RUST_LOG syntax. Default: INFO and the auction's events
+    /// (auction opened, bid accepted, auction closed); with --scenario seed, also every
+    /// replicated version (info,auction=debug).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
     /// Play a scripted scenario instead of reading commands.
     #[arg(long)]
     scenario: Option<Scenario>,
@@ -55,6 +70,12 @@ enum Scenario {
 
 /// How long to wait for a process to answer one line.
 const ANSWER: Duration = Duration::from_secs(10);
+
+/// The nodes' log in the interactive demo: INFO, with every auction event (a bid accepted is
+/// logged at DEBUG, so that a node run by hand does not log every bid).
+const NODE_LOG: &str = "info,auction::events=debug";
+/// The nodes' log in the seed scenario, which log.txt records: also every replicated version.
+const SEED_LOG: &str = "info,auction=debug";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -71,15 +92,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.nodes == 0 {
-        bail!("--nodes must be at least 1");
-    }
+    let ids = check_args(&args)?;
+    check_ports(&args)?;
     let spec = Spec {
         node_bin: sibling_binary("auction-node")?,
         client_port: args.client_port,
         leader_port: args.leader_port,
         node_args: vec!["--duration".into(), args.duration.to_string()],
-        log_filter: "info,auction=debug".into(),
+        log_filter: args.log.clone().unwrap_or_else(|| {
+            match args.scenario {
+                Some(Scenario::Seed) => SEED_LOG,
+                None => NODE_LOG,
+            }
+            .into()
+        }),
         // The user's own secrets, so a client started by hand in another terminal finds the
         // operator token and its bidder tokens there too.
         auth_dir: match std::env::var_os("AUCTION_AUTH_DIR") {
@@ -92,16 +118,198 @@ async fn run(args: Args) -> anyhow::Result<()> {
         private_tmp: false,
     };
     let client_bin = sibling_binary("auction-client")?;
-    let transcript = Transcript::new(true);
+    // A prompt only when a person types at a terminal and reads the same one; otherwise each
+    // command is echoed, so the output reads as a transcript.
+    let terminal = args.scenario.is_none()
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
+    let screen = Arc::new(Screen::new(terminal));
+    let shown = screen.clone();
+    let transcript = Transcript::showing(move |name, line| shown.show(name, line));
     let mut cluster = LocalCluster::new(spec, transcript.clone());
     let result = match args.scenario {
         Some(Scenario::Seed) => seed(&mut cluster, &client_bin).await,
-        None => interactive(&mut cluster, &client_bin, &args).await,
+        None => interactive(&mut cluster, &client_bin, &args, &ids, screen).await,
     };
     for id in cluster.running() {
         cluster.kill(id).await;
     }
     result
+}
+
+/// The ids of the nodes to start, once the options are known to work: what the nodes or the
+/// client would refuse is refused here, before anything starts.
+fn check_args(args: &Args) -> anyhow::Result<Vec<u16>> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if args.client_port == 0 || args.leader_port == 0 {
+        bail!("--client-port and --leader-port must be fixed port numbers, not 0");
+    }
+    if args.client_port == args.leader_port {
+        bail!("--client-port and --leader-port must differ");
+    }
+    AuctionDuration::from_secs(args.duration).context("--duration")?;
+    BidderId::new(&args.id).context("--id")?;
+    (0..args.nodes)
+        .map(|i| args.leader_port.checked_add(i))
+        .collect::<Option<Vec<u16>>>()
+        .ok_or_else(|| {
+            anyhow!(
+                "node ids count up from --leader-port: --nodes {} from {} go past 65535",
+                args.nodes,
+                args.leader_port
+            )
+        })
+}
+
+/// Refuses ports that another process holds: the demo's nodes would be refused, and its
+/// commands would reach that process (another demo's cluster, say) instead.
+fn check_ports(args: &Args) -> anyhow::Result<()> {
+    let held: Vec<String> = [
+        (args.client_port, "--client-port"),
+        (args.leader_port, "--leader-port"),
+    ]
+    .into_iter()
+    .filter_map(|(port, option)| {
+        port_problem(port).map(|problem| format!("  port {port} ({option}) {problem}"))
+    })
+    .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the demo's ports are not free:\n{}\nend that program, or start the demo on other ports \
+         with --client-port PORT --leader-port PORT",
+        held.join("\n")
+    )
+}
+
+/// Why the nodes could not bind `port`, if they could not: who holds it.
+fn port_problem(port: u16) -> Option<String> {
+    let nodes = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match std::net::TcpListener::bind(nodes) {
+        Ok(_) => return None,
+        Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+            return Some(format!("cannot be bound: {e}"));
+        }
+        Err(_) => {}
+    }
+    // The holder listens on the nodes' address, or on every address.
+    let holder = [
+        nodes,
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+    ]
+    .into_iter()
+    .find_map(|addr| auction::process::listener(addr).ok().flatten());
+    Some(match holder {
+        Some(l) if l.is_node => format!("is held by {l}, a node of another cluster"),
+        Some(l) => format!("is held by {l}"),
+        None => "is held by a process of another user".into(),
+    })
+}
+
+/// The terminal: every line of every process, and the prompt below them when a person types.
+struct Screen {
+    /// Whether to show a prompt (a person types at this terminal).
+    prompt: bool,
+    /// Held while writing, so lines of different processes never mix.
+    state: Mutex<ScreenState>,
+}
+
+#[derive(Default)]
+struct ScreenState {
+    /// The demo reads commands.
+    reading: bool,
+    /// The prompt is the last thing on the screen.
+    prompted: bool,
+    /// The demo is ending: what its nodes say as they go is not shown.
+    done: bool,
+}
+
+const PROMPT: &str = "demo> ";
+
+impl Screen {
+    fn new(prompt: bool) -> Self {
+        Self {
+            prompt,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ScreenState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shows one line of process `name`, above the prompt. A closed terminal is no error: the
+    /// demo ends anyway when its input does.
+    fn show(&self, name: &str, line: &str) {
+        let mut state = self.state();
+        if state.done {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let line = short_time(line);
+        let _ = if self.prompt && state.reading {
+            // Over the prompt, then the prompt again below.
+            state.prompted = true;
+            write!(out, "\r\x1b[K[{name}] {line}\n{PROMPT}")
+        } else {
+            writeln!(out, "[{name}] {line}")
+        };
+        let _ = out.flush();
+    }
+
+    /// Shows the prompt, unless it is already the last thing on the screen.
+    fn prompt(&self) {
+        let mut state = self.state();
+        state.reading = true;
+        if self.prompt && !state.prompted {
+            state.prompted = true;
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{PROMPT}");
+            let _ = out.flush();
+        }
+    }
+
+    /// The person pressed Enter: the prompt has scrolled up.
+    fn typed(&self) {
+        self.state().prompted = false;
+    }
+
+    /// The demo ends: no more prompt, and no more lines.
+    fn done(&self) {
+        let mut state = self.state();
+        if state.prompted {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\r\x1b[K");
+            let _ = out.flush();
+        }
+        state.done = true;
+    }
+}
+
+/// A node's log line with the date and the microseconds cut from its timestamp:
+/// `2026-11-24T18:41:34.276556Z  INFO x` reads `18:41:34.276  INFO x` (UTC). Any other line is
+/// left as it is.
+fn short_time(line: &str) -> Cow<'_, str> {
+    let short = || {
+        let (stamp, rest) = line.split_once(' ')?;
+        let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
+        let (hms, fraction) = time.split_once('.')?;
+        let digits =
+            |s: &str, seps: &[u8]| s.bytes().all(|b| b.is_ascii_digit() || seps.contains(&b));
+        let stamp = date.len() == 10
+            && digits(date, b"-")
+            && hms.len() == 8
+            && digits(hms, b":")
+            && fraction.len() >= 3
+            && digits(fraction, b"");
+        stamp.then(|| format!("{hms}.{} {rest}", &fraction[..3]))
+    };
+    short().map_or(Cow::Borrowed(line), Cow::Owned)
 }
 
 fn client_proc(
@@ -218,29 +426,69 @@ fn expect(answer: &str, wanted: &str) -> anyhow::Result<()> {
     }
 }
 
-const HELP: &str = "an amount bids; result shows the result; kill [ID] kill -9s the leader (or \
-node ID); stop [ID] / cont [ID] pause and resume; restart ID starts a node again; nodes lists \
-the processes; status asks the leader; quit ends the demo";
+const HELP: &str = "\
+commands:
+  AMOUNT        bid that amount, a whole number (for example 100)
+  result        the highest bid; the winner once the auction is closed
+  close         end the open auction now
+  start [SECS]  open the next auction, for SECS seconds (default: --duration)
+  status        who leads, who is next in line, the auction
+  nodes         the demo's node processes: pids, running, stopped or gone
+  kill [ID]     kill -9 the leader, or node ID
+  stop [ID]     pause the leader, or node ID (SIGSTOP); the others fence it
+  cont [ID]     resume the stopped node, or node ID (SIGCONT)
+  restart ID    start node ID again
+  quit          end the demo and its nodes (also Ctrl-C or Ctrl-D)";
 
 async fn interactive(
     cluster: &mut LocalCluster,
     client_bin: &PathBuf,
     args: &Args,
+    ids: &[u16],
+    screen: Arc<Screen>,
 ) -> anyhow::Result<()> {
     let t = cluster.transcript.clone();
-    let ids: Vec<u16> = (0..args.nodes).map(|i| args.leader_port + i).collect();
-    say(&t, &format!("starting nodes {ids:?}"));
+    let names: Vec<String> = ids.iter().map(u16::to_string).collect();
+    say(&t, &format!("starting nodes {}", names.join(", ")));
     cluster.start(ids[0])?;
-    cluster
-        .wait_for(Duration::from_secs(10), |s| leader_of(s) == Some(ids[0]))
-        .await
-        .map_err(|e| anyhow!(e))?;
+    wait_started(cluster, ids[0], "lead", |s, pid| {
+        s.leader.as_ref().is_some_and(|l| l.pid == pid)
+    })
+    .await?;
     for &id in &ids[1..] {
         cluster.start(id)?;
-        wait_member(cluster, id).await?;
+        wait_started(cluster, id, "join", |s, pid| {
+            s.members
+                .iter()
+                .any(|m| m.id == u32::from(id) && m.pid == pid)
+        })
+        .await?;
     }
     let mut client = client_proc(cluster, client_bin, &args.id, "client")?;
-    say(&t, HELP);
+    // The client's greeting, before the banner.
+    if client.next_line(ANSWER).await.is_none() {
+        bail!("the client did not start; its output above says why");
+    }
+    let auction = cluster
+        .status(DEFAULT_RETRY_BUDGET)
+        .await
+        .ok()
+        .and_then(|s| s.auction)
+        .map_or_else(|| "the auction is open".into(), |a| describe_auction(&a));
+    let others = match &names[1..] {
+        [] => String::new(),
+        rest => format!(", {}", rest.join(", ")),
+    };
+    for line in [
+        format!("nodes {} (leader){others} are up", names[0]),
+        auction,
+        format!("to bid as {:?}, type an amount, for example 100", args.id),
+        "close ends the auction now; result then shows the winner".into(),
+        "start [SECS] opens the next auction; kill, stop and cont break the leader".into(),
+        "help lists every command; quit ends the demo".into(),
+    ] {
+        say(&t, &line);
+    }
     let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -250,75 +498,436 @@ async fn interactive(
             }
         }
     });
-    // The leader as last seen, for `kill` while the leader cannot answer.
-    let mut leader = Some(ids[0]);
-    loop {
+    let mut demo = Demo {
+        operator: cluster.client(DEFAULT_RETRY_BUDGET),
+        cluster,
+        t,
+        echo: !screen.prompt,
+        client,
+        ids: ids.iter().copied().collect(),
+        killed: HashSet::new(),
+        reported: HashSet::new(),
+        stopped: Vec::new(),
+        leader: Some(ids[0]),
+    };
+    // Each of these ends the demo and, with it, every process it started. Until now they
+    // ended it at once, and its nodes with it (see `Proc::spawn`).
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    // Node deaths are noticed within this.
+    let mut watch = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        screen.prompt();
         let line = tokio::select! {
             line = lines.recv() => match line {
                 Some(line) => line,
-                None => break,
+                None => break Ok(()),
             },
-            // Ctrl-C ends the demo and, with it, every process it started.
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+            _ = hangup.recv() => break Ok(()),
+            _ = watch.tick() => match demo.watch() {
+                Ok(()) => continue,
+                Err(e) => break Err(e),
+            },
         };
-        let mut words = line.split_whitespace();
-        let command = words.next().unwrap_or("").to_ascii_lowercase();
-        let target: Option<u16> = match words.next().map(str::parse).transpose() {
-            Ok(t) => t,
-            Err(_) => {
-                say(&t, "node ids are numbers");
+        screen.typed();
+        let go_on = match demo.watch() {
+            Ok(()) => demo.execute(&line).await,
+            Err(e) => Err(e),
+        };
+        match go_on {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    demo.client.close_stdin();
+    let running: Vec<String> = demo.cluster.running().iter().map(u16::to_string).collect();
+    if !running.is_empty() {
+        demo.say(&format!("quitting: ending nodes {}", running.join(", ")));
+    }
+    screen.done();
+    result
+}
+
+/// Waits until the leader's status, given node `id`'s pid, satisfies `started`. Fails at once
+/// if the node exits, and after ten seconds.
+async fn wait_started(
+    cluster: &mut LocalCluster,
+    id: u16,
+    what: &str,
+    started: impl Fn(&auction::pb::StatusReply, u32) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut client = cluster.client(Duration::from_millis(500));
+    loop {
+        let node = cluster
+            .node(id)
+            .ok_or_else(|| anyhow!("node {id} was not started"))?;
+        if let Some(status) = node.exit_status() {
+            bail!("node {id} {}; its log above says why", ended(status));
+        }
+        let pid = node.pid();
+        if client.status().await.is_ok_and(|s| started(&s, pid)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("node {id} did not {what} within 10 s; its log above says why");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How a process ended, for people.
+fn ended(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "exited".into(),
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(9)) => "was killed by SIGKILL".into(),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+/// The interactive demo once its nodes and client run.
+struct Demo<'a> {
+    cluster: &'a mut LocalCluster,
+    t: Transcript,
+    /// Whether to echo each command (no person types at a terminal that shows it).
+    echo: bool,
+    client: Proc,
+    /// For `start` and `close`, with the operator token.
+    operator: Client,
+    /// Every node id the demo started.
+    ids: BTreeSet<u16>,
+    /// Node pids the demo killed itself.
+    killed: HashSet<u32>,
+    /// Node pids whose end has been told.
+    reported: HashSet<u32>,
+    /// Nodes the demo stopped, as (id, pid), for `cont`.
+    stopped: Vec<(u16, u32)>,
+    /// The leader as last seen, for `kill` while the leader cannot answer.
+    leader: Option<u16>,
+}
+
+impl Demo<'_> {
+    fn say(&self, line: &str) {
+        say(&self.t, line);
+    }
+
+    /// Tells of every node that ended since the last look.
+    ///
+    /// # Errors
+    /// The client has ended: the demo cannot go on.
+    fn watch(&mut self) -> anyhow::Result<()> {
+        let mut news = Vec::new();
+        for &id in &self.ids {
+            let Some(node) = self.cluster.node(id) else {
+                continue;
+            };
+            let pid = node.pid();
+            if self.reported.contains(&pid) {
                 continue;
             }
-        };
-        if matches!(command.as_str(), "kill" | "stop" | "cont" | "status")
-            && let Ok(s) = cluster.status(Duration::from_millis(300)).await
-        {
-            leader = leader_of(&s);
-        }
-        match command.as_str() {
-            "quit" | "exit" => break,
-            "help" => say(&t, HELP),
-            "nodes" => say(&t, &format!("running: {:?}", cluster.running())),
-            "status" => match cluster.status(Duration::from_secs(2)).await {
-                Ok(s) => say(&t, &auction::console::describe_status(&s)),
-                Err(e) => say(&t, &format!("no answer: {e}")),
-            },
-            "kill" | "stop" | "cont" => {
-                let Some(id) = target.or(leader) else {
-                    say(&t, "no leader known; name a node");
-                    continue;
-                };
-                if command == "kill" {
-                    say(&t, &format!("kill -9 node {id}"));
-                    cluster.kill(id).await;
-                } else {
-                    let signal = if command == "stop" {
-                        Signal::STOP
-                    } else {
-                        Signal::CONT
-                    };
-                    say(&t, &format!("{command} node {id}"));
-                    if let Err(e) = cluster.signal(id, signal) {
-                        say(&t, &format!("cannot signal node {id}: {e}"));
-                    }
-                }
+            if let Some(status) = node.exit_status() {
+                self.reported.insert(pid);
+                news.push(format!(
+                    "node {id} (pid {pid}) {}",
+                    self.end_of(pid, status)
+                ));
             }
-            "restart" => match target {
-                Some(id) if cluster.running().contains(&id) => {
-                    say(&t, &format!("node {id} is running"));
-                }
-                Some(id) => {
-                    say(&t, &format!("starting node {id}"));
-                    cluster.start(id)?;
-                }
-                None => say(&t, "restart which node? restart ID"),
+        }
+        for line in news {
+            self.say(&line);
+        }
+        if let Some(status) = self.client.exit_status() {
+            bail!("the client {}; its output above says why", ended(status));
+        }
+        Ok(())
+    }
+
+    /// How node process `pid` ended, for people: a SIGKILL that the demo did not send is the
+    /// cluster's fencing.
+    fn end_of(&self, pid: u32, status: ExitStatus) -> String {
+        if self.killed.contains(&pid) {
+            "was killed by the demo (kill -9)".into()
+        } else if status.signal() == Some(9) {
+            "was fenced (killed by SIGKILL, not by the demo)".into()
+        } else {
+            ended(status)
+        }
+    }
+
+    /// Runs one typed line. `Ok(false)` ends the demo.
+    async fn execute(&mut self, line: &str) -> anyhow::Result<bool> {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else {
+            return Ok(true);
+        };
+        let command = first.to_ascii_lowercase();
+        // What looks like an amount goes to the client, which says what is wrong with it.
+        let unsigned = first.strip_prefix(['+', '-']).unwrap_or(first);
+        let for_client = command == "result" || unsigned.starts_with(|c: char| c.is_ascii_digit());
+        if self.echo {
+            let name = if for_client {
+                self.client.name()
+            } else {
+                "demo"
+            };
+            self.t.push(name, &format!("> {line}"));
+        }
+        if for_client {
+            let line = if command == "result" { "result" } else { line };
+            self.client
+                .send_line(line)
+                .await
+                .context("typing into the client")?;
+            return Ok(true);
+        }
+        let rest: Vec<&str> = words.collect();
+        match command.as_str() {
+            "quit" | "exit" => return Ok(false),
+            "help" | "?" => self.say(HELP),
+            "nodes" => self.nodes(),
+            "status" => match self.cluster.status(Duration::from_secs(2)).await {
+                Ok(s) => self.say(&describe_status(&s)),
+                Err(e) => self.say(&format!("no answer: {e}")),
+            },
+            "close" | "start" => self.operate(line).await,
+            "kill" | "stop" | "cont" | "restart" => match target(&command, &rest) {
+                Err(why) => self.say(&why),
+                Ok(id) => match command.as_str() {
+                    "kill" => self.kill(id).await,
+                    "stop" => self.stop(id).await,
+                    "cont" => self.cont(id),
+                    _ => self.restart(id),
+                },
+            },
+            _ => self.say(&format!("unknown command {first:?}; type help")),
+        }
+        Ok(true)
+    }
+
+    /// `start [SECS]` or `close`, sent as the operator.
+    async fn operate(&mut self, line: &str) {
+        let (name, outcome) = match console::parse(line) {
+            Ok(Some(console::Command::Start(duration))) => {
+                ("start", self.operator.start(duration).await)
+            }
+            Ok(Some(console::Command::Close)) => ("close", self.operator.close().await),
+            Ok(_) => return self.say("type start [SECS] or close"),
+            Err(why) => return self.say(&why),
+        };
+        match outcome {
+            Ok(o) => match o.decision {
+                Ok(()) => self.say(&format!("{name}: ok; {}", describe_auction(&o.auction))),
+                Err(refusal) => self.say(&format!("{name}: refused: {refusal}")),
+            },
+            Err(e) => self.say(&format!("{name}: {e}")),
+        }
+    }
+
+    /// The leader's id, asked now, or as last seen when it cannot answer.
+    async fn leader(&mut self) -> Option<u16> {
+        if let Ok(s) = self.cluster.status(Duration::from_millis(300)).await {
+            self.leader = leader_of(&s);
+        }
+        self.leader
+    }
+
+    /// Node `id`'s pid if it runs; otherwise says why not.
+    fn running(&mut self, id: u16) -> Option<u32> {
+        let ended = match self.cluster.node(id) {
+            Some(node) if self.ids.contains(&id) => match node.exit_status() {
+                None => return Some(node.pid()),
+                Some(status) => (node.pid(), status),
             },
             _ => {
-                t.push("client", &format!("> {line}"));
-                client.send_line(&line).await?;
+                let ids: Vec<String> = self.ids.iter().map(u16::to_string).collect();
+                self.say(&format!(
+                    "the demo runs no node {id}; its nodes are {}",
+                    ids.join(", ")
+                ));
+                return None;
+            }
+        };
+        let (pid, status) = ended;
+        self.reported.insert(pid);
+        self.say(&format!(
+            "node {id} is not running: pid {pid} {}; restart {id} starts it again",
+            self.end_of(pid, status)
+        ));
+        None
+    }
+
+    /// `id`, or the leader when none is named.
+    async fn or_leader(&mut self, id: Option<u16>, command: &str) -> Option<u16> {
+        if id.is_some() {
+            return id;
+        }
+        let leader = self.leader().await;
+        if leader.is_none() {
+            self.say(&format!("no leader answers; name a node: {command} ID"));
+        }
+        leader
+    }
+
+    async fn kill(&mut self, id: Option<u16>) {
+        let Some(id) = self.or_leader(id, "kill").await else {
+            return;
+        };
+        let Some(pid) = self.running(id) else {
+            return;
+        };
+        self.say(&format!("kill -9 node {id} (pid {pid})"));
+        self.killed.insert(pid);
+        self.reported.insert(pid);
+        self.cluster.kill(id).await;
+    }
+
+    async fn stop(&mut self, id: Option<u16>) {
+        let Some(id) = self.or_leader(id, "stop").await else {
+            return;
+        };
+        let Some(pid) = self.running(id) else {
+            return;
+        };
+        match self.cluster.signal(id, Signal::STOP) {
+            Ok(()) => {
+                self.say(&format!(
+                    "stopped node {id} (pid {pid}); cont resumes it, unless it is fenced first"
+                ));
+                self.stopped.retain(|&(i, _)| i != id);
+                self.stopped.push((id, pid));
+            }
+            Err(e) => self.say(&format!("cannot stop node {id}: {e}")),
+        }
+    }
+
+    /// Resumes node `id`, or every node the demo stopped.
+    fn cont(&mut self, id: Option<u16>) {
+        let stopped = match id {
+            Some(id) => match self.running(id) {
+                Some(pid) => vec![(id, pid)],
+                None => return,
+            },
+            None if self.stopped.is_empty() => {
+                return self.say("no node is stopped; cont ID resumes node ID");
+            }
+            None => self.stopped.clone(),
+        };
+        for (id, pid) in stopped {
+            self.stopped.retain(|&s| s != (id, pid));
+            let node = self.cluster.node(id).filter(|n| n.pid() == pid);
+            let Some(node) = node else {
+                self.say(&format!("node {id} (pid {pid}) is gone"));
+                continue;
+            };
+            if let Some(status) = node.exit_status() {
+                self.reported.insert(pid);
+                let line = format!(
+                    "node {id} (pid {pid}) is gone: it {}; restart {id} starts it again",
+                    self.end_of(pid, status)
+                );
+                self.say(&line);
+                continue;
+            }
+            match self.cluster.signal(id, Signal::CONT) {
+                Ok(()) => self.say(&format!("resumed node {id} (pid {pid})")),
+                Err(e) => self.say(&format!("cannot resume node {id}: {e}")),
             }
         }
     }
-    client.close_stdin();
-    Ok(())
+
+    fn restart(&mut self, id: Option<u16>) {
+        let Some(id) = id else {
+            return self.say("restart which node? restart ID");
+        };
+        if let Some(node) = self.cluster.node(id)
+            && !node.exited()
+        {
+            let pid = node.pid();
+            return self.say(&format!("node {id} is running (pid {pid})"));
+        }
+        self.say(&format!("starting node {id}"));
+        match self.cluster.start(id) {
+            Ok(()) => {
+                self.ids.insert(id);
+            }
+            Err(e) => self.say(&format!("cannot start node {id}: {e}")),
+        }
+    }
+
+    /// Each node the demo started, with its pid and state.
+    fn nodes(&mut self) {
+        let mut lines = Vec::new();
+        for &id in &self.ids {
+            let Some(node) = self.cluster.node(id) else {
+                continue;
+            };
+            let pid = node.pid();
+            let state = match node.exit_status() {
+                Some(status) => format!("gone: it {}", self.end_of(pid, status)),
+                None if is_stopped(pid) => "stopped".into(),
+                None => "running".into(),
+            };
+            lines.push(format!("node {id}: pid {pid}, {state}"));
+        }
+        for line in lines {
+            self.say(&line);
+        }
+    }
+}
+
+/// The node id after `command`, if any.
+fn target(command: &str, rest: &[&str]) -> Result<Option<u16>, String> {
+    match rest {
+        [] => Ok(None),
+        [id] => id
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("node ids are numbers, like 5401: {command} 5401")),
+        _ => Err(format!("{command} takes one node id at most; type help")),
+    }
+}
+
+/// Whether process `pid` is stopped (by SIGSTOP), as `/proc/PID/stat` says.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which may hold spaces and parentheses.
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| matches!(state, "T" | "t"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_timestamps_are_shortened_and_other_lines_kept() {
+        assert_eq!(
+            short_time("2026-11-24T18:41:34.276556Z  INFO leading epoch=1"),
+            "18:41:34.276  INFO leading epoch=1"
+        );
+        assert_eq!(
+            short_time("2026-11-24T18:41:34.276556Z DEBUG bid accepted"),
+            "18:41:34.276 DEBUG bid accepted"
+        );
+        for line in ["ok: auction 1 is closed", "2026-11-24 x", "", "é T.Z x"] {
+            assert_eq!(short_time(line), line);
+        }
+    }
+
+    #[test]
+    fn node_ids_parse_or_say_why() {
+        assert_eq!(target("kill", &[]), Ok(None));
+        assert_eq!(target("kill", &["5401"]), Ok(Some(5401)));
+        assert!(target("kill", &["x"]).unwrap_err().contains("numbers"));
+        assert!(target("kill", &["-1"]).is_err());
+        assert!(target("kill", &["1", "2"]).unwrap_err().contains("at most"));
+    }
 }
