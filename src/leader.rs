@@ -305,7 +305,9 @@ impl Leader {
             members = ?member_ids(&self.state),
             "leading"
         );
-        let mut tick = tokio::time::interval(self.timing.heartbeat);
+        // The first tick a heartbeat from now: a new leader has nobody to beat for yet.
+        let first = tokio::time::Instant::now() + self.timing.heartbeat;
+        let mut tick = tokio::time::interval_at(first, self.timing.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
@@ -511,6 +513,12 @@ impl Leader {
     /// stalled (paused or starved): the silence it would measure is its own, so every follower
     /// gets a fresh window instead of being fenced.
     fn on_tick(&mut self, scheduled: Instant, now: Instant) {
+        // The deadline passed since the last change: the close goes into the state now, so
+        // every member holds it (and it is logged) without waiting for a reader.
+        let auction = &self.state.machine.auction;
+        if auction.is_open(self.state.clock) && !auction.is_open(self.now()) {
+            self.queued_changes.push(ChangeKind::Tick);
+        }
         let late_by = now.saturating_duration_since(scheduled);
         if late_by > self.timing.heartbeat {
             warn!(
@@ -667,37 +675,44 @@ impl Leader {
         });
     }
 
-    /// Applies `change` and logs what it did to the auction under [`EVENTS`]. A bid's line is
-    /// at DEBUG: while that is filtered out, it costs one cached check per accepted bid.
+    /// Applies `change` and logs what it did to the auction under [`EVENTS`]: an auction
+    /// opened, a bid accepted (at DEBUG: while that is filtered out, it costs one cached check
+    /// per accepted bid), an auction closed, by an operator or by its deadline. A retried
+    /// request gets its first decision again and changes nothing, so it is not logged again.
     fn apply(&mut self, change: &Change) -> Option<Decision> {
         let before = &self.state.machine.auction;
-        let (number, closed_early) = (before.number, before.closed_early);
+        let was = (
+            before.number,
+            before.is_open(self.state.clock),
+            before.highest.as_ref().map(|b| b.amount),
+        );
         let decision = self.state.apply(change);
-        if let (ChangeKind::Client { op, .. }, Some(Ok(()))) = (&change.kind, &decision) {
-            let a = &self.state.machine.auction;
-            match op {
-                Op::Bid { bidder, amount, .. } => {
-                    debug!(target: EVENTS, auction = a.number, %bidder, %amount, "bid accepted");
-                }
-                // A retried request gets its first decision again and changes nothing: it is
-                // not logged twice.
-                Op::Start { duration } if a.number != number => {
-                    let duration = Duration::from_millis(duration.as_millis());
-                    info!(target: EVENTS, auction = a.number, ?duration, "auction opened");
-                }
-                Op::Close if a.closed_early && !closed_early => match &a.highest {
-                    Some(b) => info!(
-                        target: EVENTS,
-                        auction = a.number,
-                        winner = %b.bidder,
-                        amount = %b.amount,
-                        "auction closed"
-                    ),
-                    None => {
-                        info!(target: EVENTS, auction = a.number, "auction closed without bids")
-                    }
-                },
-                Op::Start { .. } | Op::Close => {}
+        let a = &self.state.machine.auction;
+        let (number, open) = (a.number, a.is_open(self.state.clock));
+        if number != was.0 {
+            let length = match &change.kind {
+                ChangeKind::Client {
+                    op: Op::Start { duration },
+                    ..
+                } => Duration::from_millis(duration.as_millis()),
+                _ => Duration::ZERO,
+            };
+            info!(target: EVENTS, auction = number, duration = ?length, "auction opened");
+        } else if let Some(b) = &a.highest
+            && Some(b.amount) != was.2
+        {
+            debug!(target: EVENTS, auction = number, bidder = %b.bidder, amount = %b.amount, "bid accepted");
+        }
+        if was.1 && !open {
+            match &a.highest {
+                Some(b) => info!(
+                    target: EVENTS,
+                    auction = number,
+                    winner = %b.bidder,
+                    amount = %b.amount,
+                    "auction closed"
+                ),
+                None => info!(target: EVENTS, auction = number, "auction closed without bids"),
             }
         }
         decision
@@ -801,6 +816,39 @@ mod tests {
         leader.call(Request::Result).await.unwrap();
         let again = status(leader.call(Request::Status(Detail::Summary)).await.unwrap());
         assert_eq!(again.version, after.version);
+    }
+
+    /// The deadline passes while nobody reads: the leader commits the close at its next
+    /// heartbeat, so every member holds it.
+    #[tokio::test]
+    async fn a_deadline_that_passes_is_committed_at_the_next_heartbeat() {
+        let me = lone_member();
+        let mut state = ClusterState::founded(me, Generation(1));
+        state.apply(&Change {
+            at: Millis(0),
+            kind: start_change(AuctionDuration::from_secs(1).unwrap()),
+        });
+        let version = state.version;
+        let timing = Timing {
+            heartbeat: Duration::from_millis(10),
+            ..quiet()
+        };
+        let clock = clock_at(Millis(0), Duration::from_secs(5));
+        let leader = spawn(me, state, clock, Vec::new(), timing, std::future::pending());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let Reply::Status(s) = leader.call(Request::Status(Detail::Summary)).await.unwrap()
+            else {
+                panic!("a status");
+            };
+            if s.version > version {
+                assert_eq!(s.version, version + 1, "one tick");
+                assert!(!s.auction.unwrap().open);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the close was never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A leader alone in its cluster answers as soon as it has applied a request, not on its
