@@ -1,5 +1,5 @@
 //! What a person types into the client: a line that is an integer bids, any other line asks
-//! for the result (as in the seed), besides a few command words (`status`, `start [SECS]`,
+//! for the result (as in the original hand-in), besides a few command words (`status`, `start [SECS]`,
 //! `close`, `help`, `quit`). A line that looks like a number but is not a valid amount is an
 //! error, so `-5`, `0`, `1.5` and `99999999999999999999` never reach the server; so is a line
 //! that is not UTF-8 text, or one too long to be anything typed.

@@ -2,7 +2,7 @@
 //! Client requests, replica joins and acks arrive as events on one channel. The leader applies
 //! every request queued at that moment as one batch, pushes the batch to every replica stream,
 //! and answers each request only when every member has acknowledged the batch's version (the
-//! seed's commit rule). One batch of requests replicates at a time; the next one gathers what
+//! original hand-in's commit rule). One batch of requests replicates at a time; the next one gathers what
 //! arrives meanwhile (group commit).
 
 use std::collections::VecDeque;

@@ -10,7 +10,7 @@
 //! - [`tls`]: the optional TLS certificate of both ports;
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
-//! - [`process`]: node processes: identity, fencing by pidfd, port holders, the cluster lock;
+//! - [`process`]: node processes: identity, fencing by pidfd, port holders, the member marks;
 //! - [`spin`]: the leader's busy-polling after light activity (`--spin-us 0` turns it off);
 //! - [`leader`], [`server`], [`replica`]: the leader task, its gRPC services, and a replica's
 //!   stream;

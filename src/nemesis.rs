@@ -38,7 +38,7 @@ pub use host::MAX_CLOCK_OFFSET_SECS;
 use host::{Host, RunDir, delete_artefacts};
 use operator::{Operator, OperatorLog};
 
-/// The node ids of the cluster, as in the seed.
+/// The node ids of the cluster, as in the original hand-in.
 const NODES: [u16; 3] = [5400, 5401, 5402];
 
 /// How late an auction may be seen to close. An auction of duration D whose start returned at

@@ -32,7 +32,7 @@ use crate::types::{Credential, Duration as AuctionDuration, Millis, NodeId, fill
 /// Everything a node needs to know.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// This node's id (the seed's `--port`).
+    /// This node's id (`--id`; the original hand-in's `--port`).
     pub id: NodeId,
     /// The address every node binds and dials; all nodes must use the same one.
     pub host: IpAddr,

@@ -66,7 +66,7 @@ pub struct ClusterState {
     /// backwards across leaders.
     pub clock: Millis,
     pub leader: Member,
-    /// In the order they joined: the seed's `leaderQueue`. The leader is one of them.
+    /// In the order they joined: the original hand-in's `leaderQueue`. The leader is one of them.
     pub members: Vec<Member>,
     pub machine: Machine,
 }

@@ -294,7 +294,7 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// A node's id: the `--port` it was started with, as in the seed.
+/// A node's id: the `--id` it was started with (`--port` in the original hand-in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub u16);
 

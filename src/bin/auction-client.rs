@@ -1,4 +1,4 @@
-//! `auction-client`: bid and read results, interactively (as in the seed) or one command at a
+//! `auction-client`: bid and read results, interactively (as in the original hand-in) or one command at a
 //! time for scripts.
 
 use std::fmt::Display;

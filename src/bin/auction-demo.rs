@@ -1,6 +1,6 @@
 //! `auction-demo`: a local cluster of real `auction-node` processes and an interactive
 //! `auction-client`, in one terminal, where killing or pausing the leader is a command.
-//! `--scenario seed` instead plays the seed's 12-step scenario and prints the transcript.
+//! `--scenario seed` instead plays the original hand-in's 12-step scenario and prints the transcript.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
@@ -38,7 +38,7 @@ struct Args {
     /// The client port of the cluster.
     #[arg(long, default_value_t = 5000)]
     client_port: u16,
-    /// The replica port of the cluster; node ids count up from it, as in the seed.
+    /// The replica port of the cluster; node ids count up from it, as in the original hand-in.
     #[arg(long, default_value_t = 5400)]
     leader_port: u16,
     /// Length of the first auction, and of `start` without SECS, in seconds.
@@ -63,7 +63,7 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Scenario {
-    /// The seed's 12 steps: two servers, one client, the leader crashes, a lower bid fails, the
+    /// The original hand-in's 12 steps (`--scenario seed`): two servers, one client, the leader crashes, a lower bid fails, the
     /// new leader closes the auction, the client reads the winner.
     Seed,
 }
@@ -74,7 +74,7 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// The nodes' log in the interactive demo: INFO, with every auction event (a bid accepted is
 /// logged at DEBUG, so that a node run by hand does not log every bid).
 const NODE_LOG: &str = "info,auction::events=debug";
-/// The nodes' log in the seed scenario, which log.txt records: also every replicated version.
+/// The nodes' log in the hand-in's scenario, which log.txt records: also every replicated version.
 const SEED_LOG: &str = "info,auction=debug";
 
 fn main() -> ExitCode {
