@@ -63,8 +63,8 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Scenario {
-    /// The original hand-in's 12 steps (`--scenario seed`): two servers, one client, the leader crashes, a lower bid fails, the
-    /// new leader closes the auction, the client reads the winner.
+    /// The original hand-in's 12 steps: two servers, one client, the leader crashes, a lower
+    /// bid fails, the new leader closes the auction, the client reads the winner.
     Seed,
 }
 
