@@ -407,30 +407,36 @@ mod tests {
         assert_eq!(start_time(me.pid).unwrap(), me.start_time);
     }
 
-    /// A copy of `sleep` under the name of a node, so fencing may signal it.
-    fn fake_node_binary() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("auction-fake-node-{}", std::process::id()));
+    /// Starts `sleep 30` under the name of a node, so fencing may signal it, after `configure`
+    /// has had its say on the command. The copy of `sleep` lives in a directory of its own,
+    /// removed once the process runs (a running program needs no file), so tests leave nothing
+    /// behind.
+    fn spawn_fake_node(configure: impl FnOnce(&mut std::process::Command)) -> std::process::Child {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COPIES: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "auction-fake-node-{}-{}",
+            std::process::id(),
+            COPIES.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join(NODE_PROCESS_NAME);
-        if !bin.exists() {
-            let sleep = ["/bin/sleep", "/usr/bin/sleep"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .expect("sleep is installed");
-            // Copied to a unique name first, so a concurrent test never runs a half-written file.
-            let tmp = dir.join(format!("sleep-{:?}", std::thread::current().id()));
-            std::fs::copy(sleep, &tmp).unwrap();
-            let _ = std::fs::rename(&tmp, &bin);
-        }
-        bin
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("sleep is installed");
+        std::fs::copy(sleep, &bin).unwrap();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("30");
+        configure(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        child
     }
 
     /// Starts `sleep 30` under the name of a node.
     fn fake_node() -> std::process::Child {
-        std::process::Command::new(fake_node_binary())
-            .arg("30")
-            .spawn()
-            .unwrap()
+        spawn_fake_node(|_| {})
     }
 
     #[test]
@@ -558,18 +564,17 @@ mod tests {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         let fd = mark._socket.as_raw_fd();
-        let mut cmd = std::process::Command::new(fake_node_binary());
-        cmd.arg("30");
-        // SAFETY: only async-signal-safe calls between fork and exec: clearing the close-on-exec
-        // flag of a descriptor this process owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                let borrowed = std::os::fd::BorrowedFd::borrow_raw(fd);
-                rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())
-                    .map_err(io::Error::from)
-            });
-        }
-        cmd.spawn().unwrap()
+        spawn_fake_node(|cmd| {
+            // SAFETY: only async-signal-safe calls between fork and exec: clearing the
+            // close-on-exec flag of a descriptor this process owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let borrowed = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())
+                        .map_err(io::Error::from)
+                });
+            }
+        })
     }
 
     #[test]
