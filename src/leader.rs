@@ -240,7 +240,7 @@ struct Leader {
     state: ClusterState,
     /// The auction clock when this node took the lead (or founded), on this node's monotonic
     /// clock: the leader advances the auction clock by monotonic time only, so no step of the
-    /// wall clock moves a deadline (DESIGN.md, "Time").
+    /// wall clock moves a deadline (docs/design.md, "Time").
     clock: ClockReading,
     followers: Followers<Peer>,
     timing: Timing,

@@ -290,7 +290,7 @@ fn mark_prefix(leader_addr: SocketAddr) -> String {
 /// that no node founds a new, empty cluster beside members that hold committed changes. It lives
 /// where the ports live: the abstract namespace belongs to the network namespace, like the
 /// ports, and holds no file, so no cleaner of /tmp can remove it, a private /tmp cannot hide it,
-/// and the kernel drops it when the process dies, even by SIGKILL (DESIGN.md, "State never
+/// and the kernel drops it when the process dies, even by SIGKILL (docs/design.md, "State never
 /// goes backwards").
 #[derive(Debug)]
 pub struct MemberMark {

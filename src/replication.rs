@@ -43,7 +43,7 @@ pub struct Change {
 
 /// A cluster's identity: a random number drawn when it was founded. Every snapshot and change
 /// carries it, so a node never takes a state from another cluster for a newer one of its own
-/// (DESIGN.md, "State never goes backwards").
+/// (docs/design.md, "State never goes backwards").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Generation(pub u64);
 

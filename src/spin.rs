@@ -18,11 +18,11 @@ use tokio::sync::watch;
 
 /// Batches of at most this many requests are small; larger ones mean the load keeps the leader
 /// busy without help, and spinning would only take CPU from the other processes.
-/// (`auction-node --help` and README.md say 4.)
+/// (`auction-node --help` and docs/cli.md say 4.)
 pub const SPIN_MAX_BATCH: usize = 4;
 
 /// Small batches in a row that start a spin window: a small batch among large ones is a hiccup
-/// of a busy leader, not light load. (`auction-node --help` and README.md say 4.)
+/// of a busy leader, not light load. (`auction-node --help` and docs/cli.md say 4.)
 pub const CALM_BATCHES: u32 = 4;
 
 /// The spin window of `auction-node` unless `--spin-us` says otherwise: long enough to span a

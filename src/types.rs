@@ -128,7 +128,7 @@ impl fmt::Display for BidderId {
 /// A point on the replicated auction clock, in milliseconds since the cluster was founded.
 ///
 /// The clock is replicated state: only the leader advances it, by the time that elapsed on its
-/// monotonic clock (DESIGN.md, "Time"), so a step of the host's wall clock (NTP, `date -s`, a
+/// monotonic clock (docs/design.md, "Time"), so a step of the host's wall clock (NTP, `date -s`, a
 /// restored VM) moves no deadline and expires no session. Deadlines and session ages are points
 /// on this clock; the wall clock serves only to display them ([`wall_clock_ms`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,7 +1,7 @@
 //! Faults of the host rather than of a process (issue #13): the wall clock steps, as NTP, a
 //! restored snapshot or an operator's `date -s` step it, and files in /tmp vanish (as
 //! systemd-tmpfiles deletes them) or are private to each node (a service with `PrivateTmp=yes`).
-//! DESIGN.md, "Time" and "State never goes backwards": no decision rests on either.
+//! docs/design.md, "Time" and "State never goes backwards": no decision rests on either.
 //!
 //! The clock tests run every node on one [`FakeClock`] (Debian's `faketime`), whose offset steps
 //! the wall clock of all nodes at once while their monotonic clock runs on.
@@ -198,8 +198,8 @@ async fn replay_bid(
     }
 }
 
-/// Deletes whatever files this cluster keeps in /tmp (today its lock file,
-/// `/tmp/auction-node-HOST-PORT.lock`), as a cleaner of /tmp would. There may be none.
+/// Deletes whatever files this cluster keeps in /tmp, as a cleaner of /tmp would: its lock file,
+/// `/tmp/auction-node-HOST-PORT.lock`, before the member marks replaced it; none since.
 fn delete_cluster_files(h: &Harness) -> usize {
     let port = h.cluster.spec.leader_port.to_string();
     let mut deleted = 0;
@@ -446,7 +446,7 @@ async fn leader_restarted_while_members_pause_keeps_the_acknowledged_bids(tmp: T
 }
 
 #[tokio::test]
-async fn acknowledged_bids_survive_a_leader_restart_after_the_lock_file_is_deleted() {
+async fn acknowledged_bids_survive_a_leader_restart_after_its_tmp_files_are_deleted() {
     leader_restarted_while_members_pause_keeps_the_acknowledged_bids(Tmp::Shared).await;
 }
 
@@ -472,7 +472,7 @@ async fn replica_restarted_rejoins(tmp: Tmp) {
 }
 
 #[tokio::test]
-async fn a_replica_restarted_after_the_lock_file_is_deleted_rejoins_as_a_member() {
+async fn a_replica_restarted_after_its_tmp_files_are_deleted_rejoins_as_a_member() {
     replica_restarted_rejoins(Tmp::Shared).await;
 }
 
@@ -498,7 +498,7 @@ async fn killed_leader_restarted_later_rejoins(tmp: Tmp) {
 }
 
 #[tokio::test]
-async fn a_killed_leader_restarted_after_the_lock_file_is_deleted_rejoins_the_surviving_cluster() {
+async fn a_killed_leader_restarted_after_its_tmp_files_are_deleted_rejoins_the_surviving_cluster() {
     killed_leader_restarted_later_rejoins(Tmp::Shared).await;
 }
 
@@ -511,7 +511,7 @@ async fn a_killed_leader_restarted_with_a_private_tmp_rejoins_the_surviving_clus
 /// The fenced node, restarted, rejoins; the last original member alone then still holds every
 /// bid.
 #[tokio::test]
-async fn a_lock_file_deleted_during_a_takeover_neither_loses_bids_nor_blocks_rejoining() {
+async fn tmp_files_deleted_during_a_takeover_neither_lose_bids_nor_block_rejoining() {
     let mut h = start_cluster(Tmp::Shared).await;
     assert_bid_accepted(&h, "ann", 100).await;
     h.cluster.signal(IDS[0], Signal::STOP).unwrap();
