@@ -120,6 +120,11 @@ impl Shutdown {
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
+
+    /// Whether the signal has fired (or its sender is gone).
+    pub fn fired(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
 }
 
 fn set_role(cell: &RoleCell, role: Role) {
@@ -149,6 +154,10 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
     // Pause between attempts of a node that is not a member, or that found no leader to dial.
     let mut backoff = MIN_BACKOFF;
     loop {
+        // A node asked to stop between two leaders neither takes over nor founds.
+        if shutdown.fired() {
+            return Ok(());
+        }
         // Whether a node that is not a member found the replica port held by another process.
         let mut port_held = false;
         if replica::is_member(&shared, &me) {
