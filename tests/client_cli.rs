@@ -359,20 +359,8 @@ async fn with_operator_token(
     dir: &std::path::Path,
     args: &[&str],
 ) -> (i32, String, String) {
-    let out = Command::new(CLIENT)
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .env("AUCTION_AUTH_DIR", dir)
-        .env("AUCTION_OPERATOR_TOKEN", "o".repeat(40))
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let token = "o".repeat(40);
+    common::run_client_with(server, dir, args, &[("AUCTION_OPERATOR_TOKEN", &token)]).await
 }
 
 /// The seconds left in the open auction, from a `--json result`.

@@ -186,6 +186,16 @@ pub async fn run_client(
     auth_dir: &std::path::Path,
     args: &[&str],
 ) -> (i32, String, String) {
+    run_client_with(server, auth_dir, args, &[]).await
+}
+
+/// As [`run_client`], with more environment (for example an operator token).
+pub async fn run_client_with(
+    server: &str,
+    auth_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let out = Command::new(CLIENT)
         .arg("--server")
         .arg(server)
@@ -193,6 +203,7 @@ pub async fn run_client(
         .env("AUCTION_AUTH_DIR", auth_dir)
         .env_remove("AUCTION_OPERATOR_TOKEN")
         .env_remove("RUST_BACKTRACE")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run auction-client");
