@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use auction::client::{Client, resolve_all};
 use auction::cluster::free_port;
-use common::{CLIENT, Harness, WAIT, json, run_client};
+use common::{Harness, WAIT, client_command, json, run_client};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
 /// A fresh directory for secrets (mode 0700, as the client demands), for a client with no
 /// cluster.
@@ -44,13 +43,8 @@ async fn run_with_stdin(
     args: &[&str],
     stdin: &[u8],
 ) -> (i32, String, String) {
-    let mut child = Command::new(CLIENT)
-        .arg("--server")
-        .arg(server)
+    let mut child = client_command(server, auth_dir)
         .args(args)
-        .env("AUCTION_AUTH_DIR", auth_dir)
-        .env_remove("AUCTION_OPERATOR_TOKEN")
-        .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -149,12 +143,8 @@ async fn a_closed_stdout_ends_the_client_quietly_with_the_status_of_what_it_did(
     // its exit status.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(CLIENT)
-        .arg("--server")
-        .arg(spec.client_addr().to_string())
+    let out = client_command(&spec.client_addr().to_string(), &spec.auth_dir)
         .args(["--id", "ann", "bid", "10"])
-        .env("AUCTION_AUTH_DIR", &spec.auth_dir)
-        .env_remove("RUST_BACKTRACE")
         .stdout(writer)
         .output()
         .await
@@ -167,12 +157,8 @@ async fn a_closed_stdout_ends_the_client_quietly_with_the_status_of_what_it_did(
 
     // `auction-client --id bob | head -1`: head reads the greeting and leaves; the next answer
     // finds no reader.
-    let mut child = Command::new(CLIENT)
-        .arg("--server")
-        .arg(spec.client_addr().to_string())
+    let mut child = client_command(&spec.client_addr().to_string(), &spec.auth_dir)
         .args(["--id", "bob"])
-        .env("AUCTION_AUTH_DIR", &spec.auth_dir)
-        .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -196,13 +196,8 @@ pub async fn run_client_with(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (i32, String, String) {
-    let out = Command::new(CLIENT)
-        .arg("--server")
-        .arg(server)
+    let out = client_command(server, auth_dir)
         .args(args)
-        .env("AUCTION_AUTH_DIR", auth_dir)
-        .env_remove("AUCTION_OPERATOR_TOKEN")
-        .env_remove("RUST_BACKTRACE")
         .envs(env.iter().copied())
         .output()
         .await
@@ -212,6 +207,18 @@ pub async fn run_client_with(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `auction-client --server SERVER` with the secrets in `auth_dir`, no operator token from the
+/// test's own environment, and no backtraces: the arguments and the stdio are the caller's.
+pub fn client_command(server: &str, auth_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(CLIENT);
+    cmd.arg("--server")
+        .arg(server)
+        .env("AUCTION_AUTH_DIR", auth_dir)
+        .env_remove("AUCTION_OPERATOR_TOKEN")
+        .env_remove("RUST_BACKTRACE");
+    cmd
 }
 
 /// Reads one JSON object from a client's stdout.
