@@ -189,6 +189,7 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
                 Vacancy::MembersAlive(pids) => {
                     debug!(?pids, "members are alive: joining, not founding");
                 }
+                Vacancy::Unknown => {}
                 Vacancy::Held => port_held = true,
             }
         }
@@ -319,6 +320,8 @@ enum Vacancy {
     Held,
     /// The port is free, but these members live (paused, or about to take over): join them.
     MembersAlive(Vec<u32>),
+    /// The port is free, but whether a member lives cannot be told: do not found.
+    Unknown,
 }
 
 /// Binds the replica port and, holding it, looks for live members. While this node holds the
@@ -335,7 +338,7 @@ async fn vacancy(cfg: &Config) -> Result<Vacancy, NodeError> {
         Ok(pids) => Ok(Vacancy::MembersAlive(pids)),
         Err(e) => {
             warn!("cannot tell whether a member is alive ({e}); not founding");
-            Ok(Vacancy::MembersAlive(Vec::new()))
+            Ok(Vacancy::Unknown)
         }
     }
 }
