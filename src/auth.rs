@@ -18,9 +18,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
+use crate::host::fill_random;
 use crate::replication::Member;
 use crate::tls::ServerTls;
-use crate::types::{BidderId, Token, fill_random};
+use crate::types::{BidderId, Token};
 
 /// The environment variable that, when set, is the cluster secret.
 pub const SECRET_ENV: &str = "AUCTION_CLUSTER_SECRET";
@@ -137,7 +138,7 @@ impl AuthDir {
     /// Reads the token at `relative`, or creates it with a random one.
     fn load_or_create(&self, relative: &Path) -> Result<Token, AuthError> {
         let text = self.load_or_create_text(relative, || {
-            Token::random().map(|t| format!("{}\n", t.expose()))
+            crate::host::random_token().map(|t| format!("{}\n", t.expose()))
         })?;
         Token::new(text.trim()).map_err(|e| AuthError::Invalid {
             path: self.path.join(relative),

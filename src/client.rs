@@ -22,7 +22,7 @@ use crate::pb::{
     session_reply, session_request,
 };
 use crate::tls::{self, ServerTls};
-use crate::types::{Amount, BidderId, Duration as AuctionDuration, RequestId, Token};
+use crate::types::{Amount, AuctionLength, BidderId, RequestId, Token};
 
 /// Resolves a `HOST:PORT` given by a person to the first address it names.
 ///
@@ -231,7 +231,8 @@ impl Client {
         let token = match self.tokens.get(bidder) {
             Some(t) => t.expose().to_string(),
             None => {
-                let t = Token::random().map_err(|e| ClientError::Local(e.to_string()))?;
+                let t =
+                    crate::host::random_token().map_err(|e| ClientError::Local(e.to_string()))?;
                 let text = t.expose().to_string();
                 self.tokens.insert(bidder.clone(), t);
                 text
@@ -266,13 +267,10 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Exception`] when no leader answered in time.
-    pub async fn start(
-        &mut self,
-        duration: Option<AuctionDuration>,
-    ) -> Result<Outcome, ClientError> {
+    pub async fn start(&mut self, duration: Option<AuctionLength>) -> Result<Outcome, ClientError> {
         let op = session_request::Op::Start(StartRequest {
             id: Some(self.next_id()),
-            duration_ms: duration.map_or(0, AuctionDuration::as_millis),
+            duration_ms: duration.map_or(0, AuctionLength::as_millis),
             operator_token: self.operator_token(),
         });
         decision(self.session_call(op).await?)

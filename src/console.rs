@@ -9,14 +9,14 @@ use crate::leader::{Detail, Reply, Request};
 use crate::node::{Role, RoleCell};
 use crate::pb;
 use crate::replica::Held;
-use crate::types::Duration;
+use crate::types::AuctionLength;
 
 /// A command typed into a node's terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Status,
     /// `None` uses the node's `--duration`.
-    Start(Option<Duration>),
+    Start(Option<AuctionLength>),
     Close,
     Help,
 }
@@ -56,7 +56,7 @@ pub const HELP: &str = "commands: status | start [SECS] | close | help";
 pub async fn execute(
     command: Command,
     role: &RoleCell,
-    default_duration: Duration,
+    default_duration: AuctionLength,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
     if command == Command::Help {
@@ -180,7 +180,9 @@ mod tests {
         assert_eq!(parse("start"), Ok(Some(Command::Start(None))));
         assert_eq!(
             parse("start 30"),
-            Ok(Some(Command::Start(Some(Duration::from_secs(30).unwrap()))))
+            Ok(Some(Command::Start(Some(
+                AuctionLength::from_secs(30).unwrap()
+            ))))
         );
         assert_eq!(parse("CLOSE"), Ok(Some(Command::Close)));
         assert!(parse("start -1").unwrap_err().contains("whole number"));

@@ -8,7 +8,7 @@ use std::io::{self, BufRead, Read as _};
 
 use thiserror::Error;
 
-use crate::types::{Amount, Duration, InputError};
+use crate::types::{Amount, AuctionLength, InputError};
 
 /// The longest line read; a longer one is skipped whole.
 pub const MAX_LINE: usize = 4096;
@@ -20,7 +20,7 @@ pub enum Line {
     Result,
     Status,
     /// `start [SECS]`, as in a node's terminal: `None` uses the leader's `--duration`.
-    Start(Option<Duration>),
+    Start(Option<AuctionLength>),
     Close,
     Help,
     Quit,
@@ -132,9 +132,9 @@ pub fn parse_line(line: &str) -> Result<Line, LineError> {
 ///
 /// # Errors
 /// Not a whole number, or not a valid auction length.
-pub fn parse_secs(word: &str) -> Result<Duration, LineError> {
+pub fn parse_secs(word: &str) -> Result<AuctionLength, LineError> {
     let secs: u64 = word.parse().map_err(|_| LineError::Secs(word.into()))?;
-    Ok(Duration::from_secs(secs)?)
+    Ok(AuctionLength::from_secs(secs)?)
 }
 
 #[cfg(test)]
@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(parse_line("start"), Ok(Line::Start(None)));
         assert_eq!(
             parse_line("start 60"),
-            Ok(Line::Start(Some(Duration::from_secs(60).unwrap())))
+            Ok(Line::Start(Some(AuctionLength::from_secs(60).unwrap())))
         );
         assert!(matches!(parse_line("start soon"), Err(LineError::Secs(_))));
         assert_eq!(

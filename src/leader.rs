@@ -13,13 +13,14 @@ use tonic::Status;
 use tracing::{debug, error, info, warn};
 
 use crate::auction::{Decision, Op};
+use crate::host::wall_clock_ms;
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
 use crate::process::{self, Fenced};
 use crate::replication::{
     Change, ChangeKind, ClockReading, ClusterState, ConnId, Followers, Lateness, Member,
 };
 use crate::spin::Spin;
-use crate::types::{Duration as AuctionDuration, Millis, RequestId, wall_clock_ms};
+use crate::types::{AuctionLength, Millis, RequestId};
 
 /// The log target of auction events: an auction opened or closed (INFO), a bid accepted
 /// (DEBUG, so that the busiest path logs nothing unless asked to). Show them all with
@@ -743,7 +744,7 @@ fn member_ids(state: &ClusterState) -> Vec<u16> {
 }
 
 /// The change that opens an auction of `duration`.
-pub fn start_change(duration: AuctionDuration) -> ChangeKind {
+pub fn start_change(duration: AuctionLength) -> ChangeKind {
     ChangeKind::Client {
         id: None,
         op: Op::Start { duration },
@@ -790,7 +791,7 @@ mod tests {
         let mut state = ClusterState::founded(me, Generation(1));
         state.apply(&Change {
             at: Millis(0),
-            kind: start_change(AuctionDuration::from_secs(1).unwrap()),
+            kind: start_change(AuctionLength::from_secs(1).unwrap()),
         });
         let leader = spawn(
             me,
@@ -826,7 +827,7 @@ mod tests {
         let mut state = ClusterState::founded(me, Generation(1));
         state.apply(&Change {
             at: Millis(0),
-            kind: start_change(AuctionDuration::from_secs(1).unwrap()),
+            kind: start_change(AuctionLength::from_secs(1).unwrap()),
         });
         let version = state.version;
         let timing = Timing {
@@ -857,7 +858,7 @@ mod tests {
     async fn a_leader_without_followers_answers_at_once() {
         let me = lone_member();
         let timing = quiet();
-        let opening = start_change(AuctionDuration::from_millis(60_000).unwrap());
+        let opening = start_change(AuctionLength::from_millis(60_000).unwrap());
         let leader = spawn(
             me,
             ClusterState::founded(me, Generation(1)),

@@ -1,11 +1,10 @@
 //! A replicated auction: passive replication over gRPC, on one host, that survives the crash or
 //! the pause of any node.
 //!
-//! The modules, each using only those listed before it:
-//! - [`types`]: validated newtypes (amounts, bidder names, times, ids);
-//! - [`auction`]: the auction as a pure state machine, with exactly-once sessions;
-//! - [`replication`]: the replicated state (members, epochs, versions) and the leader's pure
-//!   bookkeeping of acknowledgements;
+//! The rules live in the pure core, `auction-core` (re-exported here as [`types`], [`auction`]
+//! and [`replication`]); this crate gives them processes, sockets and clocks. Its modules, each
+//! using only those listed before it:
+//! - [`host`]: the OS's randomness and the wall clock (display only);
 //! - [`pb`]: the generated gRPC code and validated conversions;
 //! - [`tls`]: the optional TLS certificate of both ports;
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
@@ -16,30 +15,25 @@
 //!   stream;
 //! - [`node`]: role switching and port ownership; [`console`]: the node's terminal;
 //! - [`client`] and [`input`]: the retrying client session and what a person types;
-//! - [`cluster`]: starting and breaking real node processes, for the demo and the tests;
-//! - [`history`] and [`checker`]: recorded client operations and the linearizability checker
-//!   whose sequential model is [`auction`] itself; [`nemesis`]: fault runs against a real
-//!   cluster that record a history and check it;
-//! - [`bench`](mod@bench): closed- and open-loop load for `auction-bench`.
+//! - [`cluster`]: starting and breaking real node processes, for the demo and the tests.
+//!
+//! The fault lab (`lab/`) and the benchmarks (`bench/`) are crates of their own that use this
+//! one.
 
-pub mod auction;
+pub use auction_core::{auction, replication, types};
+
 pub mod auth;
-pub mod bench;
-pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod console;
-pub mod history;
+pub mod host;
 pub mod input;
 pub mod leader;
 pub mod limits;
-pub mod nemesis;
 pub mod node;
 pub mod pb;
 pub mod process;
 pub mod replica;
-pub mod replication;
 pub mod server;
 pub mod spin;
 pub mod tls;
-pub mod types;

@@ -19,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{debug, error, info, warn};
 
 use crate::auth::ClusterSecret;
+use crate::host::fill_random;
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::limits::{self, Limits, MAX_MESSAGE_BYTES, Unproven};
 use crate::pb;
@@ -27,7 +28,7 @@ use crate::replica::{self, Dial, FollowEnd, Held, SharedState};
 use crate::replication::{ChangeKind, ClockReading, ClusterState, Generation, Member};
 use crate::server::{Admission, AuctionService, ReplicationService};
 use crate::tls::ServerTls;
-use crate::types::{Credential, Duration as AuctionDuration, Millis, NodeId, fill_random};
+use crate::types::{AuctionLength, Credential, Millis, NodeId};
 
 /// Everything a node needs to know.
 #[derive(Clone, Debug)]
@@ -41,7 +42,7 @@ pub struct Config {
     /// The leader serves replicas here; holding it is being the leader.
     pub leader_port: u16,
     /// Length of the auction that a new cluster's first leader opens.
-    pub duration: AuctionDuration,
+    pub duration: AuctionLength,
     pub timing: Timing,
     /// How long each place in the line of succession waits before trying to take over, so the
     /// first in line normally wins.
@@ -371,7 +372,7 @@ fn resume(reading: ClockReading) -> ClockReading {
 fn founding_state(
     me: Member,
     received: Option<Held>,
-    duration: AuctionDuration,
+    duration: AuctionLength,
     generation: Generation,
 ) -> (ClusterState, ClockReading, Vec<ChangeKind>) {
     match received {
@@ -569,7 +570,7 @@ mod tests {
         let (state, clock, initial) = founding_state(
             node(1),
             None,
-            AuctionDuration::from_secs(5).unwrap(),
+            AuctionLength::from_secs(5).unwrap(),
             Generation(4),
         );
         assert_eq!(state, ClusterState::founded(node(1), Generation(4)));
@@ -595,7 +596,7 @@ mod tests {
         let (mut state, clock, initial) = founding_state(
             node(3),
             Some(held),
-            AuctionDuration::from_secs(5).unwrap(),
+            AuctionLength::from_secs(5).unwrap(),
             Generation(5),
         );
         assert!(

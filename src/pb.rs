@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::auction::{self, Auction, Bid, Machine, Op};
 use crate::replication::{self, ChangeKind, ClusterState, Generation, Member};
-use crate::types::{self, Amount, BidderId, Credential, Duration, InputError, Millis, NodeId};
+use crate::types::{self, Amount, AuctionLength, BidderId, Credential, InputError, Millis, NodeId};
 
 /// The code generated from `proto/auction.proto`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -15,12 +15,6 @@ pub mod v1 {
 }
 
 pub use v1::*;
-
-/// A client for the subset of etcd's KV API that `auction-bench --target etcd` uses.
-#[allow(clippy::all, clippy::pedantic)]
-pub mod etcd {
-    tonic::include_proto!("etcdserverpb");
-}
 
 /// A message that does not describe a valid value.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -260,7 +254,7 @@ impl TryFrom<client_op::Op> for Op {
                 credential: credential(&b.credential)?,
             },
             client_op::Op::Start(s) => Self::Start {
-                duration: Duration::from_millis(s.duration_ms)?,
+                duration: AuctionLength::from_millis(s.duration_ms)?,
             },
             client_op::Op::Close(_) => Self::Close,
         })
@@ -434,7 +428,7 @@ mod tests {
             ChangeKind::Client {
                 id: None,
                 op: Op::Start {
-                    duration: Duration::from_secs(60).unwrap(),
+                    duration: AuctionLength::from_secs(60).unwrap(),
                 },
             },
             ChangeKind::Client {
@@ -503,7 +497,7 @@ mod tests {
             kind: ChangeKind::Client {
                 id: None,
                 op: Op::Start {
-                    duration: Duration::from_secs(60).unwrap(),
+                    duration: AuctionLength::from_secs(60).unwrap(),
                 },
             },
         });

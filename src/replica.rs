@@ -514,7 +514,15 @@ fn refused_or(status: Status, otherwise: impl FnOnce(&Status) -> FollowEnd) -> F
 mod tests {
     use super::*;
     use crate::replication::Generation;
-    use crate::replication::tests::node;
+    use crate::types::NodeId;
+
+    fn node(id: u16) -> Member {
+        Member {
+            id: NodeId(id),
+            pid: 1000 + u32::from(id),
+            start_time: 7,
+        }
+    }
     use crate::types::{Millis, Token};
 
     /// The cluster of these tests.

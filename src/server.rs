@@ -19,7 +19,7 @@ use crate::pb::{
 };
 use crate::process::{self, ProcessHandle};
 use crate::replication::Member;
-use crate::types::{Amount, BidderId, Credential, Duration, InputError, Token};
+use crate::types::{Amount, AuctionLength, BidderId, Credential, InputError, Token};
 
 /// The most replies one client session may have pending (in flight or not yet sent); beyond
 /// that the session stops reading requests until the client reads its replies.
@@ -33,7 +33,7 @@ pub struct Admission {
     /// token.
     pub operator: Credential,
     /// The length of an auction started without one.
-    pub default_duration: Duration,
+    pub default_duration: AuctionLength,
     /// Requests per second one session may send; beyond it they are refused unapplied.
     pub session_rate: u32,
 }
@@ -121,7 +121,7 @@ fn start(r: StartRequest, admission: &Admission) -> Result<Request, Status> {
     operator(r.operator_token, admission, "start")?;
     let duration = match r.duration_ms {
         0 => admission.default_duration,
-        ms => Duration::from_millis(ms).map_err(WireError::from)?,
+        ms => AuctionLength::from_millis(ms).map_err(WireError::from)?,
     };
     Ok(Request::Change {
         id: Some(pb::request_id(r.id)?),

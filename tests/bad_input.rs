@@ -1,14 +1,12 @@
 //! Bad input from a user, a client or a peer gets a clear error and changes nothing.
 
-mod common;
-
 use auction::cluster::{Spec, free_port};
 use auction::pb::{
     self, BidRequest, FromReplica, auction_client::AuctionClient, from_replica,
     replication_client::ReplicationClient,
 };
+use auction_lab::harness::{Harness, NODE, WAIT, json, run_client, wait_for_lines};
 use bytes::{Buf, BufMut};
-use common::{Harness, NODE, WAIT, json, run_client, wait_for_lines};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -119,7 +117,7 @@ async fn a_second_node_with_a_port_in_use_is_refused() {
     let mut h = Harness::start(&[5400, 5401]).await;
     // Start another 5401 under a new name, so the harness keeps the first.
     let spec = h.cluster.spec.clone();
-    let mut cmd = tokio::process::Command::new(NODE);
+    let mut cmd = tokio::process::Command::new(&*NODE);
     cmd.args(["--port", "5401"])
         .args(["--client-port", &spec.client_port.to_string()])
         .args(["--leader-port", &spec.leader_port.to_string()])
@@ -140,7 +138,7 @@ async fn a_second_node_with_a_port_in_use_is_refused() {
 #[tokio::test]
 async fn a_replica_port_held_by_another_program_is_reported() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut spec = Spec::on_free_ports(NODE).unwrap();
+    let mut spec = Spec::on_free_ports(&*NODE).unwrap();
     spec.leader_port = squatter.local_addr().unwrap().port();
     let mut cluster =
         auction::cluster::LocalCluster::new(spec, auction::cluster::Transcript::new(false));
@@ -158,7 +156,7 @@ async fn a_replica_port_held_by_another_program_is_reported() {
 
 #[tokio::test]
 async fn node_options_that_cannot_work_are_refused() {
-    let out = tokio::process::Command::new(NODE)
+    let out = tokio::process::Command::new(&*NODE)
         .args([
             "--port",
             "1",
@@ -172,13 +170,13 @@ async fn node_options_that_cannot_work_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must differ"));
-    let out = tokio::process::Command::new(NODE)
+    let out = tokio::process::Command::new(&*NODE)
         .args(["--port", "1", "--duration", "0"])
         .output()
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("duration"));
-    let out = tokio::process::Command::new(NODE)
+    let out = tokio::process::Command::new(&*NODE)
         .args(["--port", "1", "--spin-us", "10001"])
         .output()
         .await

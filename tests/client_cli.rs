@@ -2,15 +2,13 @@
 //! to is tried, every line of stdin is handled, a closed stdout ends the client quietly, and
 //! every message says what happened.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use auction::client::{Client, resolve_all};
 use auction::cluster::free_port;
-use common::{Harness, WAIT, client_command, json, run_client};
+use auction_lab::harness::{Harness, WAIT, client_command, json, run_client};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A fresh directory for secrets (mode 0700, as the client demands), for a client with no
@@ -346,7 +344,8 @@ async fn with_operator_token(
     args: &[&str],
 ) -> (i32, String, String) {
     let token = "o".repeat(40);
-    common::run_client_with(server, dir, args, &[("AUCTION_OPERATOR_TOKEN", &token)]).await
+    auction_lab::harness::run_client_with(server, dir, args, &[("AUCTION_OPERATOR_TOKEN", &token)])
+        .await
 }
 
 /// The seconds left in the open auction, from a `--json result`.

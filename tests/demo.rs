@@ -2,14 +2,12 @@
 //! another program holds, `close` and `start` work in it, and it tells the truth about its nodes.
 //! Each test drives the real binary through its stdin, on ports that were free.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use auction::cluster::{Proc, Transcript, free_port};
-use common::{DEMO, WAIT, wait_for_lines};
+use auction_lab::harness::{DEMO, WAIT, wait_for_lines};
 use rustix::process::Signal;
 use tokio::process::Command;
 
@@ -98,7 +96,7 @@ fn two_free_ports() -> (u16, u16) {
 }
 
 fn demo_command(client_port: u16, leader_port: u16, auth_dir: &PathBuf) -> Command {
-    let mut cmd = Command::new(DEMO);
+    let mut cmd = Command::new(&*DEMO);
     cmd.args(["--client-port", &client_port.to_string()])
         .args(["--leader-port", &leader_port.to_string()])
         .env("AUCTION_AUTH_DIR", auth_dir);

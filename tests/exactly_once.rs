@@ -1,12 +1,10 @@
 //! Exactly-once and concurrent bids, with raw gRPC requests so the tests choose the request ids.
 
-mod common;
-
 use std::sync::Arc;
 
 use auction::cluster::leader_of;
 use auction::pb::{self, BidRequest, DecisionReply, RefusalKind, auction_client::AuctionClient};
-use common::{Harness, WAIT};
+use auction_lab::harness::{Harness, WAIT};
 use tokio::sync::Barrier;
 use tonic::transport::Channel;
 

@@ -1,7 +1,5 @@
 //! Crashes and pauses of leaders and replicas, against real node processes.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,7 +7,7 @@ use std::time::Duration;
 use auction::client::Client;
 use auction::cluster::{is_member, leader_of};
 use auction::types::{Amount, BidderId};
-use common::{Harness, WAIT};
+use auction_lab::harness::{Harness, WAIT};
 use rustix::process::Signal;
 
 fn bidder(name: &str) -> BidderId {
@@ -201,7 +199,7 @@ async fn pausing_the_whole_cluster_past_the_timeout_fences_nobody() {
         h.cluster.signal(id, Signal::STOP).unwrap();
     }
     // The fault itself: every node is paused for twice the timeout, as by Ctrl-Z.
-    tokio::time::sleep(Duration::from_millis(2 * common::TIMEOUT_MS)).await;
+    tokio::time::sleep(Duration::from_millis(2 * auction_lab::harness::TIMEOUT_MS)).await;
     for id in ids {
         h.cluster.signal(id, Signal::CONT).unwrap();
     }

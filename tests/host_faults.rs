@@ -6,15 +6,14 @@
 //! The clock tests run every node on one [`FakeClock`] (Debian's `faketime`), whose offset steps
 //! the wall clock of all nodes at once while their monotonic clock runs on.
 
-mod common;
-
 use std::time::Duration;
 
 use auction::auction::Decision;
-use auction::cluster::{FakeClock, is_member, leader_of};
+use auction::cluster::{is_member, leader_of};
 use auction::pb::{self, StatusReply, auction_client::AuctionClient};
 use auction::types::{Amount, BidderId, RequestId, Token};
-use common::{Harness, TIMEOUT_MS, WAIT, json};
+use auction_lab::fake_clock::FakeClock;
+use auction_lab::harness::{Harness, TIMEOUT_MS, WAIT, json};
 use rustix::process::Signal;
 use serde_json::Value;
 use tokio::time::Instant;

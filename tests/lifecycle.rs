@@ -2,12 +2,10 @@
 //! SIGKILL), the survivors say it left, a port held by another program stops it with the
 //! holder's name, and its terminal survives any bytes typed into it.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 
 use auction::cluster::{is_member, leader_of};
-use common::{Harness, NODE, WAIT, json, wait_for_lines};
+use auction_lab::harness::{Harness, NODE, WAIT, json, wait_for_lines};
 use rustix::process::Signal;
 
 /// Lines of the transcript that tell of a fencing: a clean stop has none.
@@ -116,7 +114,7 @@ async fn a_line_that_is_not_utf8_on_the_node_terminal_is_reported_and_the_termin
 async fn id_is_the_node_option_and_port_still_names_it() {
     for option in ["--id", "--port"] {
         // Taken as the node's id: what is refused is the duration after it.
-        let out = tokio::process::Command::new(NODE)
+        let out = tokio::process::Command::new(&*NODE)
             .args([option, "5400", "--duration", "0"])
             .output()
             .await
@@ -125,7 +123,7 @@ async fn id_is_the_node_option_and_port_still_names_it() {
         assert!(!out.status.success());
         assert!(stderr.contains("duration"), "{option}: {stderr}");
     }
-    let help = tokio::process::Command::new(NODE)
+    let help = tokio::process::Command::new(&*NODE)
         .arg("--help")
         .output()
         .await

@@ -2,8 +2,6 @@
 //! name another process as themselves, bidders in another bidder's name, and start or close
 //! without the operator token are all refused, and nothing changes.
 
-mod common;
-
 use std::time::Duration;
 
 use auction::auth::{AuthDir, ClusterSecret, NONCE_LEN};
@@ -15,7 +13,7 @@ use auction::pb::{
 use auction::process;
 use auction::replication::Member;
 use auction::types::{NodeId, Token};
-use common::{Harness, NODE, TIMEOUT_MS, WAIT, json, run_client, wait_for_lines};
+use auction_lab::harness::{Harness, NODE, TIMEOUT_MS, WAIT, json, run_client, wait_for_lines};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
@@ -35,7 +33,7 @@ fn secret_of(h: &Harness) -> ClusterSecret {
 async fn a_node_without_the_cluster_secret_cannot_join() {
     let mut h = Harness::start(&[5400]).await;
     let spec = h.cluster.spec.clone();
-    let mut cmd = tokio::process::Command::new(NODE);
+    let mut cmd = tokio::process::Command::new(&*NODE);
     cmd.args(["--port", "5401"])
         .args(["--client-port", &spec.client_port.to_string()])
         .args(["--leader-port", &spec.leader_port.to_string()])
@@ -193,7 +191,7 @@ impl pb::replication_server::Replication for Impostor {
 #[tokio::test]
 async fn a_node_gives_nothing_to_an_impostor_on_the_replica_port() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut spec = Spec::on_free_ports(NODE).unwrap();
+    let mut spec = Spec::on_free_ports(&*NODE).unwrap();
     let leader_addr = listener.local_addr().unwrap();
     spec.leader_port = leader_addr.port();
     let (after_join, mut received) = mpsc::unbounded_channel();
@@ -327,7 +325,7 @@ async fn registrations_survive_a_failover() {
 
 /// A one-node cluster started with more `auction-node` arguments.
 async fn single_node(args: &[&str]) -> LocalCluster {
-    let mut spec = Spec::on_free_ports(NODE).unwrap();
+    let mut spec = Spec::on_free_ports(&*NODE).unwrap();
     spec.node_args = args.iter().map(ToString::to_string).collect();
     let mut cluster = LocalCluster::new(spec, Transcript::new(false));
     cluster.start(5400).unwrap();
@@ -343,7 +341,7 @@ async fn a_session_over_its_rate_is_refused_and_nothing_of_it_is_applied() {
     let cluster = single_node(&["--session-rate", "5"]).await;
     let url = format!("http://{}", cluster.spec.client_addr());
     let mut c = AuctionClient::connect(url).await.unwrap();
-    let token = Token::random().unwrap();
+    let token = auction::host::random_token().unwrap();
     let requests: Vec<pb::SessionRequest> = (1..=40u64)
         .map(|n| pb::SessionRequest {
             tag: n,
@@ -440,7 +438,7 @@ async fn connections_beyond_the_limit_are_closed_and_the_node_goes_on() {
 
 #[tokio::test]
 async fn tls_end_to_end_across_a_failover() {
-    let mut spec = Spec::on_free_ports(NODE).unwrap();
+    let mut spec = Spec::on_free_ports(&*NODE).unwrap();
     spec.tls = true;
     spec.node_args = ["--heartbeat-ms", "50", "--timeout-ms", "800"]
         .map(String::from)

@@ -1,12 +1,10 @@
 //! The seed's scenario, with the real binaries: two servers, one interactive client, the leader
 //! crashes, a lower bid fails, the new leader closes the auction, the client reads the winner.
 
-mod common;
-
 use std::time::Duration;
 
 use auction::cluster::{free_port, leader_of};
-use common::{DEMO, Harness, WAIT};
+use auction_lab::harness::{DEMO, Harness, WAIT};
 
 async fn answer(p: &mut auction::cluster::Proc, line: &str) -> String {
     p.send_line(line).await.unwrap();
@@ -79,7 +77,7 @@ async fn the_demo_plays_the_seed_scenario_that_log_txt_records() {
     let auth_dir = std::env::temp_dir().join(format!("auction-seed-{client_port}"));
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(DEMO)
+        tokio::process::Command::new(&*DEMO)
             .args(["--scenario", "seed"])
             .args(["--client-port", &client_port.to_string()])
             .args(["--leader-port", &leader_port.to_string()])

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use auction::auction::Op;
 use auction::pb::{self, from_leader, from_replica, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState, Generation};
-use auction::types::{Amount, BidderId, Duration, Millis, NodeId, RequestId};
+use auction::types::{Amount, BidderId, AuctionLength, Millis, NodeId, RequestId};
 use auction_fuzz::{
     ANN_TOKEN, BIDDER_TOKEN, NONCE, OPERATOR_TOKEN, cluster_secret, credential, node, open_state,
     stream,
@@ -204,7 +204,7 @@ fn main() {
         seq,
         msg: Some(msg),
     };
-    let minute = Duration::from_secs(60).expect("valid");
+    let minute = AuctionLength::from_secs(60).expect("valid");
     let bidder = |name: &str| BidderId::new(name).expect("valid");
     let amount = |a: u64| Amount::new(a).expect("valid");
     // The leader's challenge, with its proof over the replica's challenge NONCE.

@@ -13,7 +13,7 @@ use auction::leader::Request;
 use auction::pb::{self, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState, Generation, Member};
 use auction::server::Admission;
-use auction::types::{Amount, BidderId, Credential, Duration, Millis, NodeId, RequestId, Token};
+use auction::types::{Amount, BidderId, Credential, AuctionLength, Millis, NodeId, RequestId, Token};
 use prost::Message;
 use tonic::Code;
 
@@ -45,8 +45,8 @@ pub fn cluster_secret() -> ClusterSecret {
 }
 
 /// The length of an auction started without one (`auction-node --duration` defaults to 120 s).
-pub fn default_duration() -> Duration {
-    Duration::from_secs(120).expect("120 s is a valid duration")
+pub fn default_duration() -> AuctionLength {
+    AuctionLength::from_secs(120).expect("120 s is a valid duration")
 }
 
 /// What the client port of the leader under test admits.
@@ -102,7 +102,7 @@ pub fn fixture_changes() -> Vec<Change> {
             kind: ChangeKind::Client {
                 id: None,
                 op: Op::Start {
-                    duration: Duration::from_secs(60).expect("valid"),
+                    duration: AuctionLength::from_secs(60).expect("valid"),
                 },
             },
         },
@@ -254,7 +254,7 @@ pub fn check_client_op(op: Option<session_request::Op>) {
                 ms => ms,
             };
             assert_eq!(duration.as_millis(), expected);
-            assert!((1_000..=Duration::MAX_SECS * 1_000).contains(&duration.as_millis()));
+            assert!((1_000..=AuctionLength::MAX_SECS * 1_000).contains(&duration.as_millis()));
         }
         (Some(session_request::Op::Close(r)), Request::Change { id, op: Op::Close }) => {
             check_id(r.id, *id);

@@ -13,7 +13,7 @@ use auction::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Outcome};
 use auction::console::{describe_auction, describe_status};
 use auction::input::{self, Line, LineError, LineRead};
 use auction::pb::{AuctionView, StatusReply};
-use auction::types::{Amount, BidderId, Duration as AuctionDuration};
+use auction::types::{Amount, AuctionLength, BidderId};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -234,7 +234,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(Command::Start { secs, duration }) => {
             let duration = secs
                 .or(duration)
-                .map(AuctionDuration::from_secs)
+                .map(AuctionLength::from_secs)
                 .transpose()?;
             decision("start", &client.start(duration).await, json)
         }

@@ -17,7 +17,7 @@ use auction::auth::AuthDir;
 use auction::client::{Client, DEFAULT_RETRY_BUDGET};
 use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of, sibling_binary};
 use auction::console::{self, describe_auction, describe_status};
-use auction::types::{BidderId, Duration as AuctionDuration};
+use auction::types::{AuctionLength, BidderId};
 use clap::{Parser, ValueEnum};
 use rustix::process::Signal;
 use tokio::process::Command;
@@ -149,7 +149,7 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<u16>> {
     if args.client_port == args.leader_port {
         bail!("--client-port and --leader-port must differ");
     }
-    AuctionDuration::from_secs(args.duration).context("--duration")?;
+    AuctionLength::from_secs(args.duration).context("--duration")?;
     BidderId::new(&args.id).context("--id")?;
     (0..args.nodes)
         .map(|i| args.leader_port.checked_add(i))

@@ -13,7 +13,7 @@ use auction::console;
 use auction::leader::Timing;
 use auction::limits::Limits;
 use auction::node::{self, Config, Role, Shutdown};
-use auction::types::{Duration as AuctionDuration, NodeId};
+use auction::types::{AuctionLength, NodeId};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -98,7 +98,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     if args.heartbeat_ms == 0 || args.timeout_ms < 2 * args.heartbeat_ms {
         bail!("--timeout-ms must be at least twice --heartbeat-ms, and --heartbeat-ms above 0");
     }
-    let duration = AuctionDuration::from_secs(args.duration).context("--duration")?;
+    let duration = AuctionLength::from_secs(args.duration).context("--duration")?;
     // Last, so options that cannot work never create secrets.
     let auth = AuthDir::new(match &args.auth_dir {
         Some(dir) => dir.clone(),

@@ -1,0 +1,14 @@
+//! The code generated from `bench/proto/`: the protocols the benchmark speaks besides the
+//! auction's own.
+
+/// The echo service (`proto/echo.proto`): the transport floor.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod echo {
+    tonic::include_proto!("bench.echo.v1");
+}
+
+/// The subset of etcd's KV API that `auction-bench --target etcd` uses (`proto/etcd_kv.proto`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
