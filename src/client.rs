@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::auction::Decision;
+use crate::backoff::Backoff;
 use crate::pb::{
     self, AuctionView, BidRequest, CloseRequest, DecisionReply, ResultRequest, SessionReply,
     SessionRequest, StartRequest, StatusReply, StatusRequest, auction_client::AuctionClient,
@@ -325,7 +326,7 @@ impl Client {
     /// clients cut off by the same failure do not retry in lockstep.
     async fn retrying(&mut self, call: &Call) -> Result<Answer, ClientError> {
         let deadline = Instant::now() + self.retry_budget;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(self.session);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -350,15 +351,14 @@ impl Client {
                 Err(_) => "timed out".to_string(),
             };
             self.conn = None;
-            if Instant::now() + backoff >= deadline {
+            if Instant::now() + backoff.peek() >= deadline {
                 return Err(ClientError::Exception {
                     budget: self.retry_budget,
                     attempts,
                     last: error,
                 });
             }
-            tokio::time::sleep(jitter(backoff, self.session ^ u64::from(attempts))).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.sleep().await;
         }
     }
 
@@ -507,12 +507,6 @@ fn status_text(status: &Status) -> String {
     }
 }
 
-/// `d` scaled by a factor from 0.5 to 1.5 picked by `seed`.
-fn jitter(d: Duration, seed: u64) -> Duration {
-    let spread = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32; // 0..1024
-    d / 2 + d * spread / 1024
-}
-
 /// A random non-zero session id.
 fn random_session() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -537,16 +531,6 @@ mod tests {
         assert!(retryable(&Status::cancelled("gone")));
         assert!(!retryable(&Status::invalid_argument("bad amount")));
         assert!(!retryable(&Status::already_exists("dup")));
-    }
-
-    #[test]
-    fn jitter_stays_within_half_and_one_and_a_half() {
-        let d = Duration::from_millis(100);
-        for seed in 0..1000u64 {
-            let j = jitter(d, seed);
-            assert!(j >= d / 2 && j <= d * 3 / 2, "{j:?}");
-        }
-        assert_ne!(jitter(d, 1), jitter(d, 2));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The rules live in the pure core, `auction-core` (re-exported here as [`types`], [`auction`]
 //! and [`replication`]); this crate gives them processes, sockets and clocks. Its modules, each
 //! using only those listed before it:
-//! - [`host`]: the OS's randomness and the wall clock (display only);
+//! - [`host`]: the OS's randomness and the wall clock (display only); [`backoff`]: the pause
+//!   between attempts;
 //! - [`pb`]: the generated gRPC code and validated conversions;
 //! - [`tls`]: the optional TLS certificate of both ports;
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
@@ -23,6 +24,7 @@
 pub use auction_core::{auction, replication, types};
 
 pub mod auth;
+pub mod backoff;
 pub mod client;
 pub mod cluster;
 pub mod console;

@@ -19,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{debug, error, info, warn};
 
 use crate::auth::ClusterSecret;
+use crate::backoff::Backoff;
 use crate::host::fill_random;
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::limits::{self, Limits, MAX_MESSAGE_BYTES, Unproven};
@@ -153,7 +154,7 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
         },
     );
     // Pause between attempts of a node that is not a member, or that found no leader to dial.
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         // A node asked to stop between two leaders neither takes over nor founds.
         if shutdown.fired() {
@@ -257,13 +258,12 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
             FollowEnd::Impostor(_) => false,
         };
         if retry_at_once {
-            backoff = MIN_BACKOFF;
+            backoff.reset();
         } else {
             tokio::select! {
                 () = shutdown.clone().wait() => return Ok(()),
-                () = tokio::time::sleep(backoff) => {}
+                () = backoff.sleep() => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }
