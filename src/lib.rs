@@ -11,6 +11,8 @@
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the member marks;
+//! - [`authority`]: who leads, who is a member, and fencing, behind one trait; its single-host
+//!   implementation;
 //! - [`spin`]: the leader's busy-polling after light activity (`--spin-us 0` turns it off);
 //! - [`leader`], [`server`], [`replica`]: the leader task, its gRPC services, and a replica's
 //!   stream;
@@ -24,6 +26,7 @@
 pub use auction_core::{auction, replication, types};
 
 pub mod auth;
+pub mod authority;
 pub mod backoff;
 pub mod client;
 pub mod cluster;

@@ -1,11 +1,9 @@
-//! One node: decides whether to found a cluster, follow a leader or take over, and owns the
-//! well-known ports while it leads.
+//! One node: founds a cluster, follows a leader or takes over, as the rules of
+//! [`auction_core::role`] decide, asking the [`Authority`] who leads; while it leads, it serves
+//! the replica and client ports.
 //!
-//! Leadership is ownership of the replica port: the OS lets one process listen on an address, so
-//! there is at most one leader. Only the holder of the replica port binds the client port. A node
-//! founds a new cluster only when, holding the replica port, it finds no live member of the
-//! cluster on it (no [`MemberMark`]); otherwise a new node joins, and only members, which hold
-//! every committed change, ever take over.
+//! Only members, which hold every committed change, ever take over; a node that is not a member
+//! founds a new cluster only when the authority says nobody leads and no member lives.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -18,18 +16,21 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, error, info, warn};
 
+use auction_core::role::{self, Ending, Next, Opening};
+
 use crate::auth::ClusterSecret;
+use crate::authority::{self, Authority, AuthorityError, Vacancy};
 use crate::backoff::Backoff;
 use crate::host::fill_random;
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::limits::{self, Limits, MAX_MESSAGE_BYTES, Unproven};
 use crate::pb;
-use crate::process::{self, Fenced, Listener, MemberMark};
-use crate::replica::{self, Dial, FollowEnd, Held, SharedState};
+use crate::process::{self, Fenced};
+use crate::replica::{self, Dial, FollowEnd, SharedState};
 use crate::replication::{ChangeKind, ClockReading, ClusterState, Generation, Member};
 use crate::server::{Admission, AuctionService, ReplicationService};
 use crate::tls::ServerTls;
-use crate::types::{AuctionLength, Credential, Millis, NodeId};
+use crate::types::{AuctionLength, Credential, NodeId};
 
 /// Everything a node needs to know.
 #[derive(Clone, Debug)]
@@ -70,11 +71,9 @@ impl Config {
 /// Why a node stopped.
 #[derive(Debug, Error)]
 pub enum NodeError {
-    #[error(
-        "{addr} is held by {holder}, which is not an auction node of this user; \
-         choose another port (--leader-port, --client-port)"
-    )]
-    PortTaken { addr: SocketAddr, holder: Listener },
+    /// The authority cannot act, or a squatter holds a port.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
     #[error(
         "the node at {addr} does not share this node's cluster secret ({why}); \
          start every node with the same secret"
@@ -134,18 +133,23 @@ fn set_role(cell: &RoleCell, role: Role) {
     *cell.lock().expect("role lock poisoned") = role;
 }
 
-/// Runs the node until `shutdown` fires or it cannot go on.
+/// Runs the node until `shutdown` fires or it cannot go on, with `authority` deciding who leads.
 ///
 /// # Errors
 /// A well-known port is held by another program, the leader refused this node (its id is in
 /// use), or the node could not read its own process information.
-pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), NodeError> {
+pub async fn run<A: Authority>(
+    cfg: Config,
+    authority: Arc<A>,
+    role: RoleCell,
+    shutdown: Shutdown,
+) -> Result<(), NodeError> {
     process::raise_open_file_limit();
     let me = process::this_node(cfg.id).map_err(io("reading /proc/self"))?;
     let leader_addr = cfg.leader_addr();
     let shared = SharedState::default();
     // Taken when this node becomes a member, held until it dies.
-    let mut mark: Option<MemberMark> = None;
+    let mut membership: Option<A::Membership> = None;
     set_role(
         &role,
         Role::Replica {
@@ -160,40 +164,53 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
         if shutdown.fired() {
             return Ok(());
         }
-        // Whether a node that is not a member found the replica port held by another process.
-        let mut port_held = false;
-        if replica::is_member(&shared, &me) {
-            // Invariant: no code panics while holding this lock, so it is never poisoned.
-            let current = shared.lock().expect("state lock poisoned").clone();
-            let held = current.expect("a member holds a state");
-            if let Some(listener) = take_over(&cfg, &me, &held.state).await? {
-                let old = held.state.leader;
-                let initial = vec![ChangeKind::Lead(me), ChangeKind::Leave(old.id)];
-                let clock = resume(held.clock);
-                info!(old_leader = %old.id, "took over the replica port");
-                return lead(
-                    &cfg, me, held.state, clock, initial, listener, role, shutdown,
-                )
-                .await;
+        // Whether the authority said another process holds the leadership.
+        let mut leadership_held = false;
+        match role::opening(replica::is_member(&shared, &me)) {
+            Opening::Claim => {
+                // Invariant: no code panics while holding this lock, so it is never poisoned.
+                let current = shared.lock().expect("state lock poisoned").clone();
+                let held = current.expect("a member holds a state");
+                if let Some(listener) = claim_in_turn(&cfg, &*authority, &me, &held.state).await? {
+                    let old = held.state.leader;
+                    let initial = role::takeover_changes(me, &old);
+                    let clock = role::resume(held.clock, Instant::now());
+                    info!(old_leader = %old.id, "took over the replica port");
+                    return lead(
+                        &cfg, me, held.state, clock, initial, listener, authority, role, shutdown,
+                    )
+                    .await;
+                }
             }
-        } else {
-            match vacancy(&cfg).await? {
+            Opening::LookForVacancy => match authority.vacancy().await? {
                 Vacancy::Free(listener) => {
                     // Held while this process lives, so no later node founds beside it.
-                    let _member = MemberMark::take(leader_addr).map_err(io("marking a member"))?;
+                    let _membership = authority.join().map_err(io("marking a member"))?;
                     let generation = new_generation().map_err(io("drawing a generation"))?;
-                    let received = shared.lock().expect("state lock poisoned").take();
-                    let (state, clock, initial) =
-                        founding_state(me, received, cfg.duration, generation);
+                    let received = shared
+                        .lock()
+                        .expect("state lock poisoned")
+                        .take()
+                        .map(|h| (h.state, h.clock));
+                    let (state, clock, initial) = role::founding_state(
+                        me,
+                        received,
+                        cfg.duration,
+                        generation,
+                        Instant::now(),
+                    );
                     info!(%leader_addr, generation = %state.generation, "no member is alive: founding a new cluster");
-                    return lead(&cfg, me, state, clock, initial, listener, role, shutdown).await;
+                    return lead(
+                        &cfg, me, state, clock, initial, listener, authority, role, shutdown,
+                    )
+                    .await;
                 }
                 Vacancy::MembersAlive(pids) => {
                     debug!(?pids, "members are alive: joining, not founding");
                 }
                 Vacancy::Unknown => {}
-                Vacancy::Held => port_held = true,
-            }
+                Vacancy::Held => leadership_held = true,
+            },
         }
         let dial = Dial {
             leader_addr,
@@ -201,61 +218,47 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
             tls: cfg.tls.as_ref(),
             timing: cfg.timing,
         };
-        let end = replica::follow(dial, me, &mut mark, &shared, shutdown.clone().wait()).await;
+        let end = replica::follow(
+            dial,
+            me,
+            &*authority,
+            &mut membership,
+            &shared,
+            shutdown.clone().wait(),
+        )
+        .await;
         let is_member = replica::is_member(&shared, &me);
-        let retry_at_once = match end {
-            FollowEnd::Refused(status) => return Err(NodeError::Refused(status.message().into())),
-            FollowEnd::Stopped => return Ok(()),
-            // A leader that leaves on purpose is not fenced: members wait for its process to
-            // end, then take over. One that lingers past the timeout is fenced after all.
-            FollowEnd::Left { leader } => match leader.filter(|_| is_member) {
-                Some(leader) => {
-                    info!(leader = %leader.id, "the leader left; taking over once it is gone");
-                    gone(&leader, cfg.timing.timeout).await || fence_leader(&leader, "departing")
-                }
-                None => false,
-            },
-            FollowEnd::Lost { leader } => {
-                if let Some(leader) = leader.filter(|_| is_member) {
+        let retry_at_once = match role::after_follow(ending(&end), is_member, leadership_held) {
+            Next::Stop => return Ok(()),
+            Next::Fail => return Err(failure(end, leader_addr)),
+            Next::FenceLeader { leader, why } => {
+                if why == "lost" {
                     warn!(leader = %leader.id, "lost the leader");
-                    fence_leader(&leader, "lost");
                 }
-                is_member
+                if let FollowEnd::Stale { why, .. } = &end {
+                    error!(leader = %leader.id, "refused the leader's state: {why}");
+                }
+                fence_leader(&*authority, &leader, why).await
             }
-            // A member has fenced the silent leader already.
-            FollowEnd::Silent { .. } if is_member => true,
-            FollowEnd::Silent { .. } => {
-                if port_held {
-                    check_port_holder(leader_addr)?;
+            Next::AwaitLeaderGone { leader } => {
+                info!(leader = %leader.id, "the leader left; taking over once it is gone");
+                authority.gone(&leader, cfg.timing.timeout).await
+                    || fence_leader(&*authority, &leader, "departing").await
+            }
+            Next::RetryAtOnce => true,
+            Next::RetryLater { check_holder } => {
+                match &end {
+                    FollowEnd::Unmarked(why) => {
+                        warn!("cannot take the member mark ({why}); joining again");
+                    }
+                    FollowEnd::Unreachable(why) => debug!("no leader at {leader_addr}: {why}"),
+                    _ => {}
+                }
+                if check_holder {
+                    authority.check_holder()?;
                 }
                 false
             }
-            FollowEnd::Stale { leader, why } => {
-                error!(leader = %leader.id, "refused the leader's state: {why}");
-                // Only a member can take over; it does once the stale leader is fenced. One
-                // that cannot fence it serves nothing rather than guess.
-                is_member && fence_leader(&leader, "stale")
-            }
-            FollowEnd::Unmarked(why) => {
-                warn!("cannot take the member mark ({why}); joining again");
-                false
-            }
-            FollowEnd::Unreachable(why) => {
-                if port_held && !is_member {
-                    check_port_holder(leader_addr)?;
-                }
-                debug!("no leader at {leader_addr}: {why}");
-                false
-            }
-            // A node that never joined has the wrong secret, or a stranger holds the port: either
-            // way there is nothing to wait for. A member keeps trying: its cluster may come back.
-            FollowEnd::Impostor(why) if !is_member => {
-                return Err(NodeError::Impostor {
-                    addr: leader_addr,
-                    why,
-                });
-            }
-            FollowEnd::Impostor(_) => false,
         };
         if retry_at_once {
             backoff.reset();
@@ -271,10 +274,34 @@ pub async fn run(cfg: Config, role: RoleCell, shutdown: Shutdown) -> Result<(), 
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
+/// How following ended, as the role rules see it.
+fn ending(end: &FollowEnd) -> Ending {
+    match end {
+        FollowEnd::Unreachable(_) => Ending::Unreachable,
+        FollowEnd::Silent { .. } => Ending::Silent,
+        FollowEnd::Lost { leader } => Ending::Lost { leader: *leader },
+        FollowEnd::Unmarked(_) => Ending::Unrecorded,
+        FollowEnd::Stale { leader, .. } => Ending::Stale { leader: *leader },
+        FollowEnd::Left { leader } => Ending::Left { leader: *leader },
+        FollowEnd::Stopped => Ending::Stopped,
+        FollowEnd::Refused(_) => Ending::Refused,
+        FollowEnd::Impostor(_) => Ending::Impostor,
+    }
+}
+
+/// The error of a node that can never join.
+fn failure(end: FollowEnd, addr: SocketAddr) -> NodeError {
+    match end {
+        FollowEnd::Refused(status) => NodeError::Refused(status.message().into()),
+        FollowEnd::Impostor(why) => NodeError::Impostor { addr, why },
+        other => NodeError::Refused(format!("{other:?}")),
+    }
+}
+
 /// Fences the leader this member followed (`why` says how it failed). Returns whether it is
 /// gone, so this member may take over.
-fn fence_leader(leader: &Member, why: &str) -> bool {
-    match process::fence(leader) {
+async fn fence_leader(authority: &impl Authority, leader: &Member, why: &str) -> bool {
+    match authority.fence(leader).await {
         Ok(Fenced::Killed) => {
             warn!(leader = %leader.id, "fenced the {why} leader");
             true
@@ -283,63 +310,6 @@ fn fence_leader(leader: &Member, why: &str) -> bool {
         Err(e) => {
             warn!(leader = %leader.id, "could not fence the {why} leader: {e}");
             false
-        }
-    }
-}
-
-/// Waits until `leader`'s process is gone, for at most `within`. Returns whether it is.
-async fn gone(leader: &Member, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Ok(None) = process::ProcessHandle::open(leader) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Fails when the replica port, which this node could not bind and where nothing answered as a
-/// leader, is held by a program that is not an auction node: nothing will ever answer there.
-///
-/// # Errors
-/// [`NodeError::PortTaken`], naming the holder.
-fn check_port_holder(addr: SocketAddr) -> Result<(), NodeError> {
-    match process::listener(addr) {
-        Ok(Some(holder)) if !holder.is_node => Err(NodeError::PortTaken { addr, holder }),
-        _ => Ok(()),
-    }
-}
-
-/// What a node that is not a member found at the replica port.
-enum Vacancy {
-    /// The port is free and no member lives: this node holds the port and may found.
-    Free(TcpListener),
-    /// Another process holds the port: a leader, or a node about to lead or to give way.
-    Held,
-    /// The port is free, but these members live (paused, or about to take over): join them.
-    MembersAlive(Vec<u32>),
-    /// The port is free, but whether a member lives cannot be told: do not found.
-    Unknown,
-}
-
-/// Binds the replica port and, holding it, looks for live members. While this node holds the
-/// port no node leads, so none can become a member: no member is added between the look and
-/// this node's own mark. A node that cannot tell whether a member lives does not found.
-async fn vacancy(cfg: &Config) -> Result<Vacancy, NodeError> {
-    let listener = match TcpListener::bind(cfg.leader_addr()).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Ok(Vacancy::Held),
-        Err(e) => return Err(io("binding the replica port")(e)),
-    };
-    match process::live_members(cfg.leader_addr()) {
-        Ok(pids) if pids.is_empty() => Ok(Vacancy::Free(listener)),
-        Ok(pids) => Ok(Vacancy::MembersAlive(pids)),
-        Err(e) => {
-            warn!("cannot tell whether a member is alive ({e}); not founding");
-            Ok(Vacancy::Unknown)
         }
     }
 }
@@ -356,54 +326,12 @@ fn new_generation() -> std::io::Result<Generation> {
     }
 }
 
-/// The auction clock a new leader starts from: its last reading of the old leader's clock plus
-/// the time this node measured since, re-anchored now.
-fn resume(reading: ClockReading) -> ClockReading {
-    let now = Instant::now();
-    ClockReading {
-        clock: reading.at(now),
-        at: now,
-    }
-}
-
-/// The state a new cluster starts from, its clock, and the changes of its first batch. A node
-/// that joined but outlived every member keeps the state it received rather than lose it;
-/// otherwise the cluster, `generation`, starts empty and opens its first auction.
-fn founding_state(
-    me: Member,
-    received: Option<Held>,
-    duration: AuctionLength,
-    generation: Generation,
-) -> (ClusterState, ClockReading, Vec<ChangeKind>) {
-    match received {
-        Some(held) => {
-            // No member mark was found: every other member is dead.
-            let mut initial = vec![ChangeKind::Join(me), ChangeKind::Lead(me)];
-            initial.extend(
-                held.state
-                    .members
-                    .iter()
-                    .filter(|m| m.id != me.id)
-                    .map(|m| ChangeKind::Leave(m.id)),
-            );
-            (held.state, resume(held.clock), initial)
-        }
-        None => (
-            ClusterState::founded(me, generation),
-            ClockReading {
-                clock: Millis(0),
-                at: Instant::now(),
-            },
-            vec![leader::start_change(duration)],
-        ),
-    }
-}
-
-/// A member without a leader waits its turn, then tries to bind the replica port. While it
-/// waits it watches the port, so it follows a successor that took over earlier at once instead
-/// of sleeping out its turn.
-async fn take_over(
+/// A member without a leader waits its turn in `state`'s line of succession, then claims the
+/// lead. While it waits it watches the replica port, so it follows a successor that took over
+/// earlier at once instead of sleeping out its turn.
+async fn claim_in_turn(
     cfg: &Config,
+    authority: &impl Authority,
     me: &Member,
     state: &ClusterState,
 ) -> Result<Option<TcpListener>, NodeError> {
@@ -418,22 +346,19 @@ async fn take_over(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    match TcpListener::bind(cfg.leader_addr()).await {
-        Ok(l) => Ok(Some(l)),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
-        Err(e) => Err(io("binding the replica port")(e)),
-    }
+    Ok(authority.claim().await?)
 }
 
 /// Leads until shutdown: serves replicas at once, and clients as soon as the client port is free.
 #[allow(clippy::too_many_arguments)]
-async fn lead(
+async fn lead<A: Authority>(
     cfg: &Config,
     me: Member,
     state: ClusterState,
     clock: ClockReading,
     initial: Vec<ChangeKind>,
     replica_listener: TcpListener,
+    authority: Arc<A>,
     role: RoleCell,
     shutdown: Shutdown,
 ) -> Result<(), NodeError> {
@@ -443,6 +368,7 @@ async fn lead(
         clock,
         initial,
         cfg.timing,
+        authority,
         shutdown.clone().wait(),
     );
     set_role(&role, Role::Leader(handle.clone()));
@@ -539,7 +465,7 @@ async fn bind_client_port(addr: SocketAddr) -> Result<TcpListener, NodeError> {
                 // A node that is leaving gives the port up; another program never does. (Looked
                 // up every 100 ms: it scans every process's descriptors.)
                 if waited.as_millis() % 100 < step.as_millis() {
-                    check_port_holder(addr)?;
+                    authority::check_port_holder(addr)?;
                 }
                 if waited.as_millis() % 2000 < step.as_millis() {
                     warn!(%addr, "client port still in use; waiting for it");
@@ -555,81 +481,6 @@ async fn bind_client_port(addr: SocketAddr) -> Result<TcpListener, NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::Change;
-
-    fn node(id: u16) -> Member {
-        Member {
-            id: NodeId(id),
-            pid: u32::from(id),
-            start_time: 1,
-        }
-    }
-
-    #[test]
-    fn a_fresh_founder_opens_the_first_auction_at_clock_zero() {
-        let (state, clock, initial) = founding_state(
-            node(1),
-            None,
-            AuctionLength::from_secs(5).unwrap(),
-            Generation(4),
-        );
-        assert_eq!(state, ClusterState::founded(node(1), Generation(4)));
-        assert_eq!(clock.clock, Millis(0));
-        assert_eq!(initial.len(), 1);
-    }
-
-    #[test]
-    fn a_joiner_that_outlived_every_member_founds_from_what_it_received() {
-        let mut received = ClusterState::founded(node(1), Generation(4));
-        received.apply(&Change {
-            at: Millis(1),
-            kind: ChangeKind::Join(node(2)),
-        });
-        let reading = ClockReading {
-            clock: Millis(7_000),
-            at: Instant::now(),
-        };
-        let held = Held {
-            state: received,
-            clock: reading,
-        };
-        let (mut state, clock, initial) = founding_state(
-            node(3),
-            Some(held),
-            AuctionLength::from_secs(5).unwrap(),
-            Generation(5),
-        );
-        assert!(
-            clock.clock >= Millis(7_000),
-            "the clock resumes, not restarts"
-        );
-        for kind in initial {
-            state.apply(&Change {
-                at: Millis(2),
-                kind,
-            });
-        }
-        assert_eq!(state.generation, Generation(4), "the same cluster");
-        assert_eq!(state.leader, node(3));
-        assert_eq!(state.members, vec![node(3)]);
-        assert_eq!(state.epoch, 2);
-    }
-
-    #[test]
-    fn a_new_leader_resumes_the_clock_from_its_last_reading_plus_the_time_since() {
-        let ago = Duration::from_millis(1_500);
-        let now = Instant::now();
-        let Some(then) = now.checked_sub(ago) else {
-            return;
-        };
-        let resumed = resume(ClockReading {
-            clock: Millis(10_000),
-            at: then,
-        });
-        assert!(resumed.clock >= Millis(11_500));
-        // Never more than the time that really passed since (a test that ran slow may add some).
-        assert!(resumed.clock <= Millis(10_000).after(then.elapsed()));
-    }
 
     #[test]
     fn generations_are_random_and_never_zero() {

@@ -201,25 +201,25 @@ pub fn digest(state: &ClusterState) -> u64 {
         })
 }
 
-/// The auction as a reader sees it at `now` on the auction clock, with its deadline shown on
-/// the wall clock as `wall_now_ms` (Unix ms) plus the time left.
-pub fn auction_view(a: &Auction, now: Millis, wall_now_ms: u64) -> AuctionView {
-    let deadline_ms = if a.deadline >= now {
-        wall_now_ms.saturating_add(a.deadline.0 - now.0)
+/// The auction as a reader saw it (`view`), with its deadline shown on the wall clock as
+/// `wall_now_ms` (Unix ms) plus the time left.
+pub fn auction_view(v: &auction::View, wall_now_ms: u64) -> AuctionView {
+    let deadline_ms = if v.deadline >= v.now {
+        wall_now_ms.saturating_add(v.deadline.0 - v.now.0)
     } else {
-        wall_now_ms.saturating_sub(now.0 - a.deadline.0)
+        wall_now_ms.saturating_sub(v.now.0 - v.deadline.0)
     };
     AuctionView {
-        number: a.number,
-        open: a.is_open(now),
+        number: v.number,
+        open: v.open,
         deadline_ms,
-        highest_bid: a.highest.as_ref().map_or(0, |h| h.amount.get()),
-        highest_bidder: a
+        highest_bid: v.highest.as_ref().map_or(0, |h| h.amount.get()),
+        highest_bidder: v
             .highest
             .as_ref()
             .map(|h| h.bidder.as_str().to_owned())
             .unwrap_or_default(),
-        bidders: a.bidders.len() as u64,
+        bidders: v.bidders,
         now_ms: wall_now_ms,
     }
 }
@@ -504,11 +504,11 @@ mod tests {
         let a = &s.machine.auction;
         // 20 s into the auction, on a wall clock anywhere (even before 1970 + 60 s): 40 s left.
         for wall in [5_000, 1_800_000_000_000] {
-            let v = auction_view(a, Millis(21_000), wall);
+            let v = auction_view(&a.view(Millis(21_000)), wall);
             assert!(v.open);
             assert_eq!((v.deadline_ms - v.now_ms, v.now_ms), (40_000, wall));
         }
-        let v = auction_view(a, Millis(70_000), 100_000);
+        let v = auction_view(&a.view(Millis(70_000)), 100_000);
         assert!(!v.open);
         assert_eq!(v.deadline_ms, 91_000, "closed 9 s ago");
     }

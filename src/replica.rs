@@ -12,9 +12,10 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::auth::{self, ClusterSecret};
+use crate::authority::Authority;
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
-use crate::process::{self, Fenced, MemberMark};
+use crate::process::Fenced;
 use crate::replication::{Change, ChangeKind, ClockReading, ClusterState, Member};
 use crate::tls::{self, ServerTls};
 
@@ -78,21 +79,30 @@ pub struct Dial<'a> {
 
 /// Follows the leader at `dial.leader_addr` as `me`, keeping `shared` up to date, until the
 /// leader fails, leaves or refuses, or `stopping` resolves. When `me` becomes a member, it takes
-/// its member mark (kept in `mark`) before it acknowledges anything as a member. A member fences
+/// its membership from the authority (kept in `membership`) before it acknowledges anything as
+/// a member. A member fences
 /// a silent leader before it returns; a member told to stop tells the leader it leaves.
-pub async fn follow(
+pub async fn follow<A: Authority>(
     dial: Dial<'_>,
     me: Member,
-    mark: &mut Option<MemberMark>,
+    authority: &A,
+    membership: &mut Option<A::Membership>,
     shared: &SharedState,
     stopping: impl Future<Output = ()>,
 ) -> FollowEnd {
     tokio::pin!(stopping);
     let (mut inbound, acks, proven) = tokio::select! {
         () = &mut stopping => return FollowEnd::Stopped,
-        shaken = handshake(dial, me, shared) => match shaken {
+        shaken = handshake(dial, me) => match shaken {
             Ok(link) => link,
-            Err(end) => return end,
+            Err(end) => {
+                // Whatever holds the replica port says nothing: a member fences it, so that it
+                // can take over.
+                if matches!(end, FollowEnd::Silent { leader: None }) && is_member(shared, &me) {
+                    fence_silent_leader(authority, None).await;
+                }
+                return end;
+            }
         },
     };
     let timing = dial.timing;
@@ -142,7 +152,7 @@ pub async fn follow(
                     if member {
                         // Fenced while this stream is still open, so a leader that was only
                         // slow never sees it end and fences this replica in return.
-                        fence_silent_leader(dial.leader_addr, leader);
+                        fence_silent_leader(authority, leader).await;
                     }
                     return FollowEnd::Silent { leader };
                 }
@@ -173,10 +183,9 @@ pub async fn follow(
                 }
             };
         if joined {
-            if mark.is_none() {
-                let taken = MemberMark::take(dial.leader_addr);
-                match hold_membership(taken, &mut state) {
-                    Ok(m) => *mark = Some(m),
+            if membership.is_none() {
+                match hold_membership(authority.join(), &mut state) {
+                    Ok(m) => *membership = Some(m),
                     Err(end) => return end,
                 }
             }
@@ -201,7 +210,6 @@ pub async fn follow(
 async fn handshake(
     dial: Dial<'_>,
     me: Member,
-    shared: &SharedState,
 ) -> Result<
     (
         tonic::Streaming<pb::FromLeader>,
@@ -238,12 +246,7 @@ async fn handshake(
     if acks.try_send(join).is_err() {
         return Err(FollowEnd::Unreachable("could not queue Join".into()));
     }
-    let silent = || {
-        if is_member(shared, &me) {
-            fence_silent_leader(leader_addr, None);
-        }
-        FollowEnd::Silent { leader: None }
-    };
+    let silent = || FollowEnd::Silent { leader: None };
     let response =
         match tokio::time::timeout(timing.timeout, client.follow(ReceiverStream::new(rx))).await {
             Err(_) => return Err(silent()),
@@ -289,10 +292,7 @@ async fn handshake(
 ///
 /// # Errors
 /// [`FollowEnd::Unmarked`] when the mark was not taken.
-fn hold_membership(
-    taken: std::io::Result<MemberMark>,
-    held: &mut Option<Held>,
-) -> Result<MemberMark, FollowEnd> {
+fn hold_membership<M>(taken: std::io::Result<M>, held: &mut Option<Held>) -> Result<M, FollowEnd> {
     taken.map_err(|e| {
         *held = None;
         FollowEnd::Unmarked(e.to_string())
@@ -485,16 +485,16 @@ pub fn is_member(shared: &SharedState, me: &Member) -> bool {
         .is_some_and(|h| h.state.has_member(me))
 }
 
-/// Fences a leader that fell silent: the one that sent this stream's state, or, if none did,
-/// whatever node holds the replica port without answering.
-pub fn fence_silent_leader(leader_addr: SocketAddr, leader: Option<Member>) {
+/// Fences a leader that fell silent, through the authority: the one that sent this stream's
+/// state, or, if none did, whatever holds the leadership without answering.
+pub async fn fence_silent_leader(authority: &impl Authority, leader: Option<Member>) {
     match leader {
-        Some(l) => match process::fence(&l) {
+        Some(l) => match authority.fence(&l).await {
             Ok(Fenced::Killed) => warn!(leader = %l.id, pid = l.pid, "fenced the silent leader"),
             Ok(Fenced::AlreadyGone) => {}
             Err(e) => warn!(leader = %l.id, "could not fence the silent leader: {e}"),
         },
-        None => match process::fence_port_holder(leader_addr) {
+        None => match authority.fence_holder().await {
             Ok(Some(pid)) => warn!(pid, "fenced the silent holder of the replica port"),
             Ok(None) => {}
             Err(e) => warn!("could not fence the holder of the replica port: {e}"),
@@ -616,12 +616,13 @@ mod tests {
             state
         };
         let shared = SharedState::new(Mutex::new(member_state()));
-        let refused = Err(std::io::Error::other("address in use"));
+        let refused: std::io::Result<crate::process::MemberMark> =
+            Err(std::io::Error::other("address in use"));
         let end = hold_membership(refused, &mut shared.lock().unwrap()).unwrap_err();
         assert!(matches!(end, FollowEnd::Unmarked(_)), "{end:?}");
         assert!(!is_member(&shared, &node(5401)));
         let shared = SharedState::new(Mutex::new(member_state()));
-        let taken = MemberMark::take(private_cluster());
+        let taken = crate::process::MemberMark::take(private_cluster());
         hold_membership(taken, &mut shared.lock().unwrap()).unwrap();
         assert!(is_member(&shared, &node(5401)));
     }

@@ -76,9 +76,37 @@ pub struct Auction {
     pub bidders: BTreeSet<BidderId>,
 }
 
+/// The auction as a reader sees it at one moment of the auction clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// 0 when no auction was ever started.
+    pub number: u64,
+    pub open: bool,
+    /// The deadline, on the auction clock.
+    pub deadline: Millis,
+    /// When the view was taken, on the auction clock: `deadline - now` is the time left.
+    pub now: Millis,
+    /// The leading bid; the winner once closed.
+    pub highest: Option<Bid>,
+    /// Bidders registered in this auction.
+    pub bidders: u64,
+}
+
 impl Auction {
     pub fn is_open(&self, now: Millis) -> bool {
         self.number > 0 && !self.closed_early && now < self.deadline
+    }
+
+    /// The auction as a reader sees it at `now`.
+    pub fn view(&self, now: Millis) -> View {
+        View {
+            number: self.number,
+            open: self.is_open(now),
+            deadline: self.deadline,
+            now,
+            highest: self.highest.clone(),
+            bidders: self.bidders.len() as u64,
+        }
     }
 
     fn bid(&mut self, now: Millis, bidder: &BidderId, amount: Amount) -> Decision {

@@ -10,5 +10,7 @@
 //! and tonic out (they are not dependencies), and `clippy.toml` forbids reading the clock.
 
 pub mod auction;
+pub mod engine;
 pub mod replication;
+pub mod role;
 pub mod types;

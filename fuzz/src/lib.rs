@@ -143,7 +143,7 @@ pub fn check_state(s: &ClusterState) {
     let back = ClusterState::try_from(decoded).expect("a reachable state is a valid snapshot");
     assert_eq!(&back, s, "the state changed on its way through a snapshot");
     assert_eq!(pb::digest(&back), pb::digest(s));
-    let _ = pb::auction_view(&s.machine.auction, s.clock, 0);
+    let _ = pb::auction_view(&s.machine.auction.view(s.clock), 0);
     for m in &s.members {
         let _ = s.succession_rank(m.id);
     }
@@ -323,7 +323,7 @@ fn decide(id: Option<RequestId>, op: &Op, at: Millis) {
 
 /// The decision travels to the client and back unchanged.
 fn check_decision(decision: &Decision, state: &ClusterState, now: Millis) {
-    let reply = pb::decision_reply(decision, pb::auction_view(&state.machine.auction, now, 0));
+    let reply = pb::decision_reply(decision, pb::auction_view(&state.machine.auction.view(now), 0));
     let decoded = pb::DecisionReply::decode(reply.encode_to_vec().as_slice())
         .expect("an encoded reply decodes");
     let wire = decoded.decision.expect("a reply carries its decision");

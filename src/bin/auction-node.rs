@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use auction::auth::AuthDir;
+use auction::authority::SingleHost;
 use auction::console;
 use auction::leader::Timing;
 use auction::limits::Limits;
@@ -209,7 +210,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // How long a node asked to stop may take to leave: a leader answers what is in flight and
     // hands over, a member tells the leader it leaves; each waits at most the timeout.
     let patience = cfg.timing.timeout + Duration::from_secs(1);
-    let mut node = tokio::spawn(node::run(cfg, role, shutdown));
+    // One host: leadership is the replica port, membership a member mark, fencing a pidfd.
+    let authority = Arc::new(SingleHost {
+        leader_addr: cfg.leader_addr(),
+    });
+    let mut node = tokio::spawn(node::run(cfg, authority, role, shutdown));
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,

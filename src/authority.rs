@@ -1,0 +1,198 @@
+//! The coordination authority: the one place that decides who leads, records who is a member,
+//! and fences a node so that it can act no more. The leader's engine and the node's role rules
+//! decide *when*; an [`Authority`] carries it out.
+//!
+//! [`SingleHost`] is the authority of nodes that share one host (docs/design.md, "Single-host
+//! protocol"):
+//! - **leadership** is holding the replica port: the OS lets one process listen on an address;
+//! - **membership** is a member mark ([`MemberMark`]), an abstract Unix socket that the kernel
+//!   drops when the process dies; a node founds a cluster only if, holding the replica port, it
+//!   finds no mark of a live member;
+//! - **fencing** is SIGKILL through a pidfd, checked against the process's start time, so a
+//!   reused pid is never hit.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use crate::process::{self, Fenced, Listener, MemberMark};
+use crate::replication::Member;
+
+pub use auction_core::engine::Probe;
+
+/// What a node that is not a member found when it looked for a place to lead.
+#[derive(Debug)]
+pub enum Vacancy {
+    /// Nobody leads and no member lives: this node holds the leadership and may found.
+    Free(TcpListener),
+    /// Another node holds the leadership (or is about to give it up): follow it.
+    Held,
+    /// Nobody leads, but these members live (paused, or about to take over): join them.
+    MembersAlive(Vec<u32>),
+    /// Nobody leads, but whether a member lives cannot be told: do not found.
+    Unknown,
+}
+
+/// Why an authority cannot act.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    /// The leadership is held by a program that is not an auction node: nothing will ever
+    /// answer there.
+    #[error(
+        "{addr} is held by {holder}, which is not an auction node of this user; \
+         choose another port (--leader-port, --client-port)"
+    )]
+    Squatter { addr: SocketAddr, holder: Listener },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> AuthorityError {
+    move |source| AuthorityError::Io { what, source }
+}
+
+/// Leadership, membership and fencing, as one interface. Every method may be called from any
+/// task; none blocks for long.
+pub trait Authority: Send + Sync + 'static {
+    /// What a member keeps while it is one (released when dropped, or when the process dies).
+    type Membership: Send + Sync + 'static;
+
+    /// Looks, as a node that is not a member, for a place to lead.
+    ///
+    /// # Errors
+    /// The authority cannot be asked ([`AuthorityError::Io`]).
+    fn vacancy(&self) -> impl Future<Output = Result<Vacancy, AuthorityError>> + Send;
+
+    /// Claims the leadership for a member whose leader is gone: `None` when another node holds
+    /// it.
+    ///
+    /// # Errors
+    /// The authority cannot be asked.
+    fn claim(&self) -> impl Future<Output = Result<Option<TcpListener>, AuthorityError>> + Send;
+
+    /// Records this node as a member, before it acts as one.
+    ///
+    /// # Errors
+    /// The record cannot be made: the node must not act as a member.
+    fn join(&self) -> io::Result<Self::Membership>;
+
+    /// Fences `node`: once this returns `Ok`, it can neither commit nor answer.
+    ///
+    /// # Errors
+    /// The fence cannot be made (it may still act).
+    fn fence(&self, node: &Member) -> impl Future<Output = io::Result<Fenced>> + Send;
+
+    /// Fences whoever holds the leadership without a known identity (it never answered as a
+    /// leader). Returns the pid fenced, if any.
+    ///
+    /// # Errors
+    /// The fence cannot be made.
+    fn fence_holder(&self) -> impl Future<Output = io::Result<Option<u32>>> + Send;
+
+    /// Whether `node` can still act.
+    fn probe(&self, node: &Member) -> impl Future<Output = Probe> + Send;
+
+    /// Waits until `node` can act no more, for at most `within`. Returns whether it can't.
+    fn gone(&self, node: &Member, within: Duration) -> impl Future<Output = bool> + Send;
+
+    /// Fails when the leadership is held by something that will never lead (a squatter).
+    ///
+    /// # Errors
+    /// [`AuthorityError::Squatter`], naming it.
+    fn check_holder(&self) -> Result<(), AuthorityError>;
+}
+
+/// The authority of nodes on one host: the replica port, member marks and pidfds.
+#[derive(Clone, Debug)]
+pub struct SingleHost {
+    /// The replica port: holding it is leading.
+    pub leader_addr: SocketAddr,
+}
+
+impl Authority for SingleHost {
+    type Membership = MemberMark;
+
+    /// Binds the replica port and, holding it, looks for live members. While this node holds
+    /// the port no node leads, so none can become a member: no member is added between the
+    /// look and this node's own mark. A node that cannot tell whether a member lives does not
+    /// found.
+    async fn vacancy(&self) -> Result<Vacancy, AuthorityError> {
+        let listener = match TcpListener::bind(self.leader_addr).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(Vacancy::Held),
+            Err(e) => return Err(io_error("binding the replica port")(e)),
+        };
+        match process::live_members(self.leader_addr) {
+            Ok(pids) if pids.is_empty() => Ok(Vacancy::Free(listener)),
+            Ok(pids) => Ok(Vacancy::MembersAlive(pids)),
+            Err(e) => {
+                warn!("cannot tell whether a member is alive ({e}); not founding");
+                Ok(Vacancy::Unknown)
+            }
+        }
+    }
+
+    async fn claim(&self) -> Result<Option<TcpListener>, AuthorityError> {
+        match TcpListener::bind(self.leader_addr).await {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(None),
+            Err(e) => Err(io_error("binding the replica port")(e)),
+        }
+    }
+
+    fn join(&self) -> io::Result<MemberMark> {
+        MemberMark::take(self.leader_addr)
+    }
+
+    async fn fence(&self, node: &Member) -> io::Result<Fenced> {
+        process::fence(node)
+    }
+
+    async fn fence_holder(&self) -> io::Result<Option<u32>> {
+        process::fence_port_holder(self.leader_addr)
+    }
+
+    async fn probe(&self, node: &Member) -> Probe {
+        match process::ProcessHandle::open(node) {
+            Ok(None) => Probe::Gone,
+            Ok(Some(_)) => Probe::Alive,
+            Err(e) => Probe::Unknown(e.to_string()),
+        }
+    }
+
+    async fn gone(&self, node: &Member, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(None) = process::ProcessHandle::open(node) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn check_holder(&self) -> Result<(), AuthorityError> {
+        check_port_holder(self.leader_addr)
+    }
+}
+
+/// Fails when `addr`, which this node could not bind and where nothing answered as a node, is
+/// held by a program that is not an auction node.
+///
+/// # Errors
+/// [`AuthorityError::Squatter`], naming the holder.
+pub fn check_port_holder(addr: SocketAddr) -> Result<(), AuthorityError> {
+    match process::listener(addr) {
+        Ok(Some(holder)) if !holder.is_node => Err(AuthorityError::Squatter { addr, holder }),
+        _ => Ok(()),
+    }
+}
