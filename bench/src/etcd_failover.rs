@@ -14,7 +14,7 @@ use super::failover::{
     until_whole,
 };
 use super::{KEY_HIGHEST, etcd_bid, padded};
-use crate::proto::etcd::{self, kv_client::KvClient};
+use crate::proto::etcd::{self, kv_client::KvClient, maintenance_client::MaintenanceClient};
 
 /// The longest one attempt may take before the next member is tried: far above a commit's
 /// latency, well below an election. A member whose leader died holds a proposal until its own
@@ -86,35 +86,14 @@ impl Bidder for EtcdBidder {
     }
 }
 
-/// `etcdserverpb.StatusRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct StatusRequest {}
-
-/// The fields of `etcdserverpb.StatusResponse` used here; the others are skipped on decoding.
-#[derive(Clone, PartialEq, prost::Message)]
-struct StatusResponse {
-    #[prost(message, optional, tag = "1")]
-    header: Option<etcd::ResponseHeader>,
-    #[prost(uint64, tag = "4")]
-    leader: u64,
-}
-
 /// A member's id and the id of the leader it knows (0 for none), from the Maintenance Status
 /// RPC.
 async fn status(channel: Channel) -> Result<(u64, u64), String> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| e.to_string())?;
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Maintenance/Status");
-    let reply: tonic::Response<StatusResponse> = grpc
-        .unary(
-            tonic::Request::new(StatusRequest {}),
-            path,
-            tonic_prost::ProstCodec::default(),
-        )
+    let reply = MaintenanceClient::new(channel)
+        .status(etcd::StatusRequest {})
         .await
-        .map_err(|e| e.message().to_string())?;
-    let reply = reply.into_inner();
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
     let member = reply
         .header
         .map(|h| h.member_id)
