@@ -16,6 +16,7 @@ use super::etcd_failover::{EtcdBidder, EtcdCluster};
 use super::redis_failover::{RedisCluster, SentinelClient};
 use auction::client::{Client, FIRST_BACKOFF, MAX_BACKOFF};
 use auction::cluster::LocalCluster;
+use auction::process::Fenced;
 use auction::types::{Amount, BidderId};
 use auction_lab::nemesis::percentile;
 
@@ -428,27 +429,15 @@ impl Backoff {
 /// `/proc/PID/comm`); returns the moment of the signal. Signalled through a pidfd, opened and
 /// checked before the signal, so a reused pid is never hit.
 pub(super) fn kill_listener(addr: SocketAddr, program: &str) -> Result<Instant, String> {
-    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
-
-    let pid = auction::process::listener_pid(addr)
+    let handle = auction::process::open_listener(addr, program)
         .map_err(|e| format!("finding who listens on {addr}: {e}"))?
         .ok_or_else(|| format!("no process of this user listens on {addr}"))?;
-    let raw = i32::try_from(pid)
-        .ok()
-        .and_then(Pid::from_raw)
-        .ok_or_else(|| format!("{pid} is not a pid"))?;
-    let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| format!("pid {pid}: {e}"))?;
-    // Checked with the pidfd open, so the name is that of the process the pidfd names.
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim_end() != program {
-        return Err(format!(
-            "{addr} is held by pid {pid} ({}), not by {program}",
-            comm.trim_end()
-        ));
-    }
     let at = Instant::now();
-    pidfd_send_signal(&pidfd, Signal::KILL).map_err(|e| format!("killing pid {pid}: {e}"))?;
-    Ok(at)
+    match handle.kill() {
+        Ok(Fenced::Killed) => Ok(at),
+        Ok(Fenced::AlreadyGone) => Err(format!("the listener of {addr} exited before its kill")),
+        Err(e) => Err(format!("killing the listener of {addr}: {e}")),
+    }
 }
 
 /// Waits until nothing listens on `addr` (a killed server has closed its sockets), then asks
