@@ -353,10 +353,7 @@ impl FaultTarget for AuctionCluster {
     type Leader = u16;
 
     async fn whole(&mut self, patience: Duration) -> Result<u16, String> {
-        let healthy = self
-            .0
-            .wait_for(patience, |s| s.members.len() == Self::NODES.len())
-            .await?;
+        let healthy = self.0.wait_members(&Self::NODES, patience).await?;
         auction::cluster::leader_of(&healthy).ok_or_else(|| "no leader".into())
     }
 
