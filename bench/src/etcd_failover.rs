@@ -10,7 +10,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use super::failover::{
-    BID_BUDGET, Backoff, Bidder, FaultMode, FaultTarget, kill_listener, request_restart,
+    BID_BUDGET, Bidder, FaultMode, FaultTarget, Retries, kill_listener, request_restart,
     until_whole,
 };
 use super::{KEY_HIGHEST, etcd_bid, padded};
@@ -72,14 +72,14 @@ impl EtcdBidder {
 impl Bidder for EtcdBidder {
     async fn bid(&mut self, amount: u64) -> Result<bool, String> {
         let txn = etcd_bid(amount, &self.name);
-        let mut backoff = Backoff::new(BID_BUDGET);
+        let mut retries = Retries::new(BID_BUDGET);
         loop {
             let kv = self.members.get_mut(self.at).ok_or("no etcd endpoints")?;
             if let Ok(Ok(_)) = timeout(ATTEMPT, kv.txn(require_leader(txn.clone()))).await {
                 return Ok(true);
             }
             self.at = (self.at + 1) % self.members.len();
-            if !backoff.wait().await {
+            if !retries.wait().await {
                 return Ok(false);
             }
         }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::etcd_failover::{EtcdBidder, EtcdCluster};
 use super::redis_failover::{RedisCluster, SentinelClient};
+use auction::backoff::Backoff;
 use auction::client::{Client, FIRST_BACKOFF, MAX_BACKOFF};
 use auction::cluster::LocalCluster;
 use auction::process::Fenced;
@@ -395,29 +396,28 @@ impl Bidder for AuctionBidder {
     }
 }
 
-/// Pauses between the attempts of one request, as long as the auction's own client's (without
-/// its jitter): from [`FIRST_BACKOFF`], doubling up to [`MAX_BACKOFF`], until the budget is
-/// spent.
-pub(super) struct Backoff {
-    next: Duration,
+/// The attempts of one request within a budget: between them the product's backoff, as long
+/// as the auction's own client's pauses (without their jitter), until the next pause would end
+/// past the budget.
+pub(super) struct Retries {
+    backoff: Backoff,
     deadline: Instant,
 }
 
-impl Backoff {
+impl Retries {
     pub(super) fn new(budget: Duration) -> Self {
         Self {
-            next: FIRST_BACKOFF,
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             deadline: Instant::now() + budget,
         }
     }
 
     /// Sleeps before the next attempt; `false`, without sleeping, once the budget is spent.
     pub(super) async fn wait(&mut self) -> bool {
-        if Instant::now() + self.next >= self.deadline {
+        if Instant::now() + self.backoff.peek() >= self.deadline {
             return false;
         }
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
+        self.backoff.sleep().await;
         true
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout};
 
 use super::failover::{
-    BID_BUDGET, Backoff, Bidder, FaultMode, FaultTarget, kill_listener, request_restart,
+    BID_BUDGET, Bidder, FaultMode, FaultTarget, Retries, kill_listener, request_restart,
     until_whole,
 };
 use super::resp::{Conn, Value};
@@ -85,7 +85,7 @@ impl SentinelClient {
 impl Bidder for SentinelClient {
     async fn bid(&mut self, amount: u64) -> Result<bool, String> {
         let amount = amount.to_string();
-        let mut backoff = Backoff::new(BID_BUDGET);
+        let mut retries = Retries::new(BID_BUDGET);
         loop {
             if let Ok(Ok(())) = timeout(ATTEMPT, self.attempt(amount.as_bytes())).await {
                 return Ok(true);
@@ -93,7 +93,7 @@ impl Bidder for SentinelClient {
             // Whatever failed, ask the Sentinels again (another one first) and reconnect.
             self.conn = None;
             self.first = self.first.wrapping_add(1);
-            if !backoff.wait().await {
+            if !retries.wait().await {
                 return Ok(false);
             }
         }
