@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use auction_bench::{
     External, ExternalFailoverSpec, FailoverSpec, FaultMode, LoadSpec, MemorySpec, Progress,
     Target, Workload, failover, failover_external, memory, prepare, run, serve_echo,
@@ -190,7 +190,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             bids: args.bids,
             streams: args.clients as u64,
         };
-        let report = memory(&spec).await.map_err(|e| anyhow!(e))?;
+        let report = memory(&spec).await?;
         return show(&report, args.json);
     }
     if args.sentinels.is_some() && !matches!(args.target, TargetArg::Redis) {
