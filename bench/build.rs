@@ -1,5 +1,5 @@
 //! Compiles the protocols the benchmark speaks besides the auction's own (which it takes from
-//! the product): its echo service (the transport floor), and the subset of etcd's KV API it
+//! the product): its echo service (the transport floor), and the subset of etcd's API it
 //! compares against (client side only). protox is a pure-Rust compiler: no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -207,7 +207,7 @@ def load(name):
 rows = [
     ("auction (3 nodes)", "auction", "auction"),
     ("auction, --spin-us 0", "auction-nospin", None),
-    ("Redis 7, Lua + WAIT 2 0", "redis", "redis"),
+    ("Redis 7, Lua + WAIT 2", "redis", "redis"),
     ("etcd 3.4, fsync", "etcd", "etcd"),
     ("etcd 3.4, --unsafe-no-fsync", "etcd-nofsync", "etcd-nofsync"),
     ("floor: tonic echo, unary", "echo-unary", None),

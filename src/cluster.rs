@@ -506,17 +506,69 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Starts node `id` and waits until the leader lists it as a member.
+    /// Starts node `id` (again, if it ran before) and waits until the leader lists this very
+    /// process as a member ([`LocalCluster::wait_members`]).
     ///
     /// # Errors
-    /// The node could not be started or did not become a member within `timeout`.
+    /// The node could not be started, exited, or did not become a member within `timeout`.
     pub async fn start_member(
         &mut self,
         id: u16,
         timeout: Duration,
     ) -> Result<StatusReply, String> {
         self.start(id).map_err(|e| e.to_string())?;
-        self.wait_for(timeout, |s| is_member(s, id)).await
+        self.wait_members(&[id], timeout).await
+    }
+
+    /// Waits until the leader lists the current process of every node in `ids` (its id and its
+    /// pid) as a member, for at most `timeout`: a restarted node counts once its new process has
+    /// joined, never on the strength of its old one. Fails as soon as one of those processes
+    /// exits instead. With every started node in `ids`, this waits until the cluster is whole.
+    ///
+    /// # Errors
+    /// A node of `ids` was never started, exited, or was not a member in time; the message
+    /// holds the last status seen.
+    pub async fn wait_members(
+        &mut self,
+        ids: &[u16],
+        timeout: Duration,
+    ) -> Result<StatusReply, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut client = self.client(Duration::from_millis(500));
+        loop {
+            let mut pids = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let node = self
+                    .nodes
+                    .get(&id)
+                    .ok_or_else(|| format!("node {id} was never started"))?;
+                pids.push((u32::from(id), node.pid()));
+            }
+            let last = match client.status().await {
+                Ok(s)
+                    if pids
+                        .iter()
+                        .all(|&(id, pid)| s.members.iter().any(|m| m.id == id && m.pid == pid)) =>
+                {
+                    return Ok(s);
+                }
+                Ok(s) => format!("{s:?}"),
+                Err(e) => e.to_string(),
+            };
+            for &id in ids {
+                if self.nodes.get_mut(&id).is_some_and(Proc::exited) {
+                    return Err(format!(
+                        "node {id} exited instead of becoming a member; last status: {last}"
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "nodes {ids:?} were not all members within {timeout:?}; last status: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

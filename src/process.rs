@@ -396,6 +396,38 @@ pub fn listener(addr: SocketAddr) -> io::Result<Option<Listener>> {
     }))
 }
 
+/// A handle on the process that listens on `addr`, when it runs `program` (its
+/// `/proc/PID/comm`): for a tool that kills a server it did not start, such as a benchmark
+/// taking down another system's leader. The name is checked with the pidfd open, so the handle
+/// names the checked process even if its pid is reused later. `Ok(None)` when no process this
+/// user can see listens there.
+///
+/// # Errors
+/// The listener could not be found or opened, or it runs another program: it must not be
+/// signalled.
+pub fn open_listener(addr: SocketAddr, program: &str) -> io::Result<Option<ProcessHandle>> {
+    let Some(pid) = listener_pid(addr)? else {
+        return Ok(None);
+    };
+    let raw = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("{pid} is not a pid")))?;
+    let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim_end() != program {
+        return Err(io::Error::other(format!(
+            "{addr} is held by pid {pid} ({}), not by {program}",
+            comm.trim_end()
+        )));
+    }
+    Ok(Some(ProcessHandle { pidfd }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,5 +640,18 @@ mod tests {
         if cfg!(target_endian = "little") {
             assert_eq!(proc_net_address(a), "0100007F:1518");
         }
+    }
+
+    #[test]
+    fn a_listener_is_opened_only_under_its_own_program() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let e = open_listener(addr, "no-such-program").unwrap_err();
+        assert!(e.to_string().contains("not by no-such-program"), "{e}");
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        // This test process listens: a handle it must not use, since it would kill the test.
+        assert!(open_listener(addr, comm.trim_end()).unwrap().is_some());
+        drop(l);
+        assert!(open_listener(addr, comm.trim_end()).unwrap().is_none());
     }
 }

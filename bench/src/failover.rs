@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::etcd_failover::{EtcdBidder, EtcdCluster};
-use super::redis_failover::{RedisCluster, SentinelClient};
-use auction::client::{Client, FIRST_BACKOFF, MAX_BACKOFF};
+use super::client::{AuctionBidder, Bidder, Patience};
+use super::etcd::{EtcdBidder, EtcdCluster};
+use super::redis::{Primary, RedisBidder, RedisCluster, Wait};
 use auction::cluster::LocalCluster;
-use auction::types::{Amount, BidderId};
+use auction::process::Fenced;
 use auction_lab::nemesis::percentile;
 
 /// How the leader is taken down in a failover measurement.
@@ -100,7 +101,19 @@ impl std::fmt::Display for FailoverReport {
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// How long one bid is retried before it counts as not acknowledged.
-pub(super) const BID_BUDGET: Duration = Duration::from_secs(30);
+const BID_BUDGET: Duration = Duration::from_secs(30);
+
+/// The longest one attempt at a Redis or etcd bid (find the primary, connect, bid) may take
+/// before the client gives it up and starts over: far above a bid's latency, well below
+/// Sentinel's detection time or an election. (An etcd member whose leader died holds a
+/// proposal until its own request timeout, seconds; a client gives up on it sooner.)
+const ATTEMPT: Duration = Duration::from_millis(500);
+
+/// How long the clients of a failover run try one bid.
+const PATIENCE_PER_BID: Patience = Patience {
+    attempt: ATTEMPT,
+    budget: BID_BUDGET,
+};
 
 /// Steady load before each fault.
 const BEFORE_FAULT: Duration = Duration::from_millis(300);
@@ -110,12 +123,12 @@ pub(super) trait FaultTarget {
     /// Who leads.
     type Leader;
     /// Waits until every server is up and in the cluster, and returns the leader.
-    async fn whole(&mut self, patience: Duration) -> Result<Self::Leader, String>;
+    async fn whole(&mut self, patience: Duration) -> anyhow::Result<Self::Leader>;
     /// Takes the leader down; returns the moment it did.
-    async fn fault(&mut self, leader: &Self::Leader, mode: FaultMode) -> Result<Instant, String>;
+    async fn fault(&mut self, leader: &Self::Leader, mode: FaultMode) -> anyhow::Result<Instant>;
     /// Called once a bid sent after the fault was acknowledged: brings the old leader back, or
     /// has it brought back.
-    async fn restore(&mut self, leader: Self::Leader, patience: Duration) -> Result<(), String>;
+    async fn restore(&mut self, leader: Self::Leader, patience: Duration) -> anyhow::Result<()>;
 }
 
 /// Polls `check` (which names the leader of a whole cluster, or says what is missing) every
@@ -124,33 +137,25 @@ pub(super) async fn until_whole<L, F, Fut>(
     what: &str,
     patience: Duration,
     mut check: F,
-) -> Result<L, String>
+) -> anyhow::Result<L>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<L, String>>,
+    Fut: Future<Output = anyhow::Result<L>>,
 {
     let deadline = Instant::now() + patience;
     loop {
         let last = match tokio::time::timeout(Duration::from_secs(2), check()).await {
             Ok(Ok(leader)) => return Ok(leader),
             Ok(Err(e)) => e,
-            Err(_) => "a server did not answer".into(),
+            Err(_) => anyhow!("a server did not answer"),
         };
         if Instant::now() >= deadline {
-            return Err(format!(
-                "the {what} cluster was not whole within {patience:?}: {last}"
-            ));
+            return Err(last.context(format!(
+                "the {what} cluster was not whole within {patience:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// One client of the system under measurement.
-pub(super) trait Bidder: Send + 'static {
-    /// Bids `amount`, retrying across the failover for [`BID_BUDGET`]: `Ok(true)` once the bid
-    /// is acknowledged (accepted or refused), `Ok(false)` if it never was, `Err` if this client
-    /// cannot go on.
-    fn bid(&mut self, amount: u64) -> impl Future<Output = Result<bool, String>> + Send;
 }
 
 /// Starts a three-node cluster, loads it with contended bids, and takes its leader down
@@ -158,10 +163,10 @@ pub(super) trait Bidder: Send + 'static {
 ///
 /// # Errors
 /// The cluster could not be started or did not heal between faults.
-pub async fn failover(spec: &FailoverSpec) -> Result<FailoverReport, String> {
+pub async fn failover(spec: &FailoverSpec) -> anyhow::Result<FailoverReport> {
     use auction::cluster::{Spec, Transcript};
 
-    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin).map_err(|e| e.to_string())?;
+    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin)?;
     cluster_spec.node_args = spec.node_args.clone();
     cluster_spec
         .node_args
@@ -170,15 +175,12 @@ pub async fn failover(spec: &FailoverSpec) -> Result<FailoverReport, String> {
     cluster
         .0
         .start_nodes(&AuctionCluster::NODES, PATIENCE)
-        .await?;
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let server = cluster.0.spec.client_addr();
     let bidders = (0..spec.clients)
-        .map(|i| {
-            Ok(AuctionBidder {
-                client: Client::new(cluster.0.spec.client_addr(), BID_BUDGET),
-                name: BidderId::new(format!("bench{i}")).map_err(|e| e.to_string())?,
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+        .map(|i| AuctionBidder::new(server, &format!("bench{i}"), PATIENCE_PER_BID))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let times = measure(&mut cluster, bidders, spec.faults, spec.mode).await;
     for id in cluster.0.running() {
         cluster.0.kill(id).await;
@@ -191,31 +193,38 @@ pub async fn failover(spec: &FailoverSpec) -> Result<FailoverReport, String> {
 ///
 /// # Errors
 /// The cluster was not whole in time, or its leader could not be found or killed.
-pub async fn failover_external(spec: &ExternalFailoverSpec) -> Result<FailoverReport, String> {
-    let names = (0..spec.clients).map(|i| format!("bench{i}").into_bytes());
+pub async fn failover_external(spec: &ExternalFailoverSpec) -> anyhow::Result<FailoverReport> {
+    let names = (0..spec.clients).map(|i| format!("bench{i}"));
     let times = match &spec.system {
         External::Redis { sentinels, master } => {
             if sentinels.is_empty() {
-                return Err("no Sentinel addresses".into());
+                bail!("no Sentinel addresses");
             }
             let mut cluster = RedisCluster::new(sentinels.clone(), master.clone(), spec.restart);
             cluster.reset().await?;
             let bidders = names
                 .enumerate()
-                .map(|(i, name)| SentinelClient::new(sentinels.clone(), master.clone(), name, i))
+                .map(|(i, name)| {
+                    let primary = Primary::Sentinels {
+                        sentinels: sentinels.clone(),
+                        master: master.clone(),
+                        first: i,
+                    };
+                    RedisBidder::new(primary, Wait::ONE_REPLICA, &name, PATIENCE_PER_BID)
+                })
                 .collect();
             measure(&mut cluster, bidders, spec.faults, FaultMode::Kill).await?
         }
         External::Etcd { endpoints } => {
             if endpoints.is_empty() {
-                return Err("no etcd endpoints".into());
+                bail!("no etcd endpoints");
             }
-            let mut cluster = EtcdCluster::new(endpoints, spec.restart)?;
+            let mut cluster = EtcdCluster::new(endpoints, ATTEMPT, spec.restart)?;
             cluster.reset().await?;
             let bidders = names
                 .enumerate()
-                .map(|(i, name)| EtcdBidder::new(endpoints, name, i))
-                .collect::<Result<Vec<_>, String>>()?;
+                .map(|(i, name)| EtcdBidder::new(endpoints, &name, i, PATIENCE_PER_BID))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             measure(&mut cluster, bidders, spec.faults, FaultMode::Kill).await?
         }
     };
@@ -234,7 +243,7 @@ async fn measure<T: FaultTarget, B: Bidder>(
     bidders: Vec<B>,
     faults: usize,
     mode: FaultMode,
-) -> Result<Vec<f64>, String> {
+) -> anyhow::Result<Vec<f64>> {
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let amounts = Arc::new(AtomicU64::new(0));
@@ -251,15 +260,11 @@ async fn measure<T: FaultTarget, B: Bidder>(
                     let amount = amounts.fetch_add(1, Ordering::Relaxed) + 1;
                     let sent = micros(start.elapsed());
                     match bidder.bid(amount).await {
-                        Ok(true) => {
+                        Ok(()) => {
                             acked.push((sent, micros(start.elapsed())));
                             latest.fetch_max(sent, Ordering::Relaxed);
                         }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!("a failover client stopped: {e}");
-                            break;
-                        }
+                        Err(e) => tracing::debug!("a bid was not acknowledged: {e:#}"),
                     }
                 }
                 acked
@@ -283,9 +288,7 @@ async fn measure<T: FaultTarget, B: Bidder>(
             let deadline = Instant::now() + PATIENCE;
             while latest_acked.load(Ordering::Relaxed) < at {
                 if Instant::now() >= deadline {
-                    return Err(format!(
-                        "no bid was acknowledged within {PATIENCE:?} of a fault"
-                    ));
+                    bail!("no bid was acknowledged within {PATIENCE:?} of a fault");
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -303,7 +306,7 @@ async fn measure<T: FaultTarget, B: Bidder>(
     }
     let mut acked = Vec::new();
     for t in tasks {
-        acked.extend(t.await.map_err(|e| e.to_string())?);
+        acked.extend(t.await?);
     }
     Ok(fault_times
         .iter()
@@ -351,104 +354,52 @@ impl AuctionCluster {
 impl FaultTarget for AuctionCluster {
     type Leader = u16;
 
-    async fn whole(&mut self, patience: Duration) -> Result<u16, String> {
+    async fn whole(&mut self, patience: Duration) -> anyhow::Result<u16> {
         let healthy = self
             .0
-            .wait_for(patience, |s| s.members.len() == Self::NODES.len())
-            .await?;
-        auction::cluster::leader_of(&healthy).ok_or_else(|| "no leader".into())
+            .wait_members(&Self::NODES, patience)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        auction::cluster::leader_of(&healthy).context("no leader")
     }
 
-    async fn fault(&mut self, leader: &u16, mode: FaultMode) -> Result<Instant, String> {
+    async fn fault(&mut self, leader: &u16, mode: FaultMode) -> anyhow::Result<Instant> {
         let at = Instant::now();
         match mode {
             FaultMode::Kill => self.0.kill(*leader).await,
-            FaultMode::Stop => self
-                .0
-                .signal(*leader, rustix::process::Signal::STOP)
-                .map_err(|e| e.to_string())?,
+            FaultMode::Stop => self.0.signal(*leader, rustix::process::Signal::STOP)?,
         }
         Ok(at)
     }
 
-    async fn restore(&mut self, leader: u16, patience: Duration) -> Result<(), String> {
+    async fn restore(&mut self, leader: u16, patience: Duration) -> anyhow::Result<()> {
         // A stopped leader has been fenced (killed); bring the node back either way.
         let deadline = Instant::now() + patience;
         while self.0.node(leader).is_some_and(|p| !p.exited()) {
             if Instant::now() >= deadline {
-                return Err(format!("node {leader} was not fenced"));
+                bail!("node {leader} was not fenced");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.0.start(leader).map_err(|e| e.to_string())
-    }
-}
-
-/// One auction client, with its own session.
-struct AuctionBidder {
-    client: Client,
-    name: BidderId,
-}
-
-impl Bidder for AuctionBidder {
-    async fn bid(&mut self, amount: u64) -> Result<bool, String> {
-        let amount = Amount::new(amount).map_err(|e| e.to_string())?;
-        Ok(self.client.bid(&self.name, amount).await.is_ok())
-    }
-}
-
-/// Pauses between the attempts of one request, as long as the auction's own client's (without
-/// its jitter): from [`FIRST_BACKOFF`], doubling up to [`MAX_BACKOFF`], until the budget is
-/// spent.
-pub(super) struct Backoff {
-    next: Duration,
-    deadline: Instant,
-}
-
-impl Backoff {
-    pub(super) fn new(budget: Duration) -> Self {
-        Self {
-            next: FIRST_BACKOFF,
-            deadline: Instant::now() + budget,
-        }
-    }
-
-    /// Sleeps before the next attempt; `false`, without sleeping, once the budget is spent.
-    pub(super) async fn wait(&mut self) -> bool {
-        if Instant::now() + self.next >= self.deadline {
-            return false;
-        }
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        true
+        Ok(self.0.start(leader)?)
     }
 }
 
 /// Kills -9 the process that listens on `addr`, which must be a `program` (its
 /// `/proc/PID/comm`); returns the moment of the signal. Signalled through a pidfd, opened and
 /// checked before the signal, so a reused pid is never hit.
-pub(super) fn kill_listener(addr: SocketAddr, program: &str) -> Result<Instant, String> {
-    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
-
-    let pid = auction::process::listener_pid(addr)
-        .map_err(|e| format!("finding who listens on {addr}: {e}"))?
-        .ok_or_else(|| format!("no process of this user listens on {addr}"))?;
-    let raw = i32::try_from(pid)
-        .ok()
-        .and_then(Pid::from_raw)
-        .ok_or_else(|| format!("{pid} is not a pid"))?;
-    let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| format!("pid {pid}: {e}"))?;
-    // Checked with the pidfd open, so the name is that of the process the pidfd names.
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim_end() != program {
-        return Err(format!(
-            "{addr} is held by pid {pid} ({}), not by {program}",
-            comm.trim_end()
-        ));
-    }
+pub(super) fn kill_listener(addr: SocketAddr, program: &str) -> anyhow::Result<Instant> {
+    let handle = auction::process::open_listener(addr, program)
+        .with_context(|| format!("finding who listens on {addr}"))?
+        .with_context(|| format!("no process of this user listens on {addr}"))?;
     let at = Instant::now();
-    pidfd_send_signal(&pidfd, Signal::KILL).map_err(|e| format!("killing pid {pid}: {e}"))?;
-    Ok(at)
+    match handle
+        .kill()
+        .with_context(|| format!("killing the listener of {addr}"))?
+    {
+        Fenced::Killed => Ok(at),
+        Fenced::AlreadyGone => bail!("the listener of {addr} exited before its kill"),
+    }
 }
 
 /// Waits until nothing listens on `addr` (a killed server has closed its sockets), then asks
@@ -457,14 +408,11 @@ pub(super) async fn request_restart(
     addr: SocketAddr,
     restart: fn(&str),
     patience: Duration,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + patience;
-    while auction::process::listener_pid(addr)
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
+    while auction::process::listener_pid(addr)?.is_some() {
         if Instant::now() >= deadline {
-            return Err(format!("{addr} is still listened on after its kill"));
+            bail!("{addr} is still listened on after its kill");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

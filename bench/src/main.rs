@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use auction_bench::{
     External, ExternalFailoverSpec, FailoverSpec, FaultMode, LoadSpec, MemorySpec, Progress,
     Target, Workload, failover, failover_external, memory, prepare, run, serve_echo,
@@ -190,7 +190,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             bids: args.bids,
             streams: args.clients as u64,
         };
-        let report = memory(&spec).await.map_err(|e| anyhow!(e))?;
+        let report = memory(&spec).await?;
         return show(&report, args.json);
     }
     if args.sentinels.is_some() && !matches!(args.target, TargetArg::Redis) {
@@ -214,7 +214,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                         args.heartbeat_ms.to_string(),
                     ],
                 };
-                failover(&spec).await.map_err(|e| anyhow!(e))?
+                failover(&spec).await?
             }
             TargetArg::Redis | TargetArg::Etcd => {
                 if mode != FaultArg::Kill {
@@ -244,7 +244,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                     faults: args.faults,
                     restart: print_restart,
                 };
-                failover_external(&spec).await.map_err(|e| anyhow!(e))?
+                failover_external(&spec).await?
             }
             TargetArg::EchoUnary | TargetArg::EchoStream => {
                 bail!("--failover works with --target auction, redis or etcd")
@@ -276,7 +276,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     };
     prepare(&spec)
         .await
-        .map_err(|e| anyhow!("preparing {:?}: {e}", spec.target))?;
+        .with_context(|| format!("preparing {:?}", spec.target))?;
     let progress = Arc::new(Progress::default());
     let shown = progress.clone();
     let ticker = tokio::spawn(async move {
@@ -297,6 +297,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     });
     let report = run(&spec, progress).await;
     ticker.abort();
+    let report = report?;
     show(&report, args.json)
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,25 +53,21 @@ impl std::fmt::Display for MemoryReport {
     }
 }
 
-fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "no VmRSS".to_string())
+        .context("no VmRSS")
 }
 
 /// The resident memory of whichever node leads now.
-async fn leader_rss(cluster: &mut LocalCluster) -> Result<u64, String> {
-    let status = cluster
-        .status(Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
-    let leader = leader_of(&status).ok_or("no leader")?;
-    let pid = cluster.node(leader).ok_or("no leader process")?.pid();
+async fn leader_rss(cluster: &mut LocalCluster) -> anyhow::Result<u64> {
+    let status = cluster.status(Duration::from_secs(5)).await?;
+    let leader = leader_of(&status).context("no leader")?;
+    let pid = cluster.node(leader).context("no leader process")?.pid();
     rss_kib(pid)
 }
 
@@ -78,17 +75,18 @@ async fn leader_rss(cluster: &mut LocalCluster) -> Result<u64, String> {
 ///
 /// # Errors
 /// The cluster could not be started, or a stream failed.
-pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
+pub async fn memory(spec: &MemorySpec) -> anyhow::Result<MemoryReport> {
     if spec.sessions < spec.streams {
         // Otherwise one session's bids travel on several streams and overtake each other.
-        return Err("there must be at least as many sessions as streams".into());
+        bail!("there must be at least as many sessions as streams");
     }
-    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin).map_err(|e| e.to_string())?;
+    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin)?;
     cluster_spec.node_args = vec!["--duration".into(), "36000".into()];
     let mut cluster = LocalCluster::new(cluster_spec, Transcript::new(false));
     cluster
         .start_nodes(&[5400, 5401, 5402], Duration::from_secs(30))
-        .await?;
+        .await
+        .map_err(anyhow::Error::msg)?;
     let mut rss = vec![leader_rss(&mut cluster).await?];
     let url = format!("http://{}", cluster.spec.client_addr());
     // Every bid sent takes the next number: its amount, and (spread over the sessions) its
@@ -102,15 +100,9 @@ pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
             let (url, sent, accepted) = (url.clone(), sent.clone(), accepted.clone());
             let sessions = spec.sessions;
             tasks.push(tokio::spawn(async move {
-                let mut client = AuctionClient::connect(url)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut client = AuctionClient::connect(url).await?;
                 let (tx, rx) = mpsc::channel(16);
-                let mut replies = client
-                    .session(ReceiverStream::new(rx))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner();
+                let mut replies = client.session(ReceiverStream::new(rx)).await?.into_inner();
                 while accepted.load(Ordering::Relaxed) < goal {
                     let n = sent.fetch_add(1, Ordering::Relaxed);
                     let session = 1 + n % sessions;
@@ -127,23 +119,19 @@ pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
                         tag: n,
                         op: Some(session_request::Op::Bid(bid)),
                     };
-                    tx.send(request).await.map_err(|e| e.to_string())?;
-                    let reply = replies
-                        .message()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or("stream ended")?;
+                    tx.send(request).await?;
+                    let reply = replies.message().await?.context("stream ended")?;
                     if let Some(pb::session_reply::Reply::Decision(d)) = reply.reply
                         && d.decision.is_some_and(|d| d.accepted)
                     {
                         accepted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok::<(), String>(())
+                anyhow::Ok(())
             }));
         }
         for t in tasks {
-            t.await.map_err(|e| e.to_string())??;
+            t.await??;
         }
         rss.push(leader_rss(&mut cluster).await?);
     }

@@ -7,7 +7,8 @@ pub mod echo {
     tonic::include_proto!("bench.echo.v1");
 }
 
-/// The subset of etcd's KV API that `auction-bench --target etcd` uses (`proto/etcd_kv.proto`).
+/// The subset of etcd's API that `auction-bench --target etcd` uses (`proto/etcd_kv.proto`):
+/// its KV service, and the Maintenance service's Status.
 #[allow(clippy::all, clippy::pedantic)]
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");

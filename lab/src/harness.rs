@@ -80,10 +80,8 @@ impl Harness {
         let mut h = Self {
             cluster: LocalCluster::new(spec, Transcript::new(false)),
         };
-        h.cluster.start(ids[0]).expect("start leader");
-        h.wait_leader(ids[0]).await;
-        for &id in &ids[1..] {
-            h.start_member(id).await;
+        if let Err(e) = h.cluster.start_nodes(ids, WAIT).await {
+            panic!("{e}");
         }
         h
     }
@@ -98,31 +96,9 @@ impl Harness {
     /// Waits until the leader lists node `id`'s current process (same pid) as a member. Fails as
     /// soon as the process exits instead.
     pub async fn wait_member(&mut self, id: u16) -> StatusReply {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut client = self.cluster.client(Duration::from_millis(500));
-        loop {
-            let pid = self.cluster.node(id).expect("known node").pid();
-            let last = match client.status().await {
-                Ok(s)
-                    if s.members
-                        .iter()
-                        .any(|m| m.id == u32::from(id) && m.pid == pid) =>
-                {
-                    return s;
-                }
-                Ok(s) => format!("{s:?}"),
-                Err(e) => e.to_string(),
-            };
-            let node = self.cluster.node(id).expect("known node");
-            assert!(
-                !node.exited(),
-                "node {id} exited instead of becoming a member; last status: {last}"
-            );
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {id} did not become a member within {WAIT:?}; last status: {last}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match self.cluster.wait_members(&[id], WAIT).await {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
         }
     }
 

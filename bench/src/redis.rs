@@ -1,102 +1,205 @@
-//! Redis under failover: a Sentinel-aware client, and the primary the Sentinels name as the
-//! leader a failover run kills.
+//! Redis: the bid and its client, for load runs against one primary and for failover runs
+//! through Sentinel; and the primary the Sentinels name as the leader a failover run kills.
 //!
-//! A bid is the same Lua script as under load, followed by `WAIT 1`: the bid is on a majority of
-//! the three servers. (`WAIT 2`, as under load, cannot be met between the kill and the killed
-//! server's return, so it would measure the restart rather than the failover.)
+//! A bid is a Lua script that accepts only a higher amount, followed by `WAIT` for replicas
+//! (pipelined). Under load it waits for both replicas, as the auction replicates synchronously;
+//! under failover for one, so the bid is on a majority of the three servers (two cannot be met
+//! between the kill and the killed server's return, so they would measure the restart rather
+//! than the failover).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::{Context, anyhow, bail};
 use tokio::time::{Instant, timeout};
 
-use super::failover::{
-    BID_BUDGET, Backoff, Bidder, FaultMode, FaultTarget, kill_listener, request_restart,
-    until_whole,
-};
+use super::client::{Bidder, Patience, Retries};
+use super::failover::{FaultMode, FaultTarget, kill_listener, request_restart, until_whole};
 use super::resp::{Conn, Value};
-use super::{KEY_BIDDER, KEY_HIGHEST, REDIS_BID};
+use super::{KEY_BIDDER, KEY_HIGHEST};
 
-/// The longest one attempt (ask a Sentinel, connect, bid) may take before it is given up and the
-/// Sentinels are asked again: far above a bid's latency, well below Sentinel's detection time.
-const ATTEMPT: Duration = Duration::from_millis(500);
-
-/// The bid's replication wait: one replica, for at most 250 ms (then the attempt fails and is
-/// made again).
-const WAIT: [&[u8]; 3] = [b"WAIT", b"1", b"250"];
+/// The bid: sets the highest bid and bidder only if the amount is higher.
+const BID_SCRIPT: &str = "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') \
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]); \
+redis.call('SET', KEYS[2], ARGV[2]); return 1 end return 0";
 
 /// The process name of a Redis server (`/proc/PID/comm`).
 const REDIS_PROGRAM: &str = "redis-server";
 
-/// A client that finds the primary through the Sentinels and, after any error, asks them again
-/// and reconnects.
-pub(super) struct SentinelClient {
-    sentinels: Vec<SocketAddr>,
-    master: String,
-    name: Vec<u8>,
-    /// Which Sentinel is asked first; moves on after every failed attempt.
-    first: usize,
-    conn: Option<Conn>,
+/// How many replicas a bid waits for (`WAIT replicas timeout_ms`) before it counts as answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wait {
+    pub(crate) replicas: u32,
+    pub(crate) timeout_ms: u32,
 }
 
-impl SentinelClient {
-    /// Client `i`, bidding as `name`. It connects at its first bid.
-    pub(super) fn new(sentinels: Vec<SocketAddr>, master: String, name: Vec<u8>, i: usize) -> Self {
+impl Wait {
+    /// Under load: both replicas, as the auction replicates to every member.
+    pub(crate) const BOTH_REPLICAS: Self = Self {
+        replicas: 2,
+        timeout_ms: 1000,
+    };
+    /// Under failover: one replica, for at most 250 ms (then the attempt fails and is made
+    /// again).
+    pub(crate) const ONE_REPLICA: Self = Self {
+        replicas: 1,
+        timeout_ms: 250,
+    };
+}
+
+/// Loads the bid script on `conn`; returns its SHA, for `EVALSHA`.
+async fn load_script(conn: &mut Conn) -> anyhow::Result<Vec<u8>> {
+    match conn
+        .call(&[b"SCRIPT", b"LOAD", BID_SCRIPT.as_bytes()])
+        .await?
+    {
+        Value::Bulk(Some(sha)) => Ok(sha),
+        other => bail!("SCRIPT LOAD answered {other:?}"),
+    }
+}
+
+/// Sends one bid on `conn`: the script (`sha`, loaded there) and the `WAIT`, pipelined. `Ok`
+/// once the bid was accepted or refused, and is on `wait.replicas` replicas.
+async fn send_bid(
+    conn: &mut Conn,
+    sha: &[u8],
+    amount: u64,
+    name: &[u8],
+    wait: Wait,
+) -> anyhow::Result<()> {
+    let amount = amount.to_string();
+    let eval: [&[u8]; 7] = [
+        b"EVALSHA",
+        sha,
+        b"2",
+        KEY_HIGHEST,
+        KEY_BIDDER,
+        amount.as_bytes(),
+        name,
+    ];
+    let (replicas, wait_ms) = (wait.replicas.to_string(), wait.timeout_ms.to_string());
+    conn.queue(&eval).await?;
+    conn.queue(&[b"WAIT", replicas.as_bytes(), wait_ms.as_bytes()])
+        .await?;
+    match conn.finish(2).await?.as_slice() {
+        [Value::Int(0 | 1), Value::Int(acked)] if *acked >= i64::from(wait.replicas) => Ok(()),
+        other => bail!("the bid was answered {other:?}"),
+    }
+}
+
+/// Deletes the auction's keys on the primary at `primary`, so bids start from nothing.
+pub(crate) async fn reset(primary: SocketAddr) -> anyhow::Result<()> {
+    let mut conn = Conn::connect(primary).await?;
+    match conn.call(&[b"DEL", KEY_HIGHEST, KEY_BIDDER]).await? {
+        Value::Int(_) => Ok(()),
+        other => bail!("DEL answered {other:?}"),
+    }
+}
+
+/// Where a client finds the primary.
+pub(crate) enum Primary {
+    /// Always at this address.
+    At(SocketAddr),
+    /// Wherever the Sentinels say, asked again after any error, each time another Sentinel
+    /// first (starting at `first`).
+    Sentinels {
+        sentinels: Vec<SocketAddr>,
+        master: String,
+        first: usize,
+    },
+}
+
+/// A Redis client: it finds the primary, connects and loads the bid script there at its first
+/// request, and after any error drops its connection and starts over.
+pub(crate) struct RedisBidder {
+    primary: Primary,
+    wait: Wait,
+    patience: Patience,
+    name: Vec<u8>,
+    /// The connection to the primary, and the bid script's SHA there.
+    conn: Option<(Conn, Vec<u8>)>,
+}
+
+/// One request.
+#[derive(Clone, Copy)]
+enum Op {
+    Bid(u64),
+    Read,
+}
+
+impl RedisBidder {
+    /// A client bidding as `name`, its bids waiting for `wait`.
+    pub(crate) fn new(primary: Primary, wait: Wait, name: &str, patience: Patience) -> Self {
         Self {
-            sentinels,
-            master,
-            name,
-            first: i,
+            primary,
+            wait,
+            patience,
+            name: name.as_bytes().to_vec(),
             conn: None,
         }
     }
 
-    async fn attempt(&mut self, amount: &[u8]) -> Result<(), String> {
-        let conn = match &mut self.conn {
+    async fn attempt(&mut self, op: Op) -> anyhow::Result<()> {
+        let (conn, sha) = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let primary = ask_primary(&self.sentinels, self.first, &self.master).await?;
-                let conn = Conn::connect(primary)
+                let primary = match &self.primary {
+                    Primary::At(addr) => *addr,
+                    Primary::Sentinels {
+                        sentinels,
+                        master,
+                        first,
+                    } => ask_primary(sentinels, *first, master).await?,
+                };
+                let mut conn = Conn::connect(primary)
                     .await
-                    .map_err(|e| format!("connecting to the primary {primary}: {e}"))?;
-                self.conn.insert(conn)
+                    .with_context(|| format!("connecting to the primary {primary}"))?;
+                let sha = load_script(&mut conn).await?;
+                self.conn.insert((conn, sha))
             }
         };
-        let eval: [&[u8]; 7] = [
-            b"EVAL",
-            REDIS_BID.as_bytes(),
-            b"2",
-            KEY_HIGHEST,
-            KEY_BIDDER,
-            amount,
-            &self.name,
-        ];
-        conn.queue(&eval).await.map_err(|e| e.to_string())?;
-        conn.queue(&WAIT).await.map_err(|e| e.to_string())?;
-        match conn.finish(2).await.map_err(|e| e.to_string())?.as_slice() {
-            // Accepted or refused, and on a replica.
-            [Value::Int(0 | 1), Value::Int(acked)] if *acked >= 1 => Ok(()),
-            other => Err(format!("the bid was answered {other:?}")),
+        match op {
+            Op::Bid(amount) => send_bid(conn, sha, amount, &self.name, self.wait).await,
+            Op::Read => match conn.call(&[b"MGET", KEY_HIGHEST, KEY_BIDDER]).await? {
+                Value::Array(Some(_)) => Ok(()),
+                other => bail!("MGET answered {other:?}"),
+            },
+        }
+    }
+
+    /// `op`, attempted again within the patience after any error.
+    async fn request(&mut self, op: Op) -> anyhow::Result<()> {
+        let mut retries = Retries::new(self.patience.budget);
+        loop {
+            let error = match timeout(self.patience.attempt, self.attempt(op)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => anyhow!("no answer within {:?}", self.patience.attempt),
+            };
+            // Whatever failed, find the primary again (asking another Sentinel first) and
+            // reconnect.
+            self.conn = None;
+            if let Primary::Sentinels { first, .. } = &mut self.primary {
+                *first = first.wrapping_add(1);
+            }
+            if !retries.wait().await {
+                return Err(error.context(format!(
+                    "no answer from Redis within {:?}",
+                    self.patience.budget
+                )));
+            }
         }
     }
 }
 
-impl Bidder for SentinelClient {
-    async fn bid(&mut self, amount: u64) -> Result<bool, String> {
-        let amount = amount.to_string();
-        let mut backoff = Backoff::new(BID_BUDGET);
-        loop {
-            if let Ok(Ok(())) = timeout(ATTEMPT, self.attempt(amount.as_bytes())).await {
-                return Ok(true);
-            }
-            // Whatever failed, ask the Sentinels again (another one first) and reconnect.
-            self.conn = None;
-            self.first = self.first.wrapping_add(1);
-            if !backoff.wait().await {
-                return Ok(false);
-            }
-        }
+impl Bidder for RedisBidder {
+    async fn bid(&mut self, amount: u64) -> anyhow::Result<()> {
+        self.request(Op::Bid(amount)).await
+    }
+
+    async fn read(&mut self) -> anyhow::Result<()> {
+        self.request(Op::Read).await
     }
 }
 
@@ -105,64 +208,62 @@ async fn ask_primary(
     sentinels: &[SocketAddr],
     first: usize,
     master: &str,
-) -> Result<SocketAddr, String> {
-    let mut last = String::from("no Sentinel addresses");
+) -> anyhow::Result<SocketAddr> {
+    let mut last = anyhow!("no Sentinel addresses");
     for k in 0..sentinels.len() {
         let Some(&sentinel) = sentinels.get(first.wrapping_add(k) % sentinels.len()) else {
             continue;
         };
         match ask_sentinel(sentinel, master).await {
             Ok(addr) => return Ok(addr),
-            Err(e) => last = format!("Sentinel {sentinel}: {e}"),
+            Err(e) => last = e.context(format!("Sentinel {sentinel}")),
         }
     }
     Err(last)
 }
 
-async fn ask_sentinel(sentinel: SocketAddr, master: &str) -> Result<SocketAddr, String> {
-    let mut conn = Conn::connect(sentinel).await.map_err(|e| e.to_string())?;
+async fn ask_sentinel(sentinel: SocketAddr, master: &str) -> anyhow::Result<SocketAddr> {
+    let mut conn = Conn::connect(sentinel).await?;
     let reply = conn
         .call(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()])
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let (host, port) = master_addr(&reply, master)?;
     tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
+        .with_context(|| format!("resolving {host}"))?
         .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))
+        .with_context(|| format!("{host} resolves to no address"))
 }
 
 /// The host and port in a reply to `SENTINEL get-master-addr-by-name`.
-fn master_addr(reply: &Value, master: &str) -> Result<(String, u16), String> {
+fn master_addr(reply: &Value, master: &str) -> anyhow::Result<(String, u16)> {
     match reply {
         Value::Array(Some(items)) => match items.as_slice() {
             [Value::Bulk(Some(host)), Value::Bulk(Some(port))] => {
-                let host =
-                    String::from_utf8(host.clone()).map_err(|_| "a host that is not UTF-8")?;
+                let host = String::from_utf8(host.clone()).context("a host that is not UTF-8")?;
                 let port = std::str::from_utf8(port)
                     .ok()
                     .and_then(|p| p.parse().ok())
-                    .ok_or("a port that is not a number")?;
+                    .context("a port that is not a number")?;
                 Ok((host, port))
             }
-            _ => Err(format!("unexpected reply {reply:?}")),
+            _ => bail!("unexpected reply {reply:?}"),
         },
         Value::Array(None) | Value::Bulk(None) => {
-            Err(format!("the Sentinel monitors no master named {master:?}"))
+            bail!("the Sentinel monitors no master named {master:?}")
         }
-        Value::Error(e) => Err(e.clone()),
-        _ => Err(format!("unexpected reply {reply:?}")),
+        Value::Error(e) => bail!("{e}"),
+        _ => bail!("unexpected reply {reply:?}"),
     }
 }
 
 /// The field-value pairs of a reply such as `SENTINEL master NAME`.
-fn pairs(reply: &Value) -> Result<HashMap<String, String>, String> {
+fn pairs(reply: &Value) -> anyhow::Result<HashMap<String, String>> {
     let Value::Array(Some(items)) = reply else {
-        return match reply {
-            Value::Error(e) => Err(e.clone()),
-            _ => Err(format!("unexpected reply {reply:?}")),
-        };
+        match reply {
+            Value::Error(e) => bail!("{e}"),
+            _ => bail!("unexpected reply {reply:?}"),
+        }
     };
     let text = |v: &Value| match v {
         Value::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -175,7 +276,7 @@ fn pairs(reply: &Value) -> Result<HashMap<String, String>, String> {
             _ => None,
         })
         .collect::<Option<_>>()
-        .ok_or_else(|| format!("unexpected reply {reply:?}"))
+        .with_context(|| format!("unexpected reply {reply:?}"))
 }
 
 /// From `INFO replication`: whether the server is a primary, and how many replicas are online.
@@ -216,52 +317,45 @@ impl RedisCluster {
     }
 
     /// Deletes the auction's keys, so bids start from nothing.
-    pub(super) async fn reset(&mut self) -> Result<(), String> {
-        let work = async {
-            let primary = ask_primary(&self.sentinels, 0, &self.master).await?;
-            let mut conn = Conn::connect(primary).await.map_err(|e| e.to_string())?;
-            match conn.call(&[b"DEL", KEY_HIGHEST, KEY_BIDDER]).await {
-                Ok(Value::Int(_)) => Ok(()),
-                other => Err(format!("DEL answered {other:?}")),
-            }
-        };
+    pub(super) async fn reset(&mut self) -> anyhow::Result<()> {
+        let work = async { reset(ask_primary(&self.sentinels, 0, &self.master).await?).await };
         timeout(Duration::from_secs(5), work)
             .await
-            .map_err(|_| "the Redis primary did not answer".to_string())?
+            .context("the Redis primary did not answer")?
     }
 
     /// The primary, once the cluster is whole: every Sentinel knows the others, names the same
     /// primary and sees it up, and knows of at least one replica; every replica a Sentinel
     /// knows of is up and linked to the primary in its view, and online on the primary. (A
     /// Sentinel promotes only a replica it has seen so.)
-    async fn check(&self) -> Result<SocketAddr, String> {
+    async fn check(&self) -> anyhow::Result<SocketAddr> {
         let mut agreed: Option<(SocketAddr, usize)> = None;
         for &sentinel in &self.sentinels {
             let (primary, known) = self
                 .sentinel_view(sentinel)
                 .await
-                .map_err(|e| format!("Sentinel {sentinel}: {e}"))?;
+                .with_context(|| format!("Sentinel {sentinel}"))?;
             match agreed {
                 Some((seen, _)) if seen != primary => {
-                    return Err(format!("the Sentinels name {seen} and {primary}"));
+                    bail!("the Sentinels name {seen} and {primary}");
                 }
                 Some((_, most)) => agreed = Some((primary, most.max(known))),
                 None => agreed = Some((primary, known)),
             }
         }
-        let (primary, known) = agreed.ok_or("no Sentinel addresses")?;
+        let (primary, known) = agreed.context("no Sentinel addresses")?;
         let mut conn = Conn::connect(primary)
             .await
-            .map_err(|e| format!("the primary {primary}: {e}"))?;
+            .with_context(|| format!("the primary {primary}"))?;
         let info = match conn.call(&[b"INFO", b"replication"]).await {
             Ok(Value::Bulk(Some(b))) => String::from_utf8_lossy(&b).into_owned(),
-            other => return Err(format!("INFO answered {other:?}")),
+            other => bail!("INFO answered {other:?}"),
         };
         match replication(&info) {
-            (false, _) => Err(format!("{primary} is not a primary yet")),
-            (true, online) if online < known => Err(format!(
-                "{online} of {known} replicas are online on {primary}"
-            )),
+            (false, _) => bail!("{primary} is not a primary yet"),
+            (true, online) if online < known => {
+                bail!("{online} of {known} replicas are online on {primary}")
+            }
             (true, _) => Ok(primary),
         }
     }
@@ -270,49 +364,43 @@ impl RedisCluster {
 impl RedisCluster {
     /// What `sentinel` sees: the primary, and how many replicas it knows of, when it sees the
     /// primary, the other Sentinels, and at least one replica, all up.
-    async fn sentinel_view(&self, sentinel: SocketAddr) -> Result<(SocketAddr, usize), String> {
-        let mut conn = Conn::connect(sentinel).await.map_err(|e| e.to_string())?;
+    async fn sentinel_view(&self, sentinel: SocketAddr) -> anyhow::Result<(SocketAddr, usize)> {
+        let mut conn = Conn::connect(sentinel).await?;
         let name = self.master.as_bytes();
-        let reply = conn
-            .call(&[b"SENTINEL", b"master", name])
-            .await
-            .map_err(|e| e.to_string())?;
+        let reply = conn.call(&[b"SENTINEL", b"master", name]).await?;
         let primary = pairs(&reply)?;
         let field = |k: &str| primary.get(k).map(String::as_str).unwrap_or_default();
         if field("flags") != "master" {
-            return Err(format!("flags the primary {}", field("flags")));
+            bail!("flags the primary {}", field("flags"));
         }
         let ip: std::net::IpAddr = field("ip")
             .parse()
-            .map_err(|_| format!("names the primary's ip {:?}", field("ip")))?;
+            .with_context(|| format!("names the primary's ip {:?}", field("ip")))?;
         let port: u16 = field("port")
             .parse()
-            .map_err(|_| format!("names the primary's port {:?}", field("port")))?;
+            .with_context(|| format!("names the primary's port {:?}", field("port")))?;
         let others: usize = field("num-other-sentinels").parse().unwrap_or(0);
         if others + 1 < self.sentinels.len() {
-            return Err(format!("knows {others} other Sentinels"));
+            bail!("knows {others} other Sentinels");
         }
-        let reply = conn
-            .call(&[b"SENTINEL", b"replicas", name])
-            .await
-            .map_err(|e| e.to_string())?;
+        let reply = conn.call(&[b"SENTINEL", b"replicas", name]).await?;
         let Value::Array(Some(replicas)) = reply else {
-            return Err(format!("listed the replicas as {reply:?}"));
+            bail!("listed the replicas as {reply:?}");
         };
         if replicas.is_empty() {
-            return Err("knows of no replica".into());
+            bail!("knows of no replica");
         }
         for replica in &replicas {
             let replica = pairs(replica)?;
             let field = |k: &str| replica.get(k).map(String::as_str).unwrap_or_default();
             if field("flags") != "slave" || field("master-link-status") != "ok" {
-                return Err(format!(
+                bail!(
                     "sees the replica {}:{} as {}, link {}",
                     field("ip"),
                     field("port"),
                     field("flags"),
                     field("master-link-status")
-                ));
+                );
             }
         }
         Ok((SocketAddr::new(ip, port), replicas.len()))
@@ -322,15 +410,15 @@ impl RedisCluster {
 impl FaultTarget for RedisCluster {
     type Leader = SocketAddr;
 
-    async fn whole(&mut self, patience: Duration) -> Result<SocketAddr, String> {
+    async fn whole(&mut self, patience: Duration) -> anyhow::Result<SocketAddr> {
         until_whole("Redis", patience, || self.check()).await
     }
 
-    async fn fault(&mut self, leader: &SocketAddr, _mode: FaultMode) -> Result<Instant, String> {
+    async fn fault(&mut self, leader: &SocketAddr, _mode: FaultMode) -> anyhow::Result<Instant> {
         kill_listener(*leader, REDIS_PROGRAM)
     }
 
-    async fn restore(&mut self, leader: SocketAddr, patience: Duration) -> Result<(), String> {
+    async fn restore(&mut self, leader: SocketAddr, patience: Duration) -> anyhow::Result<()> {
         request_restart(leader, self.restart, patience).await
     }
 }
@@ -350,7 +438,9 @@ mod tests {
             master_addr(&reply, "auction").unwrap(),
             ("127.0.0.1".into(), 17002)
         );
-        let unknown = master_addr(&Value::Array(None), "auction").unwrap_err();
+        let unknown = master_addr(&Value::Array(None), "auction")
+            .unwrap_err()
+            .to_string();
         assert!(unknown.contains("no master named"), "{unknown}");
         let bad_port = Value::Array(Some(vec![bulk("127.0.0.1"), bulk("port")]));
         assert!(master_addr(&bad_port, "auction").is_err());
@@ -423,7 +513,8 @@ mod tests {
         let bids = std::sync::Arc::new(AtomicUsize::new(0));
         let counted = bids.clone();
         let (addr, task) = serve(move |command| match command.first().map(Vec::as_slice) {
-            Some(b"EVAL") => {
+            Some(b"SCRIPT") => format!("$40\r\n{}\r\n", "0".repeat(40)),
+            Some(b"EVALSHA") => {
                 counted.fetch_add(1, Ordering::Relaxed);
                 ":1\r\n".into()
             }
@@ -455,14 +546,23 @@ mod tests {
             )
         })
         .await;
-        let mut client = SentinelClient::new(vec![sentinel], "auction".into(), b"b0".to_vec(), 0);
-        assert_eq!(client.bid(1).await, Ok(true));
+        let sentinels = Primary::Sentinels {
+            sentinels: vec![sentinel],
+            master: "auction".into(),
+            first: 0,
+        };
+        let patience = Patience {
+            attempt: Duration::from_millis(500),
+            budget: Duration::from_secs(30),
+        };
+        let mut client = RedisBidder::new(sentinels, Wait::ONE_REPLICA, "b0", patience);
+        client.bid(1).await.unwrap();
         assert_eq!(a_bids.load(Ordering::Relaxed), 1);
         // The primary dies with the client's connection open; the Sentinel names another.
         a_task.abort();
         let _ = a_task.await;
         *named.lock().unwrap() = b;
-        assert_eq!(client.bid(2).await, Ok(true));
+        client.bid(2).await.unwrap();
         assert_eq!(a_bids.load(Ordering::Relaxed), 1);
         assert_eq!(b_bids.load(Ordering::Relaxed), 1);
     }
