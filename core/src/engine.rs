@@ -52,6 +52,19 @@ pub struct Timing {
     pub spin: Duration,
 }
 
+/// How a read is confirmed before it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// From the leader's committed state: sound where a fence stops the deposed leader's
+    /// process (one host: SIGKILL), so no deposed leader is left to answer.
+    Local,
+    /// Through the members: a read waits until every member acknowledged a message sent after
+    /// it arrived (a barrier, batched with the changes). A deposed leader cannot get that ack
+    /// from the member that replaced it, so it never answers from its old state
+    /// (docs/design.md, "Multi-host mode").
+    Barrier,
+}
+
 /// A request the engine orders: a change, or a linearizable read.
 #[derive(Debug)]
 pub enum Request {
@@ -129,6 +142,10 @@ pub enum Event<R> {
     Left { conn: ConnId },
     /// The stream could not take another message: the replica is hopelessly behind.
     Backlogged { conn: ConnId },
+    /// The authority recorded `node` as a member: its join may be committed.
+    Admitted { node: Member },
+    /// The authority could not record `node` as a member.
+    AdmitFailed { node: Member, why: String },
     /// The authority confirmed that `node` can act no more.
     Fenced { node: Member },
     /// The authority could not fence `node`.
@@ -180,6 +197,9 @@ pub enum Action<R> {
     Refuse { to: R },
     /// Refuse a joining node and close its stream.
     RefuseJoin { conn: ConnId, why: JoinRefusal },
+    /// Record `node`, which holds the state, as a member with the authority, then report
+    /// [`Event::Admitted`] or [`Event::AdmitFailed`].
+    Admit { node: Member },
     /// Fence `node` through the authority, then report [`Event::Fenced`] or
     /// [`Event::FenceFailed`].
     Fence { node: Member },
@@ -191,10 +211,12 @@ pub enum Action<R> {
     Stop,
 }
 
-/// A batch whose replies wait for every member to apply `version`.
+/// A batch whose replies wait for every member to apply `version` (and, for a read barrier,
+/// to acknowledge the message numbered beside its stream).
 #[derive(Debug)]
 struct Round<R> {
     version: u64,
+    barrier: Vec<(ConnId, u64)>,
     replies: Vec<(R, Reply)>,
 }
 
@@ -209,6 +231,8 @@ pub struct Engine<R> {
     clock: ClockReading,
     followers: Followers<()>,
     timing: Timing,
+    /// How reads are confirmed.
+    reads: Reads,
     /// Requests that arrived since the last batch went out.
     queued: Vec<(Request, R)>,
     /// Membership and clock changes that arrived since the last batch went out.
@@ -217,6 +241,8 @@ pub struct Engine<R> {
     rounds: VecDeque<Round<R>>,
     /// Members whose fence was asked for and is not yet confirmed or failed.
     fencing: Vec<Member>,
+    /// Joiners whose admission was asked for and is not yet recorded or failed.
+    admitting: Vec<Member>,
     /// Set once the node was asked to stop: until then, the leader answers what it has taken
     /// (every batch in flight must commit), refuses what comes new, then hands over.
     leaving_by: Option<Instant>,
@@ -229,13 +255,14 @@ pub struct Engine<R> {
 impl<R> Engine<R> {
     /// The engine of a leader `me` on `state`, whose auction clock resumes from `clock`.
     /// `initial` changes (opening the first auction, or taking over from a failed leader) form
-    /// the first batch, at the first [`Engine::advance`].
+    /// the first batch, at the first [`Engine::advance`]. `reads` says how reads are confirmed.
     pub fn new(
         me: Member,
         state: ClusterState,
         clock: ClockReading,
         initial: Vec<ChangeKind>,
         timing: Timing,
+        reads: Reads,
     ) -> Self {
         Self {
             me,
@@ -243,10 +270,12 @@ impl<R> Engine<R> {
             clock,
             followers: Followers::default(),
             timing,
+            reads,
             queued: Vec::new(),
             queued_changes: initial,
             rounds: VecDeque::new(),
             fencing: Vec::new(),
+            admitting: Vec::new(),
             leaving_by: None,
             stopped: false,
             actions: Vec::new(),
@@ -350,6 +379,29 @@ impl<R> Engine<R> {
                     } else {
                         self.followers.detach(conn);
                     }
+                }
+            }
+            Event::Admitted { node } => {
+                self.admitting.retain(|m| *m != node);
+                let synced = self
+                    .followers
+                    .conn_of(node.id)
+                    .and_then(|c| self.followers.get(c))
+                    .is_some_and(|f| f.node == node && f.synced());
+                if synced && !self.state.has_member(&node) {
+                    info!(node = %node.id, "adding member");
+                    self.queued_changes.push(ChangeKind::Join(node));
+                }
+            }
+            Event::AdmitFailed { node, why } => {
+                self.admitting.retain(|m| *m != node);
+                warn!(node = %node.id, "cannot record the member: {why}");
+                if let Some(conn) = self.followers.conn_of(node.id)
+                    && self.followers.get(conn).is_some_and(|f| f.node == node)
+                {
+                    self.followers.detach(conn);
+                    let why = JoinRefusal::Unchecked { id: node.id, why };
+                    self.actions.push(Action::RefuseJoin { conn, why });
                 }
             }
             Event::Fenced { node } => {
@@ -479,9 +531,10 @@ impl<R> Engine<R> {
             let node = f.node;
             if self.state.has_member(&node) {
                 info!(node = %node.id, version, "member rejoined");
-            } else {
-                info!(node = %node.id, version, "state sync done, adding member");
-                self.queued_changes.push(ChangeKind::Join(node));
+            } else if !self.admitting.contains(&node) {
+                info!(node = %node.id, version, "state sync done, admitting the member");
+                self.admitting.push(node);
+                self.actions.push(Action::Admit { node });
             }
         }
     }
@@ -571,7 +624,11 @@ impl<R> Engine<R> {
     fn take_committed(&mut self) -> Vec<Round<R>> {
         let mut committed = Vec::new();
         while let Some(round) = self.rounds.front() {
-            if !self.followers.committed(&self.state, round.version) {
+            let barrier_passed = round
+                .barrier
+                .iter()
+                .all(|(conn, seq)| self.followers.get(*conn).is_none_or(|f| f.acked >= *seq));
+            if !barrier_passed || !self.followers.committed(&self.state, round.version) {
                 break;
             }
             committed.extend(self.rounds.pop_front());
@@ -621,7 +678,11 @@ impl<R> Engine<R> {
             };
             replies.push((to, reply));
         }
-        if !changes.is_empty() {
+        // Reads through the members: a batch of reads alone still goes out, empty, as a
+        // barrier that every member must acknowledge.
+        let barrier = reads && self.reads == Reads::Barrier;
+        let mut sent_to = Vec::new();
+        if !changes.is_empty() || barrier {
             debug!(
                 version = self.state.version,
                 changes = changes.len(),
@@ -633,6 +694,9 @@ impl<R> Engine<R> {
                 .filter_map(|c| self.followers.on_sent(c, at).map(|seq| (c, seq)))
                 .collect();
             if !to.is_empty() {
+                if barrier {
+                    sent_to.clone_from(&to);
+                }
                 self.actions.push(Action::Append {
                     to,
                     append: Append {
@@ -649,6 +713,7 @@ impl<R> Engine<R> {
         });
         self.rounds.push_back(Round {
             version: self.state.version,
+            barrier: sent_to,
             replies,
         });
     }
@@ -754,6 +819,7 @@ mod tests {
             reading,
             vec![opening],
             timing,
+            Reads::Local,
         );
         e.advance(clock.at(0));
         e.take_actions();
@@ -779,6 +845,7 @@ mod tests {
             },
             clock.at(ms),
         );
+        e.handle(Event::Admitted { node: node(id) }, clock.at(ms));
         e.advance(clock.at(ms));
         // The Join change goes out to every follower, the joiner among them.
         ack_all(e, clock, ms);
@@ -940,8 +1007,8 @@ mod tests {
         );
         e.advance(clock.at(22));
         assert_eq!(replies(&e.take_actions()), [1], "the only member acked");
-        // Node 3 applies its snapshot: it is synced, and its Join is the next change. From
-        // now on, a commit waits for it too.
+        // Node 3 applies its snapshot: it is synced, the authority records it, and its Join is
+        // the next change. From now on, a commit waits for it too.
         e.handle(
             Event::Ack {
                 conn: 30,
@@ -950,6 +1017,10 @@ mod tests {
             },
             clock.at(23),
         );
+        assert!(
+            matches!(e.take_actions().as_slice(), [Action::Admit { node: n }] if *n == node(3))
+        );
+        e.handle(Event::Admitted { node: node(3) }, clock.at(23));
         e.handle(
             Event::Request {
                 request: bid(6),
@@ -1201,6 +1272,7 @@ mod tests {
             },
             clock.at(2),
         );
+        e.handle(Event::Admitted { node: impostor }, clock.at(2));
         e.advance(clock.at(2));
         ack_all(&mut e, &clock, 3);
         assert!(e.state().has_member(&impostor));
@@ -1249,5 +1321,91 @@ mod tests {
         )));
         assert!(matches!(actions.last(), Some(Action::Stop)));
         assert!(e.stopped());
+    }
+
+    /// With reads through the members, a read waits for every member's ack of a barrier sent
+    /// after it arrived, even when nothing changed: a deposed leader, whose members have moved
+    /// on, never answers from its old state.
+    #[test]
+    fn a_barrier_read_is_answered_only_after_every_member_acked_a_later_message() {
+        let clock = Clock(Instant::now());
+        let mut e = leader(&clock);
+        e.reads = Reads::Barrier;
+        join(&mut e, &clock, 0, 2, 20);
+        e.handle(
+            Event::Request {
+                request: Request::Read,
+                reply: 1,
+            },
+            clock.at(1),
+        );
+        e.advance(clock.at(1));
+        let actions = e.take_actions();
+        assert!(replies(&actions).is_empty(), "not from memory");
+        let barrier = sent(&actions);
+        assert_eq!(barrier.len(), 1, "an empty append went out: {actions:?}");
+        let version = e.state().version;
+        // An ack of an earlier message does not pass the barrier.
+        e.handle(
+            Event::Ack {
+                conn: 20,
+                seq: barrier[0].1 - 1,
+                version,
+            },
+            clock.at(2),
+        );
+        e.advance(clock.at(2));
+        assert!(replies(&e.take_actions()).is_empty());
+        e.handle(
+            Event::Ack {
+                conn: 20,
+                seq: barrier[0].1,
+                version,
+            },
+            clock.at(3),
+        );
+        e.advance(clock.at(3));
+        assert_eq!(replies(&e.take_actions()), [1]);
+    }
+
+    #[test]
+    fn a_joiner_is_a_member_only_once_the_authority_recorded_it() {
+        let clock = Clock(Instant::now());
+        let mut e = leader(&clock);
+        e.handle(
+            Event::Join {
+                conn: 20,
+                node: node(2),
+                displaced: Vec::new(),
+            },
+            clock.at(1),
+        );
+        let version = e.state().version;
+        e.handle(
+            Event::Ack {
+                conn: 20,
+                seq: 2,
+                version,
+            },
+            clock.at(1),
+        );
+        e.advance(clock.at(1));
+        assert!(!e.state().has_member(&node(2)), "not before it is recorded");
+        e.handle(
+            Event::AdmitFailed {
+                node: node(2),
+                why: "etcd unreachable".into(),
+            },
+            clock.at(2),
+        );
+        e.advance(clock.at(2));
+        let actions = e.take_actions();
+        assert!(!e.state().has_member(&node(2)));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::RefuseJoin { conn: 20, .. })),
+            "the joiner is sent away to try again: {actions:?}"
+        );
     }
 }
