@@ -10,12 +10,13 @@ use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::auction::Op;
-use crate::auth::{self, ClusterSecret};
+use crate::auth::ClusterSecret;
+use crate::handshake::{self, Challenged, Joined};
 use crate::leader::{Detail, Event, LeaderHandle, Peer, Reply, ReplyTo, Request, Timing};
 use crate::limits::{RateLimit, Unproven};
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
-    ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_leader, from_replica,
+    ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_replica,
 };
 use crate::process::{self, ProcessHandle};
 use crate::replication::Member;
@@ -311,56 +312,6 @@ impl ReplicationService {
     }
 }
 
-/// Checks the first message of a replica's stream: a Join that names a valid node and carries a
-/// challenge of [`auth::NONCE_LEN`] bytes. Returns the node and its challenge.
-///
-/// # Errors
-///
-/// `InvalidArgument` when the message is anything else.
-pub fn check_join(first: Option<FromReplica>) -> Result<(Member, Vec<u8>), Status> {
-    let Some(FromReplica {
-        msg: Some(from_replica::Msg::Join(join)),
-    }) = first
-    else {
-        return Err(Status::invalid_argument("the first message must be Join"));
-    };
-    let node = Member::try_from(join.node.ok_or(WireError::Missing("node"))?)?;
-    if join.nonce.len() != auth::NONCE_LEN {
-        return Err(Status::invalid_argument(format!(
-            "the challenge must be {} bytes",
-            auth::NONCE_LEN
-        )));
-    }
-    Ok((node, join.nonce))
-}
-
-/// Checks the second message of a replica's stream: `node`'s proof that it holds the cluster
-/// secret, over the `(leader's, replica's)` challenges.
-///
-/// # Errors
-///
-/// `Unauthenticated` when the message is not a Prove, or its proof is wrong.
-pub fn check_proof(
-    secret: &ClusterSecret,
-    challenge: (&[u8], &[u8]),
-    node: &Member,
-    proof: Option<FromReplica>,
-) -> Result<(), Status> {
-    let (ours, theirs) = challenge;
-    let Some(FromReplica {
-        msg: Some(from_replica::Msg::Prove(prove)),
-    }) = proof
-    else {
-        return Err(Status::unauthenticated("expected the replica's proof"));
-    };
-    if !secret.verify_replica(ours, theirs, node, &prove.proof) {
-        return Err(Status::unauthenticated(
-            "wrong proof: this node does not hold the cluster secret",
-        ));
-    }
-    Ok(())
-}
-
 /// Checks a joining replica's half of the handshake and that it is who it says: the process
 /// named in its Join holds this very connection (checked when it first joins; a member that
 /// rejoins, after a failover for example, was checked then) and is an `auction-node` of this
@@ -368,13 +319,12 @@ pub fn check_proof(
 /// must be.
 async fn admit(
     secret: &ClusterSecret,
-    challenge: (&[u8], &[u8]),
-    node: &Member,
+    challenged: &Challenged,
     proof: Option<FromReplica>,
     ends: Option<(SocketAddr, SocketAddr)>,
     member: bool,
 ) -> Result<ProcessHandle, Status> {
-    check_proof(secret, challenge, node, proof)?;
+    let node = &challenged.check(secret, proof)?;
     let Some((ours, theirs)) = ends else {
         return Err(Status::failed_precondition(
             "the connection's addresses are unknown",
@@ -422,19 +372,12 @@ impl pb::replication_server::Replication for ReplicationService {
         let first = tokio::time::timeout(timeout, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Join within the timeout"))??;
-        let (node, their_nonce) = check_join(first)?;
-        let nonce = auth::nonce().map_err(|e| Status::unavailable(e.to_string()))?;
-        let challenge = pb::Challenge {
-            leader: Some(self.me.into()),
-            nonce: nonce.to_vec(),
-            proof: self.secret.leader_proof(&their_nonce, &nonce, &self.me),
-        };
+        let joined = Joined::read(first)?;
+        let nonce = handshake::nonce().map_err(|e| Status::unavailable(e.to_string()))?;
+        let (challenged, first) = joined.challenge(&self.secret, self.me, nonce);
+        let node = challenged.replica();
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbound, rx) = tokio::sync::mpsc::channel(crate::leader::OUTBOUND_CAPACITY);
-        let first = FromLeader {
-            seq: 0,
-            msg: Some(from_leader::Msg::Challenge(challenge)),
-        };
         // Invariant: the channel is new and has room.
         outbound
             .try_send(Ok(first))
@@ -446,7 +389,7 @@ impl pb::replication_server::Replication for ReplicationService {
             let proof = tokio::time::timeout(timeout, inbound.message()).await;
             let proof = proof.ok().and_then(Result::ok).flatten();
             let member = leader.is_member(&node);
-            let admitted = admit(&secret, (&nonce, &their_nonce), &node, proof, ends, member);
+            let admitted = admit(&secret, &challenged, proof, ends, member);
             let process = match admitted.await {
                 Ok(p) => p,
                 Err(status) => {
@@ -498,23 +441,7 @@ impl pb::replication_server::Replication for ReplicationService {
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
-
     use super::*;
-    use crate::types::NodeId;
-
-    fn join(id: u32, nonce_len: usize) -> Option<FromReplica> {
-        Some(FromReplica {
-            msg: Some(from_replica::Msg::Join(pb::Join {
-                node: Some(pb::NodeIdentity {
-                    id,
-                    pid: 42,
-                    start_time: 7,
-                }),
-                nonce: vec![3; nonce_len],
-            })),
-        })
-    }
 
     #[test]
     fn a_session_remembers_only_its_last_valid_token() {
@@ -533,48 +460,5 @@ mod tests {
             Some(credential(&b))
         );
         assert_eq!(credentials.of(a.clone()), Ok(credential(&a)));
-    }
-
-    #[test]
-    fn check_join_takes_only_a_valid_join() {
-        let (node, nonce) = check_join(join(5401, auth::NONCE_LEN)).unwrap();
-        assert_eq!((node.id, node.pid, node.start_time), (NodeId(5401), 42, 7));
-        assert_eq!(nonce, vec![3; auth::NONCE_LEN]);
-        for refused in [
-            join(70_000, auth::NONCE_LEN),
-            join(5401, auth::NONCE_LEN - 1),
-            None,
-            Some(FromReplica {
-                msg: Some(from_replica::Msg::Prove(pb::Prove::default())),
-            }),
-        ] {
-            assert_eq!(
-                check_join(refused).unwrap_err().code(),
-                Code::InvalidArgument
-            );
-        }
-    }
-
-    #[test]
-    fn check_proof_takes_only_the_right_proof() {
-        let secret = ClusterSecret::new(Token::new("s".repeat(40)).unwrap());
-        let (ours, theirs) = ([1; auth::NONCE_LEN], [2; auth::NONCE_LEN]);
-        let (node, _) = check_join(join(5401, auth::NONCE_LEN)).unwrap();
-        let prove = |proof: Vec<u8>| {
-            Some(FromReplica {
-                msg: Some(from_replica::Msg::Prove(pb::Prove { proof })),
-            })
-        };
-        let right = secret.replica_proof(&ours, &theirs, &node);
-        assert!(check_proof(&secret, (&ours, &theirs), &node, prove(right.clone())).is_ok());
-        let swapped = check_proof(&secret, (&theirs, &ours), &node, prove(right.clone()));
-        let truncated = check_proof(&secret, (&ours, &theirs), &node, prove(right[1..].to_vec()));
-        for refused in [
-            swapped,
-            truncated,
-            check_proof(&secret, (&ours, &theirs), &node, None),
-        ] {
-            assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
-        }
     }
 }
