@@ -1,43 +1,32 @@
 //! The leader's two gRPC services: the client-facing `Auction` service and the `Replication`
 //! stream. Both only validate and forward to the leader task; all deciding happens there.
+//! [`admission`] validates client requests, [`session`] serves a client's session stream, and
+//! the replica port runs the leader's half of [`crate::handshake`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use crate::auction::Op;
 use crate::auth::ClusterSecret;
 use crate::handshake::{self, Challenged, Joined};
-use crate::leader::{Detail, Event, LeaderHandle, Peer, Reply, ReplyTo, Request, Timing};
-use crate::limits::{RateLimit, Unproven};
+use crate::leader::{Detail, Event, LeaderHandle, Peer, Reply, Request, Timing};
+use crate::limits::Unproven;
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
-    ResultRequest, StartRequest, StatusReply, StatusRequest, WireError, from_replica,
+    ResultRequest, StartRequest, StatusReply, StatusRequest, from_replica,
 };
 use crate::process::{self, ProcessHandle};
 use crate::replication::Member;
-use crate::types::{Amount, AuctionLength, BidderId, Credential, InputError, Token};
 
-/// The most replies one client session may have pending (in flight or not yet sent); beyond
-/// that the session stops reading requests until the client reads its replies.
-pub const SESSION_IN_FLIGHT: usize = 1024;
+mod admission;
+mod session;
 
-/// What the client port needs to turn a request from the wire into one the leader decides.
-#[derive(Clone, Debug)]
-pub struct Admission {
-    /// The credential of the operator token, which start and close must carry. Comparing
-    /// digests rather than tokens keeps the comparison's timing from telling anything about the
-    /// token.
-    pub operator: Credential,
-    /// The length of an auction started without one.
-    pub default_duration: AuctionLength,
-    /// Requests per second one session may send; beyond it they are refused unapplied.
-    pub session_rate: u32,
-}
+pub use admission::{Admission, Credentials, session_request};
+use admission::{bid, close, start};
+pub use session::SESSION_IN_FLIGHT;
 
 /// Serves clients on the client port.
 #[derive(Debug)]
@@ -61,111 +50,6 @@ impl AuctionService {
 
 fn unexpected(reply: &Reply) -> Status {
     Status::internal(format!("unexpected reply from the leader task: {reply:?}"))
-}
-
-/// Validates a bid: the one place a bid from the wire becomes a request. The token becomes the
-/// credential that the state machine checks against the name's registration.
-fn bid(r: BidRequest, credentials: &mut Credentials) -> Result<Request, Status> {
-    let id = Some(pb::request_id(r.id)?);
-    let bidder = BidderId::new(r.bidder).map_err(WireError::from)?;
-    let amount = Amount::new(r.amount).map_err(WireError::from)?;
-    let credential = credentials
-        .of(r.token)
-        .map_err(|e| Status::unauthenticated(format!("bid: {e}")))?;
-    let op = Op::Bid {
-        bidder,
-        amount,
-        credential,
-    };
-    Ok(Request::Change { id, op })
-}
-
-/// The last valid token a session's bids carried, with its credential. A session's bids nearly
-/// always carry the same token, and checking and hashing it was most of a bid's validation.
-#[derive(Debug, Default)]
-pub struct Credentials {
-    last: Option<(Token, Credential)>,
-}
-
-impl Credentials {
-    /// The credential of `token`, which must be a valid token.
-    ///
-    /// # Errors
-    /// [`InputError::Token`] when it is not.
-    pub fn of(&mut self, token: String) -> Result<Credential, InputError> {
-        if let Some((last, credential)) = &self.last
-            && last.expose() == token
-        {
-            return Ok(*credential);
-        }
-        let token = Token::new(token)?;
-        let credential = token.credential();
-        self.last = Some((token, credential));
-        Ok(credential)
-    }
-}
-
-/// Checks that an operator's request carries the operator token.
-fn operator(token: String, admission: &Admission, what: &str) -> Result<(), Status> {
-    let token = Token::new(token)
-        .map_err(|_| Status::unauthenticated(format!("{what} needs the operator token")))?;
-    if token.credential() == admission.operator {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(format!(
-            "{what}: wrong operator token"
-        )))
-    }
-}
-
-fn start(r: StartRequest, admission: &Admission) -> Result<Request, Status> {
-    operator(r.operator_token, admission, "start")?;
-    let duration = match r.duration_ms {
-        0 => admission.default_duration,
-        ms => AuctionLength::from_millis(ms).map_err(WireError::from)?,
-    };
-    Ok(Request::Change {
-        id: Some(pb::request_id(r.id)?),
-        op: Op::Start { duration },
-    })
-}
-
-fn close(r: CloseRequest, admission: &Admission) -> Result<Request, Status> {
-    operator(r.operator_token, admission, "close")?;
-    Ok(Request::Change {
-        id: Some(pb::request_id(r.id)?),
-        op: Op::Close,
-    })
-}
-
-/// Validates one request of a client session: what the leader gets to decide, or why not.
-/// `credentials` remembers the session's last bid token.
-///
-/// # Errors
-/// `INVALID_ARGUMENT` when a field is missing or out of range; `UNAUTHENTICATED` when a bid has
-/// no valid token or start or close no operator token; `PERMISSION_DENIED` when the operator
-/// token is wrong.
-pub fn session_request(
-    op: Option<pb::session_request::Op>,
-    admission: &Admission,
-    credentials: &mut Credentials,
-) -> Result<Request, Status> {
-    match op.ok_or(WireError::Missing("op"))? {
-        pb::session_request::Op::Bid(r) => bid(r, credentials),
-        pb::session_request::Op::Result(_) => Ok(Request::Result),
-        pb::session_request::Op::Start(r) => start(r, admission),
-        pb::session_request::Op::Close(r) => close(r, admission),
-    }
-}
-
-fn error_reply(tag: u64, status: &Status) -> pb::SessionReply {
-    pb::SessionReply {
-        tag,
-        reply: Some(pb::session_reply::Reply::Error(pb::ErrorReply {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-        })),
-    }
 }
 
 #[tonic::async_trait]
@@ -222,59 +106,12 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         req: GrpcRequest<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (stream, replies) = tokio::sync::mpsc::channel(SESSION_IN_FLIGHT);
-        let leader = self.leader.clone();
-        let admission = self.admission.clone();
-        tokio::spawn(async move {
-            let mut rate = RateLimit::new(admission.session_rate, Instant::now());
-            let mut credentials = Credentials::default();
-            loop {
-                // A slot for the reply first: a client that does not read is not read either.
-                let Ok(slot) = stream.clone().reserve_owned().await else {
-                    return;
-                };
-                let message = tokio::select! {
-                    message = inbound.message() => match message {
-                        Ok(Some(m)) => m,
-                        // The client ended the stream.
-                        Ok(None) => return,
-                        // Malformed or oversized: the stream ends with the reason.
-                        Err(status) => {
-                            slot.send(Err(status));
-                            return;
-                        }
-                    },
-                    // The leader left: the client goes on with its successor.
-                    () = leader.stopped() => {
-                        slot.send(Err(Status::unavailable("the leader left")));
-                        return;
-                    }
-                };
-                let tag = message.tag;
-                if !rate.allow(Instant::now()) {
-                    let status = Status::resource_exhausted(format!(
-                        "more than {} requests per second on this session; not applied",
-                        admission.session_rate
-                    ));
-                    slot.send(Ok(error_reply(tag, &status)));
-                    continue;
-                }
-                match session_request(message.op, &admission, &mut credentials) {
-                    Ok(request) => {
-                        let reply = ReplyTo::Session { tag, slot };
-                        if let Err(status) = leader.send(Event::Request { request, reply }).await {
-                            let _ = stream.send(Ok(error_reply(tag, &status))).await;
-                            return;
-                        }
-                    }
-                    Err(status) => {
-                        slot.send(Ok(error_reply(tag, &status)));
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(replies)))
+        let replies = session::serve(
+            req.into_inner(),
+            self.leader.clone(),
+            self.admission.clone(),
+        );
+        Ok(Response::new(replies))
     }
 }
 
@@ -436,29 +273,5 @@ impl pb::replication_server::Replication for ReplicationService {
             let _ = leader.send(Event::Gone { conn }).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_session_remembers_only_its_last_valid_token() {
-        let (a, b) = ("a".repeat(32), "b".repeat(40));
-        let credential = |t: &str| Token::new(t).unwrap().credential();
-        let mut credentials = Credentials::default();
-        assert_eq!(credentials.of(a.clone()), Ok(credential(&a)));
-        assert_eq!(credentials.of(a.clone()), Ok(credential(&a)));
-        assert_eq!(credentials.of(b.clone()), Ok(credential(&b)));
-        // An invalid token is refused, and does not displace the valid one.
-        for invalid in ["short".to_string(), format!("{b}!"), String::new()] {
-            assert!(credentials.of(invalid).is_err());
-        }
-        assert_eq!(
-            credentials.last.as_ref().map(|(_, c)| *c),
-            Some(credential(&b))
-        );
-        assert_eq!(credentials.of(a.clone()), Ok(credential(&a)));
     }
 }
