@@ -1,7 +1,6 @@
-//! Who may do what. Nodes prove to each other that they hold the cluster secret before any state
-//! flows: a challenge and a response in each direction, with HMAC-SHA256, so neither side ever
-//! sends the secret and a recorded handshake is worth nothing later. `start` and `close` need the
-//! operator token; a bid counts only with its bidder's token (see [`Token`]).
+//! The secrets and where they live. Nodes prove to each other that they hold the cluster secret
+//! (see [`crate::handshake`]); `start` and `close` need the operator token; a bid counts only
+//! with its bidder's token (see [`Token`]).
 //!
 //! Secrets live in one directory, `~/.auction` unless told otherwise, that only its owner may
 //! read: `cluster.secret`, `operator.token`, and a client's `bidders/NAME.token`. A missing file
@@ -14,12 +13,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use thiserror::Error;
 
-use crate::host::fill_random;
-use crate::replication::Member;
 use crate::tls::ServerTls;
 use crate::types::{BidderId, Token};
 
@@ -28,9 +23,6 @@ pub const SECRET_ENV: &str = "AUCTION_CLUSTER_SECRET";
 
 /// The environment variable that, when set, is the operator token.
 pub const OPERATOR_ENV: &str = "AUCTION_OPERATOR_TOKEN";
-
-/// Bytes of randomness in each side's handshake challenge.
-pub const NONCE_LEN: usize = 32;
 
 /// Why a secret could not be read or created.
 #[derive(Debug, Error)]
@@ -51,16 +43,6 @@ pub enum AuthError {
     NoTls { path: PathBuf },
     #[error("no home directory to keep secrets in: set --auth-dir or AUCTION_AUTH_DIR")]
     NoHome,
-}
-
-/// A fresh handshake challenge.
-///
-/// # Errors
-/// The OS cannot provide randomness.
-pub fn nonce() -> io::Result<[u8; NONCE_LEN]> {
-    let mut n = [0u8; NONCE_LEN];
-    fill_random(&mut n)?;
-    Ok(n)
 }
 
 /// The directory that holds this user's secrets.
@@ -273,122 +255,27 @@ fn private(path: &Path, forbidden: u32) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// The secret every node of a cluster holds. Never sent: nodes prove they hold it.
+/// The secret every node of a cluster holds. Never sent: nodes prove they hold it (see
+/// [`crate::handshake`]).
 #[derive(Clone, Debug)]
 pub struct ClusterSecret(Token);
 
 impl ClusterSecret {
+    /// The cluster secret `secret`.
     pub fn new(secret: Token) -> Self {
         Self(secret)
     }
 
-    /// The secret itself, to hand to a child process through [`SECRET_ENV`].
+    /// The secret itself: the key of the handshake's proofs, and what a child process gets
+    /// through [`SECRET_ENV`].
     pub fn token(&self) -> &Token {
         &self.0
-    }
-
-    /// The leader's answer to a joining replica's challenge. It names the leader, so a proof
-    /// cannot be passed off for another process.
-    pub fn leader_proof(
-        &self,
-        replica_nonce: &[u8],
-        leader_nonce: &[u8],
-        leader: &Member,
-    ) -> Vec<u8> {
-        self.mac(b"auction/v1 leader", replica_nonce, leader_nonce, leader)
-            .finalize()
-            .into_bytes()
-            .to_vec()
-    }
-
-    /// The replica's answer to the leader's challenge.
-    pub fn replica_proof(
-        &self,
-        leader_nonce: &[u8],
-        replica_nonce: &[u8],
-        replica: &Member,
-    ) -> Vec<u8> {
-        self.mac(b"auction/v1 replica", leader_nonce, replica_nonce, replica)
-            .finalize()
-            .into_bytes()
-            .to_vec()
-    }
-
-    /// Whether `proof` is [`Self::leader_proof`] of these values (in constant time).
-    pub fn verify_leader(
-        &self,
-        replica_nonce: &[u8],
-        leader_nonce: &[u8],
-        leader: &Member,
-        proof: &[u8],
-    ) -> bool {
-        self.mac(b"auction/v1 leader", replica_nonce, leader_nonce, leader)
-            .verify_slice(proof)
-            .is_ok()
-    }
-
-    /// Whether `proof` is [`Self::replica_proof`] of these values (in constant time).
-    pub fn verify_replica(
-        &self,
-        leader_nonce: &[u8],
-        replica_nonce: &[u8],
-        replica: &Member,
-        proof: &[u8],
-    ) -> bool {
-        self.mac(b"auction/v1 replica", leader_nonce, replica_nonce, replica)
-            .verify_slice(proof)
-            .is_ok()
-    }
-
-    /// HMAC over a role label, the verifier's challenge, the prover's challenge and the prover.
-    /// Every part has a fixed length or a length prefix, so no two inputs read the same.
-    fn mac(&self, label: &[u8], theirs: &[u8], ours: &[u8], who: &Member) -> Hmac<Sha256> {
-        // Invariant: HMAC takes keys of any length.
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose().as_bytes())
-            .expect("HMAC accepts any key length");
-        for part in [label, theirs, ours] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        mac.update(&who.id.0.to_be_bytes());
-        mac.update(&who.pid.to_be_bytes());
-        mac.update(&who.start_time.to_be_bytes());
-        mac
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::NodeId;
-
-    fn member(id: u16) -> Member {
-        Member {
-            id: NodeId(id),
-            pid: 4000 + u32::from(id),
-            start_time: 99,
-        }
-    }
-    fn secret(c: char) -> ClusterSecret {
-        ClusterSecret::new(Token::new(c.to_string().repeat(40)).unwrap())
-    }
-
-    #[test]
-    fn proofs_verify_only_with_the_same_secret_nonces_and_node() {
-        let (s, other) = (secret('a'), secret('b'));
-        let (rn, ln) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
-        let proof = s.replica_proof(&ln, &rn, &member(1));
-        assert!(s.verify_replica(&ln, &rn, &member(1), &proof));
-        assert!(!other.verify_replica(&ln, &rn, &member(1), &proof));
-        assert!(!s.verify_replica(&rn, &ln, &member(1), &proof));
-        assert!(!s.verify_replica(&ln, &rn, &member(2), &proof));
-        assert!(!s.verify_replica(&ln, &rn, &member(1), &proof[1..]));
-        // A replica's proof is no leader's proof, even over the same values.
-        assert!(!s.verify_leader(&ln, &rn, &member(1), &proof));
-        let lp = s.leader_proof(&rn, &ln, &member(9));
-        assert!(s.verify_leader(&rn, &ln, &member(9), &lp));
-        assert!(!s.verify_leader(&rn, &ln, &member(8), &lp));
-    }
 
     #[test]
     fn secrets_are_created_once_privately_and_read_back() {

@@ -22,7 +22,7 @@ use tracing::warn;
 use crate::process::{self, Fenced, Listener, MemberMark};
 use crate::replication::Member;
 
-pub use auction_core::engine::Probe;
+pub use auction_core::engine::{Probe, Reads};
 
 /// What a node that is not a member found when it looked for a place to lead.
 #[derive(Debug)]
@@ -64,6 +64,10 @@ pub trait Authority: Send + Sync + 'static {
     /// What a member keeps while it is one (released when dropped, or when the process dies).
     type Membership: Send + Sync + 'static;
 
+    /// How the leader confirms reads: [`Reads::Local`] only where a confirmed fence stops the
+    /// deposed leader's process, so none is left to answer from an old state.
+    const READS: Reads;
+
     /// Looks, as a node that is not a member, for a place to lead.
     ///
     /// # Errors
@@ -82,6 +86,13 @@ pub trait Authority: Send + Sync + 'static {
     /// # Errors
     /// The record cannot be made: the node must not act as a member.
     fn join(&self) -> io::Result<Self::Membership>;
+
+    /// Records `node`, which holds the full state, as a member (the leader asks, before the
+    /// join is committed).
+    ///
+    /// # Errors
+    /// The record cannot be made: the node does not become a member now.
+    fn admit(&self, node: &Member) -> impl Future<Output = io::Result<()>> + Send;
 
     /// Fences `node`: once this returns `Ok`, it can neither commit nor answer.
     ///
@@ -119,6 +130,9 @@ pub struct SingleHost {
 impl Authority for SingleHost {
     type Membership = MemberMark;
 
+    /// A fence is SIGKILL: a deposed leader is dead before anyone takes over.
+    const READS: Reads = Reads::Local;
+
     /// Binds the replica port and, holding it, looks for live members. While this node holds
     /// the port no node leads, so none can become a member: no member is added between the
     /// look and this node's own mark. A node that cannot tell whether a member lives does not
@@ -149,6 +163,12 @@ impl Authority for SingleHost {
 
     fn join(&self) -> io::Result<MemberMark> {
         MemberMark::take(self.leader_addr)
+    }
+
+    /// On one host, membership is the member's own mark, which it takes before it acts as one:
+    /// nothing to record here.
+    async fn admit(&self, _node: &Member) -> io::Result<()> {
+        Ok(())
     }
 
     async fn fence(&self, node: &Member) -> io::Result<Fenced> {

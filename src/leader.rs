@@ -224,7 +224,7 @@ pub fn spawn<A: Authority>(
     let (tx, rx) = mpsc::channel(4096);
     let (members, members_rx) = watch::channel(state.members.clone());
     let leader = Leader {
-        engine: Engine::new(me, state, clock, initial, timing),
+        engine: Engine::new(me, state, clock, initial, timing, A::READS),
         timing,
         peers: HashMap::new(),
         authority,
@@ -432,6 +432,13 @@ impl<A: Authority> Leader<A> {
                 }
                 None
             }
+            Action::Admit { node } => Some(match self.authority.admit(&node).await {
+                Ok(()) => engine::Event::Admitted { node },
+                Err(e) => engine::Event::AdmitFailed {
+                    node,
+                    why: e.to_string(),
+                },
+            }),
             Action::Fence { node } => Some(match self.authority.fence(&node).await {
                 Ok(fenced) => {
                     match fenced {

@@ -8,7 +8,8 @@
 //!   between attempts;
 //! - [`pb`]: the generated gRPC code and validated conversions;
 //! - [`tls`]: the optional TLS certificate of both ports;
-//! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
+//! - [`auth`]: the secrets and where they live: the cluster secret, the operator and bidder
+//!   tokens; [`handshake`]: how a replica and its leader prove that they hold the cluster secret;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the member marks;
 //! - [`authority`]: who leads, who is a member, and fencing, behind one trait; its single-host
@@ -31,6 +32,7 @@ pub mod backoff;
 pub mod client;
 pub mod cluster;
 pub mod console;
+pub mod handshake;
 pub mod host;
 pub mod input;
 pub mod leader;

@@ -11,8 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use crate::auth::{self, ClusterSecret};
+use crate::auth::ClusterSecret;
 use crate::authority::Authority;
+use crate::handshake::Joining;
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
 use crate::process::Fenced;
@@ -80,8 +81,8 @@ pub struct Dial<'a> {
 /// Follows the leader at `dial.leader_addr` as `me`, keeping `shared` up to date, until the
 /// leader fails, leaves or refuses, or `stopping` resolves. When `me` becomes a member, it takes
 /// its membership from the authority (kept in `membership`) before it acknowledges anything as
-/// a member. A member fences
-/// a silent leader before it returns; a member told to stop tells the leader it leaves.
+/// a member. A member fences a silent leader before it returns; a member told to stop tells the
+/// leader it leaves.
 pub async fn follow<A: Authority>(
     dial: Dial<'_>,
     me: Member,
@@ -224,7 +225,7 @@ async fn handshake(
         tls,
         timing,
     } = dial;
-    let nonce = auth::nonce()
+    let joining = Joining::new(me)
         .map_err(|e| FollowEnd::Unreachable(format!("no randomness for a challenge: {e}")))?;
     let endpoint = tls::endpoint(leader_addr, tls)
         .map_err(FollowEnd::Unreachable)?
@@ -237,13 +238,7 @@ async fn handshake(
     let mut client = pb::replication_client::ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_STATE_BYTES);
     let (acks, rx) = mpsc::channel(1024);
-    let join = FromReplica {
-        msg: Some(from_replica::Msg::Join(pb::Join {
-            node: Some(me.into()),
-            nonce: nonce.to_vec(),
-        })),
-    };
-    if acks.try_send(join).is_err() {
+    if acks.try_send(joining.join()).is_err() {
         return Err(FollowEnd::Unreachable("could not queue Join".into()));
     }
     let silent = || FollowEnd::Silent { leader: None };
@@ -269,14 +264,10 @@ async fn handshake(
         Ok(Ok(None)) => return Err(FollowEnd::Unreachable("the stream ended at once".into())),
         Ok(Ok(Some(first))) => first,
     };
-    let (leader, their_nonce) = check_leader(secret, &nonce, first).map_err(|why| {
+    let (leader, prove) = joining.answer(secret, first).map_err(|why| {
         warn!("the node on the replica port is not this cluster's leader: {why}");
-        FollowEnd::Impostor(why)
+        FollowEnd::Impostor(why.to_string())
     })?;
-    let proof = secret.replica_proof(&their_nonce, &nonce, &me);
-    let prove = FromReplica {
-        msg: Some(from_replica::Msg::Prove(pb::Prove { proof })),
-    };
     if acks.try_send(prove).is_err() {
         return Err(FollowEnd::Unreachable("could not queue the proof".into()));
     }
@@ -447,34 +438,6 @@ impl LeaderStream {
     }
 }
 
-/// Checks the leader's half of the handshake, its first message: its proof over this replica's
-/// challenge `ours`. Returns who the leader is and its own challenge.
-///
-/// # Errors
-///
-/// Why the node on the replica port is not this cluster's leader: its first message is not a
-/// challenge, names no valid node, has a challenge of the wrong length or a wrong proof.
-pub fn check_leader(
-    secret: &ClusterSecret,
-    ours: &[u8],
-    first: pb::FromLeader,
-) -> Result<(Member, Vec<u8>), String> {
-    let Some(from_leader::Msg::Challenge(c)) = first.msg else {
-        return Err("its first message is not a challenge".into());
-    };
-    let leader = c
-        .leader
-        .ok_or("the challenge names no leader")
-        .and_then(|l| Member::try_from(l).map_err(|_| "the challenge names no valid leader"))?;
-    if c.nonce.len() != auth::NONCE_LEN {
-        return Err(format!("its challenge is not {} bytes", auth::NONCE_LEN));
-    }
-    if !secret.verify_leader(ours, &c.nonce, &leader, &c.proof) {
-        return Err("wrong proof: it does not hold the cluster secret".into());
-    }
-    Ok((leader, c.nonce))
-}
-
 /// Whether `me` is a member in `shared`.
 pub fn is_member(shared: &SharedState, me: &Member) -> bool {
     // Invariant: no code panics while holding this lock, so it is never poisoned.
@@ -523,7 +486,7 @@ mod tests {
             start_time: 7,
         }
     }
-    use crate::types::{Millis, Token};
+    use crate::types::Millis;
 
     /// The cluster of these tests.
     const GEN: Generation = Generation(3);
@@ -825,38 +788,5 @@ mod tests {
         assert_eq!(after.version, version + 2);
         assert!(after.has_member(&node(5401)));
         assert_eq!((after.leader, after.epoch), (node(5400), epoch + 1));
-    }
-
-    #[test]
-    fn check_leader_accepts_exactly_the_right_proof() {
-        let secret = ClusterSecret::new(Token::new("s".repeat(40)).unwrap());
-        let (ours, theirs) = ([1; auth::NONCE_LEN], [2; auth::NONCE_LEN]);
-        let challenge = |leader: Member, nonce: &[u8], proof: Vec<u8>| pb::FromLeader {
-            seq: 0,
-            msg: Some(from_leader::Msg::Challenge(pb::Challenge {
-                leader: Some(leader.into()),
-                nonce: nonce.to_vec(),
-                proof,
-            })),
-        };
-        let right = secret.leader_proof(&ours, &theirs, &node(5400));
-        let first = challenge(node(5400), &theirs, right.clone());
-        assert_eq!(
-            check_leader(&secret, &ours, first),
-            Ok((node(5400), theirs.to_vec()))
-        );
-        // The proof is bound to the leader it names, and to both challenges.
-        let posing = challenge(node(5401), &theirs, right.clone());
-        assert!(check_leader(&secret, &ours, posing).is_err());
-        assert!(check_leader(&secret, &theirs, challenge(node(5400), &theirs, right)).is_err());
-        // Refused for its length alone: the proof over the short challenge is right.
-        let short_proof = secret.leader_proof(&ours, &theirs[1..], &node(5400));
-        let short = challenge(node(5400), &theirs[1..], short_proof);
-        assert!(check_leader(&secret, &ours, short).is_err());
-        let not_a_challenge = pb::FromLeader {
-            seq: 0,
-            msg: heartbeat(),
-        };
-        assert!(check_leader(&secret, &ours, not_a_challenge).is_err());
     }
 }

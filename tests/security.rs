@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use auction::auth::{AuthDir, ClusterSecret, NONCE_LEN};
+use auction::auth::{AuthDir, ClusterSecret};
 use auction::cluster::{LocalCluster, Proc, Spec, Transcript, free_port, is_member, leader_of};
+use auction::handshake::{self, Joining, NONCE_LEN};
 use auction::pb::{
     self, FromLeader, FromReplica, auction_client::AuctionClient, from_leader, from_replica,
     replication_client::ReplicationClient,
@@ -65,27 +66,22 @@ async fn handshake(
     let mut r = ReplicationClient::connect(url).await.unwrap();
     let (tx, rx) = mpsc::channel(4);
     let nonce = [9u8; NONCE_LEN];
-    tx.send(FromReplica {
-        msg: Some(from_replica::Msg::Join(pb::Join {
-            node: Some(claimed.into()),
-            nonce: nonce.to_vec(),
-        })),
-    })
-    .await
-    .unwrap();
+    let joining = Joining::with_nonce(claimed, nonce);
+    tx.send(joining.join()).await.unwrap();
     let mut stream = r
         .follow(ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
     let first = stream.message().await.unwrap().expect("a challenge");
+    // The leader proves itself with the cluster's secret.
+    if let Err(e) = joining.answer(&secret_of(h), first.clone()) {
+        panic!("the leader did not prove itself ({e}): {first:?}");
+    }
     let Some(from_leader::Msg::Challenge(c)) = first.msg else {
         panic!("expected a challenge first, got {first:?}");
     };
-    // The leader proves itself with the cluster's secret.
-    let leader = Member::try_from(c.leader.unwrap()).unwrap();
-    assert!(secret_of(h).verify_leader(&nonce, &c.nonce, &leader, &c.proof));
-    let proof = secret.replica_proof(&c.nonce, &nonce, &claimed);
+    let proof = handshake::replica_proof(secret, &c.nonce, &nonce, &claimed);
     tx.send(FromReplica {
         msg: Some(from_replica::Msg::Prove(pb::Prove { proof })),
     })

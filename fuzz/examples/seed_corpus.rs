@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use auction::auction::Op;
+use auction::handshake;
 use auction::pb::{self, from_leader, from_replica, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState, Generation};
 use auction::types::{Amount, BidderId, AuctionLength, Millis, NodeId, RequestId};
@@ -166,7 +167,12 @@ fn main() {
     let secret = cluster_secret();
     let prove = |id: u16| pb::FromReplica {
         msg: Some(from_replica::Msg::Prove(pb::Prove {
-            proof: secret.replica_proof(&NONCE, &replica_nonce, &node(id)),
+            proof: handshake::replica_proof(
+                &secret,
+                &NONCE,
+                &replica_nonce,
+                &node(id),
+            ),
         })),
     };
     let ack = |seq: u64, version: u64| pb::FromReplica {
@@ -212,7 +218,7 @@ fn main() {
     let challenge = from_leader::Msg::Challenge(pb::Challenge {
         leader: Some(state.leader.into()),
         nonce: leader_nonce.to_vec(),
-        proof: secret.leader_proof(&NONCE, &leader_nonce, &state.leader),
+        proof: handshake::leader_proof(&secret, &NONCE, &leader_nonce, &state.leader),
     });
     let changes = vec![
         change(2_500, ChangeKind::Join(node(5402))),

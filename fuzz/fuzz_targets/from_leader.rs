@@ -2,9 +2,10 @@
 //! (the input is read as length-delimited messages), through the code of
 //! `auction::replica::follow`:
 //! - a `Challenge` first is the leader's half of the handshake, checked by
-//!   `replica::check_leader` against the replica's challenge (fixed here: `NONCE`). It must
-//!   accept exactly the right proof from a valid node with a challenge of `auth::NONCE_LEN`
-//!   bytes, and nothing else. The replica, member 5401, keeps its state (`open_state`) from an
+//!   `handshake::Joining::answer` against the replica's challenge (fixed here: `NONCE`). It must
+//!   accept exactly the right proof from a valid node with a challenge of
+//!   `handshake::NONCE_LEN` bytes, and nothing else, and then answer with the replica's right
+//!   proof. The replica, member 5401, keeps its state (`open_state`) from an
 //!   earlier stream, and a `replica::LeaderStream` for the proven leader then takes the rest;
 //! - without a leading `Challenge`, the messages go to a `LeaderStream` of leader 5400 that has
 //!   already taken `open_state` as its snapshot, so a lone `Append` or heartbeat is taken too.
@@ -15,9 +16,9 @@
 //! snapshot that replaces a state this member holds must be of the same cluster and no older.
 #![no_main]
 
-use auction::auth::NONCE_LEN;
+use auction::handshake::{self, Joining, NONCE_LEN};
 use auction::pb::{self, FromLeader, from_leader::Msg};
-use auction::replica::{Held, LeaderStream, check_leader};
+use auction::replica::{Held, LeaderStream};
 use auction::replication::{Change, ClockReading, Member};
 use auction::types::Millis;
 use auction_fuzz::{
@@ -48,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             else {
                 return;
             };
-            match check_handshake(challenge) {
+            match check_handshake(me, challenge) {
                 Some(leader) => LeaderStream::new(me, leader),
                 None => return,
             }
@@ -108,9 +109,9 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Runs `replica::check_leader` on the leader's challenge, and checks that it accepted exactly
-/// the right proof. Returns the proven leader.
-fn check_handshake(c: pb::Challenge) -> Option<Member> {
+/// Runs replica `me`'s half of the handshake on the leader's challenge, and checks that it
+/// accepted exactly the right proof and answered with its own. Returns the proven leader.
+fn check_handshake(me: Member, c: pb::Challenge) -> Option<Member> {
     let first = FromLeader {
         seq: 0,
         msg: Some(Msg::Challenge(c.clone())),
@@ -119,10 +120,18 @@ fn check_handshake(c: pb::Challenge) -> Option<Member> {
     let well_formed = c.leader.and_then(|l| Member::try_from(l).ok());
     let right = well_formed
         .filter(|_| c.nonce.len() == NONCE_LEN)
-        .map(|leader| (leader, secret.leader_proof(&NONCE, &c.nonce, &leader)));
-    match check_leader(&secret, &NONCE, first) {
-        Ok((leader, nonce)) => {
-            assert_eq!(nonce, c.nonce, "the leader's challenge changed");
+        .map(|leader| {
+            let proof = handshake::leader_proof(&secret, &NONCE, &c.nonce, &leader);
+            (leader, proof)
+        });
+    match Joining::with_nonce(me, NONCE).answer(&secret, first) {
+        Ok((leader, prove)) => {
+            let answer = handshake::replica_proof(&secret, &c.nonce, &NONCE, &me);
+            assert_eq!(
+                prove.msg,
+                Some(pb::from_replica::Msg::Prove(pb::Prove { proof: answer })),
+                "the replica's proof is not over the leader's challenge"
+            );
             assert_eq!(
                 right,
                 Some((leader, c.proof)),

@@ -1,10 +1,12 @@
 //! A replication stream as the leader reads it: a stream of `auction::pb::FromReplica`
 //! messages (the input is read as length-delimited messages), through the code of
 //! `ReplicationService::follow`:
-//! 1. `server::check_join` on the first message: it must accept exactly a `Join` whose node id
-//!    fits a port, with a challenge of `auth::NONCE_LEN` bytes, and return that node;
-//! 2. the leader answers with its own challenge (fixed here: `NONCE`), and `server::check_proof`
-//!    must accept the next message if and only if it is a `Prove` with the right proof. The
+//! 1. `handshake::Joined::read` on the first message: it must accept exactly a `Join` whose
+//!    node id fits a port, with a challenge of `handshake::NONCE_LEN` bytes, and return that
+//!    node;
+//! 2. the leader answers with its own challenge (fixed here: `NONCE`), and
+//!    `handshake::Challenged::check` must accept the next message if and only if it is a
+//!    `Prove` with the right proof. The
 //!    seeds carry the right proof; the fuzzer cannot forge one, so the rest is reached only
 //!    from a seed's Join and Prove;
 //! 3. then `Ack`s, which go through the leader's bookkeeping (`replication::Followers`).
@@ -15,10 +17,9 @@
 
 use std::time::Duration;
 
-use auction::auth::NONCE_LEN;
+use auction::handshake::{self, Joined, NONCE_LEN};
 use auction::pb::{FromReplica, from_replica::Msg};
 use auction::replication::{Change, ChangeKind, Followers};
-use auction::server::{check_join, check_proof};
 use auction::types::Millis;
 use auction_fuzz::{NONCE, cluster_secret, epoch, messages, open_state};
 use libfuzzer_sys::fuzz_target;
@@ -38,13 +39,14 @@ fuzz_target!(|data: &[u8]| {
             .map(|n| (n, join.nonce.clone())),
         _ => None,
     };
-    let (node, nonce) = match check_join(first) {
+    let joined = match Joined::read(first) {
         Ok(joined) => joined,
-        Err(status) => {
-            assert!(sent.is_none(), "{sent:?} refused: {status:?}");
+        Err(e) => {
+            assert!(sent.is_none(), "{sent:?} refused: {e:?}");
             return;
         }
     };
+    let (node, nonce) = (joined.replica(), joined.nonce().to_vec());
     let Some((identity, sent_nonce)) = sent else {
         panic!("an invalid Join was accepted as {node:?}");
     };
@@ -56,11 +58,12 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(nonce, sent_nonce);
 
     let secret = cluster_secret();
+    let (challenged, _) = joined.challenge(&secret, open_state().leader, NONCE);
     let proof = stream.next();
-    let right = secret.replica_proof(&NONCE, &nonce, &node);
+    let right = handshake::replica_proof(&secret, &NONCE, &nonce, &node);
     let is_right =
         matches!(&proof, Some(FromReplica { msg: Some(Msg::Prove(p)) }) if p.proof == right);
-    let verified = check_proof(&secret, (&NONCE, &nonce), &node, proof).is_ok();
+    let verified = challenged.check(&secret, proof) == Ok(node);
     assert_eq!(verified, is_right, "a proof was judged wrongly");
     if !verified {
         return;

@@ -5,7 +5,7 @@
 #![no_main]
 
 use auction::input::{Line, parse_bytes, parse_line};
-use auction::types::{Amount, BidderId, Duration, Token};
+use auction::types::{Amount, BidderId, AuctionLength, Token};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,10 +16,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(a.get(), n);
             assert!((1..=Amount::MAX).contains(&n));
         }
-        if let Ok(d) = Duration::from_millis(n) {
-            assert!((1_000..=Duration::MAX_SECS * 1_000).contains(&d.as_millis()));
+        if let Ok(d) = AuctionLength::from_millis(n) {
+            assert!((1_000..=AuctionLength::MAX_SECS * 1_000).contains(&d.as_millis()));
         }
-        if let Ok(d) = Duration::from_secs(n) {
+        if let Ok(d) = AuctionLength::from_secs(n) {
             assert_eq!(d.as_millis(), n * 1_000);
         }
     }
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Line::Start(d)) => {
             assert_eq!(first, "start", "{line:?}");
             if let Some(d) = d {
-                assert!((1_000..=Duration::MAX_SECS * 1_000).contains(&d.as_millis()));
+                assert!((1_000..=AuctionLength::MAX_SECS * 1_000).contains(&d.as_millis()));
             }
         }
         Ok(Line::Result) => assert!(

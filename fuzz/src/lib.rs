@@ -8,7 +8,8 @@
 use std::time::Instant;
 
 use auction::auction::{Decision, Op, Refusal};
-use auction::auth::{ClusterSecret, NONCE_LEN};
+use auction::auth::ClusterSecret;
+use auction::handshake::Nonce;
 use auction::leader::Request;
 use auction::pb::{self, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState, Generation, Member};
@@ -29,7 +30,7 @@ pub const CLUSTER_SECRET: &str = "fuzz-cluster-secret-0123456789abcdef";
 pub const GENERATION: Generation = Generation(0x5eed);
 /// The challenge of the leader in `from_replica`, and of the replica in `from_leader` (a real
 /// node draws a new one per stream; fixed here so that the seeds can carry valid proofs).
-pub const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
+pub const NONCE: Nonce = [7; auction::handshake::NONCE_LEN];
 
 fn token(t: &str) -> Token {
     Token::new(t).expect("a valid token")
