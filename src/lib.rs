@@ -12,6 +12,7 @@
 //!   tokens; [`handshake`]: how a replica and its leader prove that they hold the cluster secret;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the member marks;
+//! - [`etcd`]: the subset of etcd's API the multi-host mode speaks;
 //! - [`authority`]: who leads, who is a member, and fencing, behind one trait; its single-host
 //!   implementation;
 //! - [`spin`]: the leader's busy-polling after light activity (`--spin-us 0` turns it off);
@@ -32,6 +33,7 @@ pub mod backoff;
 pub mod client;
 pub mod cluster;
 pub mod console;
+pub mod etcd;
 pub mod handshake;
 pub mod host;
 pub mod input;

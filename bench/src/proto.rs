@@ -1,15 +1,8 @@
-//! The code generated from `bench/proto/`: the protocols the benchmark speaks besides the
-//! auction's own.
+//! The code generated from `bench/proto/`: the echo service (`proto/echo.proto`), the transport
+//! floor. The benchmark speaks etcd's API through the product's `auction::etcd::api`.
 
-/// The echo service (`proto/echo.proto`): the transport floor.
+/// The echo service.
 #[allow(clippy::all, clippy::pedantic)]
 pub mod echo {
     tonic::include_proto!("bench.echo.v1");
-}
-
-/// The subset of etcd's API that `auction-bench --target etcd` uses (`proto/etcd_kv.proto`):
-/// its KV service, and the Maintenance service's Status.
-#[allow(clippy::all, clippy::pedantic)]
-pub mod etcd {
-    tonic::include_proto!("etcdserverpb");
 }
