@@ -16,7 +16,7 @@ pub fn wall_clock_ms() -> u64 {
 ///
 /// # Errors
 /// The OS cannot provide randomness.
-pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {

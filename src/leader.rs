@@ -18,7 +18,7 @@ use crate::auction::Decision;
 use crate::authority::Authority;
 use crate::host::wall_clock_ms;
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
-use crate::process::{self, Fenced};
+use crate::process::Fenced;
 use crate::replication::{ChangeKind, ClockReading, ClusterState, ConnId, Member};
 use crate::spin::Spin;
 use crate::types::RequestId;
@@ -27,7 +27,7 @@ pub use auction_core::engine::{EVENTS, Timing, start_change};
 
 /// How many messages may wait for one replica before it counts as hopelessly behind. A replica
 /// that stops reading is fenced by the ack timeout long before a healthy one fills this.
-pub const OUTBOUND_CAPACITY: usize = 16 * 1024;
+pub(crate) const OUTBOUND_CAPACITY: usize = 16 * 1024;
 
 /// A request from a client or from the leader's own terminal.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ pub enum Reply {
 }
 
 /// A slot reserved in a client session's bounded reply stream.
-pub type SessionSlot = mpsc::OwnedPermit<Result<pb::SessionReply, Status>>;
+pub(crate) type SessionSlot = mpsc::OwnedPermit<Result<pb::SessionReply, Status>>;
 
 /// Where a reply goes.
 #[derive(Debug)]
@@ -122,21 +122,18 @@ impl ReplyTo {
 }
 
 /// The outbound half of one replica stream.
-pub type Outbound = mpsc::Sender<Result<FromLeader, Status>>;
+pub(crate) type Outbound = mpsc::Sender<Result<FromLeader, Status>>;
 
 /// A replica that proved it holds the cluster secret, as the leader task keeps it.
 #[derive(Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The outbound half of its stream.
     pub outbound: Outbound,
-    /// Its process, opened when it joined and checked to hold the stream's connection (the
-    /// proof that the stream is this process's); fencing goes through the authority.
-    pub process: process::ProcessHandle,
 }
 
 /// What reaches the leader task.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     Request {
         request: Request,
         reply: ReplyTo,
@@ -200,7 +197,7 @@ impl LeaderHandle {
     ///
     /// # Errors
     /// `UNAVAILABLE` when the leader task has stopped.
-    pub async fn send(&self, event: Event) -> Result<(), Status> {
+    pub(crate) async fn send(&self, event: Event) -> Result<(), Status> {
         self.events
             .send(event)
             .await

@@ -43,7 +43,7 @@ impl Default for Limits {
 
 /// A token bucket: `rate` requests per second, in bursts of at most `rate`.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     rate: f64,
     tokens: f64,
     last: Instant,
@@ -75,7 +75,7 @@ impl RateLimit {
 
 /// An accepted connection that holds one of the port's connection slots while it is open.
 #[derive(Debug)]
-pub struct Counted {
+pub(crate) struct Counted {
     stream: TcpStream,
     /// Released when the connection is dropped.
     _slot: OwnedSemaphorePermit,
@@ -121,7 +121,7 @@ impl Drop for Pending {
 /// `incoming` with at most `max` connections open at once: one more is closed right away, and
 /// the refusal is logged (at most once a second). With `prove`, a connection whose peer has not
 /// been proven to `prove.0` within `prove.1` is closed.
-pub fn at_most(
+pub(crate) fn at_most(
     incoming: impl Stream<Item = std::io::Result<TcpStream>>,
     max: usize,
     port: &'static str,

@@ -75,7 +75,7 @@ pub fn this_node(id: NodeId) -> io::Result<Member> {
 
 /// Raises this process's soft limit on open files to the hard limit: a leader holds a socket per
 /// client and must still be able to open a pidfd to fence a member.
-pub fn raise_open_file_limit() {
+pub(crate) fn raise_open_file_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -183,7 +183,7 @@ pub fn fence(m: &Member) -> io::Result<Fenced> {
 ///
 /// # Errors
 /// The holder could not be found, checked or signalled.
-pub fn fence_port_holder(addr: SocketAddr) -> io::Result<Option<u32>> {
+pub(crate) fn fence_port_holder(addr: SocketAddr) -> io::Result<Option<u32>> {
     let Some(pid) = listener_pid(addr)? else {
         return Ok(None);
     };
@@ -209,7 +209,11 @@ pub fn fence_port_holder(addr: SocketAddr) -> io::Result<Option<u32>> {
 ///
 /// # Errors
 /// `/proc/net/tcp*` cannot be read.
-pub fn holds_connection(pid: u32, local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+pub(crate) fn holds_connection(
+    pid: u32,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> io::Result<bool> {
     let remote = proc_net_address(remote);
     // "01" is ESTABLISHED.
     let Some(inode) = socket_inode(local, |f| {
@@ -320,7 +324,7 @@ impl MemberMark {
 ///
 /// # Errors
 /// `/proc/net/unix` or `/proc` cannot be read: whether a member lives is unknown.
-pub fn live_members(leader_addr: SocketAddr) -> io::Result<Vec<u32>> {
+pub(crate) fn live_members(leader_addr: SocketAddr) -> io::Result<Vec<u32>> {
     let prefix = format!("@{}", mark_prefix(leader_addr));
     // Fields: Num RefCount Protocol Flags Type St Inode Path.
     let marks: Vec<String> = std::fs::read_to_string("/proc/net/unix")?

@@ -21,7 +21,7 @@ use crate::replication::{Change, ChangeKind, ClockReading, ClusterState, Member}
 use crate::tls::{self, ServerTls};
 
 /// The largest state a replica accepts in one message.
-pub const MAX_STATE_BYTES: usize = 1 << 30;
+pub(crate) const MAX_STATE_BYTES: usize = 1 << 30;
 
 /// Why following ended.
 #[derive(Debug)]
@@ -450,7 +450,7 @@ pub fn is_member(shared: &SharedState, me: &Member) -> bool {
 
 /// Fences a leader that fell silent, through the authority: the one that sent this stream's
 /// state, or, if none did, whatever holds the leadership without answering.
-pub async fn fence_silent_leader(authority: &impl Authority, leader: Option<Member>) {
+pub(crate) async fn fence_silent_leader(authority: &impl Authority, leader: Option<Member>) {
     match leader {
         Some(l) => match authority.fence(&l).await {
             Ok(Fenced::Killed) => warn!(leader = %l.id, pid = l.pid, "fenced the silent leader"),

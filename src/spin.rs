@@ -19,11 +19,11 @@ use tokio::sync::watch;
 /// Batches of at most this many requests are small; larger ones mean the load keeps the leader
 /// busy without help, and spinning would only take CPU from the other processes.
 /// (`auction-node --help` and docs/cli.md say 4.)
-pub const SPIN_MAX_BATCH: usize = 4;
+pub(crate) const SPIN_MAX_BATCH: usize = 4;
 
 /// Small batches in a row that start a spin window: a small batch among large ones is a hiccup
 /// of a busy leader, not light load. (`auction-node --help` and docs/cli.md say 4.)
-pub const CALM_BATCHES: u32 = 4;
+pub(crate) const CALM_BATCHES: u32 = 4;
 
 /// The spin window of `auction-node` unless `--spin-us` says otherwise: long enough to span a
 /// replication round and the client's next request on loopback, about 70 µs here.
@@ -35,7 +35,7 @@ pub const MAX_SPIN: Duration = Duration::from_millis(10);
 /// The leader's handle on the spinning task of its runtime's thread. The task ends when the
 /// handle is dropped.
 #[derive(Debug)]
-pub struct Spin {
+pub(crate) struct Spin {
     /// When the last small batch went out; `None` when spinning is off, and nothing is spawned.
     last_kick: Option<watch::Sender<Instant>>,
     /// Small batches since the last large one.
@@ -45,7 +45,7 @@ pub struct Spin {
 impl Spin {
     /// Spawns the spinner on the current runtime, which must be single-threaded (the spinner
     /// keeps that thread polling); a zero `window` turns spinning off.
-    pub fn spawn(window: Duration) -> Self {
+    pub(crate) fn spawn(window: Duration) -> Self {
         let last_kick = (!window.is_zero()).then(|| {
             let (last_kick, kicks) = watch::channel(Instant::now());
             tokio::spawn(spin(window, kicks));
@@ -58,7 +58,7 @@ impl Spin {
     /// batch (at most [`SPIN_MAX_BATCH`] requests) from the [`CALM_BATCHES`]th in a row on
     /// starts or extends a spin window. Batches without client requests (membership changes
     /// only) neither count nor break a run.
-    pub fn after_batch(&mut self, requests: usize) {
+    pub(crate) fn after_batch(&mut self, requests: usize) {
         let Some(last_kick) = &self.last_kick else {
             return;
         };

@@ -15,7 +15,9 @@ use tonic::transport::{Channel, Endpoint};
 use super::client::{Bidder, Patience, Retries};
 use super::failover::{FaultMode, FaultTarget, kill_listener, request_restart, until_whole};
 use super::{KEY_BIDDER, KEY_HIGHEST};
-use auction::etcd::api::{self as etcd, kv_client::KvClient, maintenance_client::MaintenanceClient};
+use auction::etcd::api::{
+    self as etcd, kv_client::KvClient, maintenance_client::MaintenanceClient,
+};
 
 /// The process name of an etcd member (`/proc/PID/comm`).
 const ETCD_PROGRAM: &str = "etcd";

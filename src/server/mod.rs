@@ -152,15 +152,14 @@ impl ReplicationService {
 /// Checks a joining replica's half of the handshake and that it is who it says: the process
 /// named in its Join holds this very connection (checked when it first joins; a member that
 /// rejoins, after a failover for example, was checked then) and is an `auction-node` of this
-/// user. Returns a handle on that process, taken now, through which it will be fenced if it
-/// must be.
+/// user.
 async fn admit(
     secret: &ClusterSecret,
     challenged: &Challenged,
     proof: Option<FromReplica>,
     ends: Option<(SocketAddr, SocketAddr)>,
     member: bool,
-) -> Result<ProcessHandle, Status> {
+) -> Result<(), Status> {
     let node = &challenged.check(secret, proof)?;
     let Some((ours, theirs)) = ends else {
         return Err(Status::failed_precondition(
@@ -186,7 +185,7 @@ async fn admit(
         }
     }
     match ProcessHandle::open(node) {
-        Ok(Some(handle)) => Ok(handle),
+        Ok(Some(_)) => Ok(()),
         Ok(None) => Err(Status::permission_denied(format!(
             "pid {} with start time {} is not running",
             node.pid, node.start_time
@@ -227,8 +226,8 @@ impl pb::replication_server::Replication for ReplicationService {
             let proof = proof.ok().and_then(Result::ok).flatten();
             let member = leader.is_member(&node);
             let admitted = admit(&secret, &challenged, proof, ends, member);
-            let process = match admitted.await {
-                Ok(p) => p,
+            match admitted.await {
+                Ok(()) => {}
                 Err(status) => {
                     warn!(node = %node.id, pid = node.pid, "refused: {}", status.message());
                     let _ = outbound.try_send(Err(status));
@@ -238,7 +237,7 @@ impl pb::replication_server::Replication for ReplicationService {
             if let Some((_, remote)) = ends {
                 unproven.prove(remote);
             }
-            let peer = Peer { outbound, process };
+            let peer = Peer { outbound };
             if leader.send(Event::Join { conn, node, peer }).await.is_err() {
                 return;
             }
