@@ -22,7 +22,7 @@ use crate::pb::{
     SessionRequest, StartRequest, StatusReply, StatusRequest, auction_client::AuctionClient,
     session_reply, session_request,
 };
-use crate::tls::{self, ServerTls};
+use crate::tls::{self, ClientTls};
 use crate::types::{Amount, AuctionLength, BidderId, RequestId, Token};
 
 /// Resolves a `HOST:PORT` given by a person to the first address it names.
@@ -134,7 +134,7 @@ pub struct Client {
     /// Sent with start and close; without it they are refused.
     operator_token: Option<Token>,
     /// The nodes' certificate, when they serve TLS.
-    tls: Option<ServerTls>,
+    tls: Option<ClientTls>,
 }
 
 /// What a client asks.
@@ -181,7 +181,7 @@ impl Client {
     }
 
     /// Dials with TLS, trusting the nodes' certificate.
-    pub fn set_tls(&mut self, tls: ServerTls) {
+    pub fn set_tls(&mut self, tls: ClientTls) {
         self.tls = Some(tls);
         self.conn = None;
     }
@@ -417,8 +417,8 @@ impl Client {
             } else {
                 left.min(CONNECT_TIMEOUT_PER_ADDRESS)
             };
-            let endpoint = tls::endpoint(addr, self.tls.as_ref())
-                .map_err(Status::invalid_argument)?
+            let endpoint = tls::client_endpoint(addr, self.tls.as_ref())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
                 .connect_timeout(limit)
                 .tcp_nodelay(true);
             let channel = match tokio::time::timeout(limit, endpoint.connect()).await {

@@ -446,12 +446,13 @@ impl LocalCluster {
         if let Ok(token) = auth.operator_token() {
             client.set_operator_token(token);
         }
-        // The nodes' own certificate (created here if the nodes have not yet): without it,
-        // nothing answers, which says what went wrong.
+        // The certificate the nodes serve (created here if the nodes have not yet, as they
+        // would: this module starts them), of which the client keeps only what it trusts.
+        // Without it, nothing answers, which says what went wrong.
         if self.spec.tls
             && let Ok(tls) = auth.tls()
         {
-            client.set_tls(tls);
+            client.set_tls(tls.trust());
         }
         client
     }

@@ -7,7 +7,8 @@
 //! - [`host`]: the OS's randomness and the wall clock (display only); [`backoff`]: the pause
 //!   between attempts;
 //! - [`pb`]: the generated gRPC code and validated conversions;
-//! - [`tls`]: the optional TLS certificate of both ports;
+//! - [`tls`]: the optional TLS certificate of both ports: what a node serves, what a client
+//!   trusts;
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the member marks;

@@ -13,6 +13,7 @@ use auction::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Outcome};
 use auction::console::{describe_auction, describe_status};
 use auction::input::{self, Line, LineError, LineRead};
 use auction::pb::{AuctionView, StatusReply};
+use auction::tls::{self, ClientTls};
 use auction::types::{Amount, AuctionLength, BidderId};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -47,7 +48,8 @@ struct Args {
     /// Where tokens are kept. Default: ~/.auction.
     #[arg(long, env = "AUCTION_AUTH_DIR", global = true)]
     auth_dir: Option<PathBuf>,
-    /// Dial over TLS, trusting the nodes' certificate in AUTH_DIR/tls.pem.
+    /// Dial over TLS, trusting the nodes' certificate in AUTH_DIR/tls.pem (read up to the
+    /// nodes' private key after it, which the client never reads).
     #[arg(long, global = true)]
     tls: bool,
     /// Print one JSON object per answer.
@@ -194,13 +196,15 @@ fn bidder(id: Option<&str>, auth: &AuthDir, client: &mut Client) -> anyhow::Resu
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let servers = auction::client::resolve_all(&args.server).context("--server")?;
     let mut client = Client::with_addresses(servers, Duration::from_millis(args.retry_ms));
-    let auth = AuthDir::new(match &args.auth_dir {
+    let auth_dir = match &args.auth_dir {
         Some(dir) => dir.clone(),
         None => AuthDir::default_path()?,
-    });
+    };
     if args.tls {
-        client.set_tls(auth.existing_tls()?);
+        // Only the certificate: the nodes' private key after it in the file is never read.
+        client.set_tls(ClientTls::load(&auth_dir.join(tls::PEM_FILE))?);
     }
+    let auth = AuthDir::new(auth_dir);
     let operator = matches!(args.command, Some(Command::Start { .. } | Command::Close));
     if operator {
         client.set_operator_token(auth.existing_operator_token()?);
