@@ -18,12 +18,13 @@ use tonic::{Code, Status, Streaming};
 use crate::auction::Decision;
 use crate::backoff::Backoff;
 use crate::pb::{
-    self, AuctionView, BidRequest, CloseRequest, DecisionReply, ResultRequest, SessionReply,
-    SessionRequest, StartRequest, StatusReply, StatusRequest, auction_client::AuctionClient,
+    self, BidRequest, CloseRequest, DecisionReply, ResultRequest, SessionReply, SessionRequest,
+    StartRequest, StatusReply, StatusRequest, WireError, auction_client::AuctionClient,
     session_reply, session_request,
 };
 use crate::tls::{self, ClientTls};
 use crate::types::{Amount, AuctionLength, BidderId, RequestId, Token};
+use crate::view::{self, View};
 
 /// Resolves a `HOST:PORT` given by a person to the first address it names.
 ///
@@ -89,6 +90,10 @@ pub enum ClientError {
     /// The server refused the request as malformed or not allowed; it was not applied.
     #[error("the server refused the request: {0}")]
     Invalid(String),
+    /// The leader's answer does not describe a valid outcome: the request may or may not have
+    /// been applied.
+    #[error("the leader's answer is malformed: {0}")]
+    Malformed(#[from] WireError),
     /// The request could not be made here (no randomness for a new bidder token).
     #[error("cannot make the request: {0}")]
     Local(String),
@@ -106,7 +111,7 @@ pub enum ClientError {
 pub struct Outcome {
     pub decision: Decision,
     /// The auction right after the request was decided.
-    pub auction: AuctionView,
+    pub auction: View,
 }
 
 /// A client session with the cluster at one well-known address (which a host name may resolve
@@ -227,7 +232,8 @@ impl Client {
     /// a bidder this client has no token for: that bid registers the name with it).
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid outcome.
     pub async fn bid(&mut self, bidder: &BidderId, amount: Amount) -> Result<Outcome, ClientError> {
         let token = match self.tokens.get(bidder) {
             Some(t) => t.expose().to_string(),
@@ -251,15 +257,16 @@ impl Client {
     /// Reads the result: the highest bid while open, the winner once closed.
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
-    pub async fn result(&mut self) -> Result<AuctionView, ClientError> {
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid auction.
+    pub async fn result(&mut self) -> Result<View, ClientError> {
         match self
             .session_call(session_request::Op::Result(ResultRequest {}))
             .await?
         {
-            session_reply::Reply::Result(r) => r
-                .auction
-                .ok_or_else(|| ClientError::Invalid("reply without auction".into())),
+            session_reply::Reply::Result(r) => Ok(View::try_from(
+                r.auction.ok_or(WireError::Missing("auction"))?,
+            )?),
             other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
         }
     }
@@ -267,7 +274,8 @@ impl Client {
     /// Starts the next auction; `None` uses the leader's default duration.
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid outcome.
     pub async fn start(&mut self, duration: Option<AuctionLength>) -> Result<Outcome, ClientError> {
         let op = session_request::Op::Start(StartRequest {
             id: Some(self.next_id()),
@@ -280,7 +288,8 @@ impl Client {
     /// Closes the open auction now.
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid outcome.
     pub async fn close(&mut self) -> Result<Outcome, ClientError> {
         let op = session_request::Op::Close(CloseRequest {
             id: Some(self.next_id()),
@@ -289,13 +298,15 @@ impl Client {
         decision(self.session_call(op).await?)
     }
 
-    /// The cluster as the leader sees it.
+    /// The cluster as the leader sees it (without the state digest, which only a node's own
+    /// terminal gets).
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
-    pub async fn status(&mut self) -> Result<StatusReply, ClientError> {
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid status.
+    pub async fn status(&mut self) -> Result<view::Status, ClientError> {
         match self.retrying(&Call::Status).await? {
-            Answer::Status(s) => Ok(s),
+            Answer::Status(s) => Ok(view::Status::try_from(s)?),
             Answer::Session(other) => {
                 Err(ClientError::Invalid(format!("unexpected reply {other:?}")))
             }
@@ -466,20 +477,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn decision(reply: session_reply::Reply) -> Result<Outcome, ClientError> {
     match reply {
-        session_reply::Reply::Decision(d) => outcome(d),
+        session_reply::Reply::Decision(d) => Ok(outcome(d)?),
         other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
     }
 }
 
-fn outcome(reply: DecisionReply) -> Result<Outcome, ClientError> {
-    let decision = reply
-        .decision
-        .ok_or_else(|| ClientError::Invalid("reply without decision".into()))?;
-    let decision: Decision = Decision::try_from(decision)
-        .map_err(|e| ClientError::Invalid(format!("malformed decision in the reply: {e}")))?;
+/// Reads a decision and the auction after it, validated.
+fn outcome(reply: DecisionReply) -> Result<Outcome, WireError> {
+    let decision = reply.decision.ok_or(WireError::Missing("decision"))?;
+    let auction = reply.auction.ok_or(WireError::Missing("auction"))?;
     Ok(Outcome {
-        decision,
-        auction: reply.auction.unwrap_or_default(),
+        decision: Decision::try_from(decision)?,
+        auction: View::try_from(auction)?,
     })
 }
 
@@ -531,6 +540,46 @@ mod tests {
         assert!(retryable(&Status::cancelled("gone")));
         assert!(!retryable(&Status::invalid_argument("bad amount")));
         assert!(!retryable(&Status::already_exists("dup")));
+    }
+
+    #[test]
+    fn a_decision_reads_back_and_a_malformed_one_is_refused() {
+        use crate::auction::Refusal;
+        let view = pb::AuctionView {
+            number: 1,
+            open: true,
+            deadline_ms: 2_000,
+            highest_bid: 5,
+            highest_bidder: "ann".into(),
+            bidders: 1,
+            now_ms: 1_000,
+        };
+        let refused = Err(Refusal::StillOpen { auction: 1 });
+        let reply = crate::view::decision_reply(&refused, view.clone());
+        let o = outcome(reply.clone()).unwrap();
+        assert_eq!(o.decision, refused);
+        assert_eq!(o.auction, View::try_from(view).unwrap());
+        let no_auction = DecisionReply {
+            auction: None,
+            ..reply.clone()
+        };
+        assert_eq!(outcome(no_auction), Err(WireError::Missing("auction")));
+        let no_decision = DecisionReply {
+            decision: None,
+            ..reply.clone()
+        };
+        assert_eq!(outcome(no_decision), Err(WireError::Missing("decision")));
+        let mut bad_kind = reply;
+        if let Some(r) = bad_kind.decision.as_mut().and_then(|d| d.refusal.as_mut()) {
+            r.kind = 99;
+        }
+        assert_eq!(outcome(bad_kind), Err(WireError::RefusalKind(99)));
+        assert!(matches!(
+            decision(session_reply::Reply::Result(pb::ResultReply {
+                auction: None
+            })),
+            Err(ClientError::Invalid(_))
+        ));
     }
 
     #[test]

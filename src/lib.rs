@@ -6,7 +6,9 @@
 //! using only those listed before it:
 //! - [`host`]: the OS's randomness and the wall clock (display only); [`backoff`]: the pause
 //!   between attempts;
-//! - [`pb`]: the generated gRPC code and validated conversions;
+//! - [`view`] and [`pb`]: what a reader sees (an auction, the cluster's status), as the leader
+//!   makes it; the generated gRPC code and validated conversions, to and from those views too;
+//!   [`digest`]: one number for a whole replicated state; [`display`]: views in words;
 //! - [`tls`]: the optional TLS certificate of both ports: what a node serves, what a client
 //!   trusts;
 //! - [`auth`]: the cluster secret and the handshake proofs, the operator and bidder tokens;
@@ -29,6 +31,8 @@ pub mod backoff;
 pub mod client;
 pub mod cluster;
 pub mod console;
+pub mod digest;
+pub mod display;
 pub mod host;
 pub mod input;
 pub mod leader;
@@ -40,3 +44,4 @@ pub mod replica;
 pub mod server;
 pub mod spin;
 pub mod tls;
+pub mod view;

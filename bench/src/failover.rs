@@ -170,7 +170,8 @@ pub async fn failover(spec: &FailoverSpec) -> Result<FailoverReport, String> {
     cluster
         .0
         .start_nodes(&AuctionCluster::NODES, PATIENCE)
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     let bidders = (0..spec.clients)
         .map(|i| {
             Ok(AuctionBidder {
@@ -355,8 +356,9 @@ impl FaultTarget for AuctionCluster {
         let healthy = self
             .0
             .wait_for(patience, |s| s.members.len() == Self::NODES.len())
-            .await?;
-        auction::cluster::leader_of(&healthy).ok_or_else(|| "no leader".into())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(auction::cluster::leader_of(&healthy))
     }
 
     async fn fault(&mut self, leader: &u16, mode: FaultMode) -> Result<Instant, String> {

@@ -69,7 +69,7 @@ async fn leader_rss(cluster: &mut LocalCluster) -> Result<u64, String> {
         .status(Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
-    let leader = leader_of(&status).ok_or("no leader")?;
+    let leader = leader_of(&status);
     let pid = cluster.node(leader).ok_or("no leader process")?.pid();
     rss_kib(pid)
 }
@@ -88,7 +88,8 @@ pub async fn memory(spec: &MemorySpec) -> Result<MemoryReport, String> {
     let mut cluster = LocalCluster::new(cluster_spec, Transcript::new(false));
     cluster
         .start_nodes(&[5400, 5401, 5402], Duration::from_secs(30))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     let mut rss = vec![leader_rss(&mut cluster).await?];
     let url = format!("http://{}", cluster.spec.client_addr());
     // Every bid sent takes the next number: its amount, and (spread over the sessions) its

@@ -31,6 +31,7 @@ use auction::client::{Client, ClientError};
 use auction::cluster::{LocalCluster, Spec, Transcript, leader_of};
 use auction::pb;
 use auction::types::{Amount, BidderId, RequestId, Token};
+use auction::view::View;
 
 mod host;
 mod operator;
@@ -796,16 +797,20 @@ async fn start_cluster(
         let invoked = t0.elapsed();
         cluster.start(founder).map_err(|e| e.to_string())?;
         let status = cluster
-            .wait_for(patience, |s| leader_of(s) == Some(founder))
-            .await?;
+            .wait_for(patience, |s| leader_of(s) == founder)
+            .await
+            .map_err(|e| e.to_string())?;
         let first = AuctionRecord {
-            number: status.auction.map_or(0, |a| a.number),
+            number: status.auction.number,
             duration: Duration::from_secs(first_secs),
             start_invoked: invoked,
             start_returned: Some(t0.elapsed()),
         };
         for &id in others {
-            cluster.start_member(id, patience).await?;
+            cluster
+                .start_member(id, patience)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok::<_, String>(first)
     };
@@ -827,7 +832,7 @@ async fn heal(cluster: &mut LocalCluster) -> Result<(), String> {
     loop {
         restart_dead(cluster);
         let last = match cluster.status(Duration::from_millis(500)).await {
-            Ok(s) if s.members.len() == NODES.len() && leader_of(&s).is_some() => return Ok(()),
+            Ok(s) if s.members.len() == NODES.len() => return Ok(()),
             Ok(s) => format!("{s:?}"),
             Err(e) => e.to_string(),
         };
@@ -919,13 +924,13 @@ async fn inject(
     }
     // Node faults need to know who leads.
     let status = cluster.status(Duration::from_millis(300)).await.ok()?;
-    let leader = leader_of(&status)?;
+    let leader = leader_of(&status);
     // Members whose process runs now: the same pid, not a restarted process with the same id.
     let members: Vec<u16> = status
         .members
         .iter()
         .filter_map(|m| {
-            let id = u16::try_from(m.id).ok()?;
+            let id = m.id.0;
             let node = cluster.node(id)?;
             (node.pid() == m.pid && !node.exited()).then_some(id)
         })
@@ -1028,18 +1033,12 @@ async fn pause(cluster: &LocalCluster, id: u16, length: Duration) {
     }
 }
 
-fn read_view(view: &pb::AuctionView) -> ReadView {
-    let highest = match (
-        BidderId::new(view.highest_bidder.clone()),
-        Amount::new(view.highest_bid),
-    ) {
-        (Ok(who), Ok(amount)) => Some((who, amount)),
-        _ => None,
-    };
+/// What the checker compares of a view.
+fn read_view(view: &View) -> ReadView {
     ReadView {
         number: view.number,
         open: view.open,
-        highest,
+        highest: view.highest.as_ref().map(|h| (h.bidder.clone(), h.amount)),
         bidders: view.bidders,
     }
 }
@@ -1207,7 +1206,7 @@ async fn perform(client: &mut Client, call: &Call) -> Result<Done, ClientError> 
             Ok(Done {
                 ret: Return::Bid(o.decision),
                 number: o.auction.number,
-                highest: o.auction.highest_bid,
+                highest: o.auction.highest_amount().unwrap_or(0),
             })
         }
         Call::Read | Call::Expire => {
@@ -1215,7 +1214,7 @@ async fn perform(client: &mut Client, call: &Call) -> Result<Done, ClientError> 
             Ok(Done {
                 ret: Return::Read(read_view(&view)),
                 number: view.number,
-                highest: view.highest_bid,
+                highest: view.highest_amount().unwrap_or(0),
             })
         }
     }
