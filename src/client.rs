@@ -142,8 +142,8 @@ pub struct Client {
     tls: Option<ClientTls>,
 }
 
-/// What a client asks.
-enum Call {
+/// What a client asks the leader.
+enum Request {
     Session(session_request::Op),
     Status,
 }
@@ -305,7 +305,7 @@ impl Client {
     /// [`ClientError::Exception`] when no leader answered in time;
     /// [`ClientError::Malformed`] when the answer is not a valid status.
     pub async fn status(&mut self) -> Result<view::Status, ClientError> {
-        match self.retrying(&Call::Status).await? {
+        match self.retrying(&Request::Status).await? {
             Answer::Status(s) => Ok(view::Status::try_from(s)?),
             Answer::Session(other) => {
                 Err(ClientError::Invalid(format!("unexpected reply {other:?}")))
@@ -326,16 +326,16 @@ impl Client {
         &mut self,
         op: session_request::Op,
     ) -> Result<session_reply::Reply, ClientError> {
-        match self.retrying(&Call::Session(op)).await? {
+        match self.retrying(&Request::Session(op)).await? {
             Answer::Session(r) => Ok(r),
             Answer::Status(_) => Err(ClientError::Invalid("unexpected status reply".into())),
         }
     }
 
-    /// Runs one call until it gets an answer or the retry budget is spent, on a fresh
+    /// Runs one request until it gets an answer or the retry budget is spent, on a fresh
     /// connection after any failure. Attempts back off from 1 ms to 100 ms, with jitter so that
     /// clients cut off by the same failure do not retry in lockstep.
-    async fn retrying(&mut self, call: &Call) -> Result<Answer, ClientError> {
+    async fn retrying(&mut self, request: &Request) -> Result<Answer, ClientError> {
         let deadline = Instant::now() + self.retry_budget;
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(self.session);
         let mut attempts = 0;
@@ -345,7 +345,7 @@ impl Client {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .min(ATTEMPT_TIMEOUT);
-            let error = match tokio::time::timeout(left, self.attempt(call, left)).await {
+            let error = match tokio::time::timeout(left, self.attempt(request, left)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) if status.code() == Code::Unimplemented => {
                     return Err(ClientError::NotAuctionServer {
@@ -374,23 +374,23 @@ impl Client {
     }
 
     /// One attempt: connects if needed, sends, and waits for the answer.
-    async fn attempt(&mut self, call: &Call, left: Duration) -> Result<Answer, Status> {
+    async fn attempt(&mut self, request: &Request, left: Duration) -> Result<Answer, Status> {
         if self.conn.is_none() {
             self.conn = Some(self.connect(left).await?);
         }
         self.tag += 1;
         let tag = self.tag;
         let conn = self.conn.as_mut().expect("connected above");
-        let op = match call {
-            Call::Status => {
+        let op = match request {
+            Request::Status => {
                 let s = conn.unary.status(StatusRequest {}).await?;
                 return Ok(Answer::Status(s.into_inner()));
             }
-            Call::Session(op) => op.clone(),
+            Request::Session(op) => op.clone(),
         };
-        let request = SessionRequest { tag, op: Some(op) };
+        let message = SessionRequest { tag, op: Some(op) };
         conn.requests
-            .send(request)
+            .send(message)
             .await
             .map_err(|_| Status::unavailable("the session stream is closed"))?;
         loop {
