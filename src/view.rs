@@ -14,6 +14,7 @@ use crate::types::{Millis, NodeId};
 pub struct View {
     /// The auction's number; 0 when none was ever started (then it is closed, without bids).
     pub number: u64,
+    /// Whether it takes bids: started, not closed early, and its deadline not yet passed.
     pub open: bool,
     /// The deadline, in milliseconds since the Unix epoch: the leader's wall clock when the view
     /// was taken plus the time left (minus the time since, once past).
