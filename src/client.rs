@@ -18,12 +18,13 @@ use tonic::{Code, Status, Streaming};
 use crate::auction::Decision;
 use crate::backoff::Backoff;
 use crate::pb::{
-    self, AuctionView, BidRequest, CloseRequest, DecisionReply, ResultRequest, SessionReply,
-    SessionRequest, StartRequest, StatusReply, StatusRequest, auction_client::AuctionClient,
+    self, BidRequest, CloseRequest, DecisionReply, ResultRequest, SessionReply, SessionRequest,
+    StartRequest, StatusReply, StatusRequest, WireError, auction_client::AuctionClient,
     session_reply, session_request,
 };
-use crate::tls::{self, ServerTls};
+use crate::tls::{self, ClientTls};
 use crate::types::{Amount, AuctionLength, BidderId, RequestId, Token};
+use crate::view::{self, View};
 
 /// Resolves a `HOST:PORT` given by a person to the first address it names.
 ///
@@ -89,6 +90,10 @@ pub enum ClientError {
     /// The server refused the request as malformed or not allowed; it was not applied.
     #[error("the server refused the request: {0}")]
     Invalid(String),
+    /// The leader's answer does not describe a valid outcome: the request may or may not have
+    /// been applied.
+    #[error("the leader's answer is malformed: {0}")]
+    Malformed(#[from] WireError),
     /// The request could not be made here (no randomness for a new bidder token).
     #[error("cannot make the request: {0}")]
     Local(String),
@@ -106,7 +111,7 @@ pub enum ClientError {
 pub struct Outcome {
     pub decision: Decision,
     /// The auction right after the request was decided.
-    pub auction: AuctionView,
+    pub auction: View,
 }
 
 /// A client session with the cluster at one well-known address (which a host name may resolve
@@ -134,11 +139,11 @@ pub struct Client {
     /// Sent with start and close; without it they are refused.
     operator_token: Option<Token>,
     /// The nodes' certificate, when they serve TLS.
-    tls: Option<ServerTls>,
+    tls: Option<ClientTls>,
 }
 
-/// What a client asks.
-enum Call {
+/// What a client asks the leader.
+enum Request {
     Session(session_request::Op),
     Status,
 }
@@ -181,7 +186,7 @@ impl Client {
     }
 
     /// Dials with TLS, trusting the nodes' certificate.
-    pub fn set_tls(&mut self, tls: ServerTls) {
+    pub fn set_tls(&mut self, tls: ClientTls) {
         self.tls = Some(tls);
         self.conn = None;
     }
@@ -227,7 +232,8 @@ impl Client {
     /// a bidder this client has no token for: that bid registers the name with it).
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid outcome.
     pub async fn bid(&mut self, bidder: &BidderId, amount: Amount) -> Result<Outcome, ClientError> {
         let token = match self.tokens.get(bidder) {
             Some(t) => t.expose().to_string(),
@@ -251,15 +257,16 @@ impl Client {
     /// Reads the result: the highest bid while open, the winner once closed.
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
-    pub async fn result(&mut self) -> Result<AuctionView, ClientError> {
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid auction.
+    pub async fn result(&mut self) -> Result<View, ClientError> {
         match self
             .session_call(session_request::Op::Result(ResultRequest {}))
             .await?
         {
-            session_reply::Reply::Result(r) => r
-                .auction
-                .ok_or_else(|| ClientError::Invalid("reply without auction".into())),
+            session_reply::Reply::Result(r) => Ok(View::try_from(
+                r.auction.ok_or(WireError::Missing("auction"))?,
+            )?),
             other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
         }
     }
@@ -267,7 +274,8 @@ impl Client {
     /// Starts the next auction; `None` uses the leader's default duration.
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid outcome.
     pub async fn start(&mut self, duration: Option<AuctionLength>) -> Result<Outcome, ClientError> {
         let op = session_request::Op::Start(StartRequest {
             id: Some(self.next_id()),
@@ -280,7 +288,8 @@ impl Client {
     /// Closes the open auction now.
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid outcome.
     pub async fn close(&mut self) -> Result<Outcome, ClientError> {
         let op = session_request::Op::Close(CloseRequest {
             id: Some(self.next_id()),
@@ -289,13 +298,15 @@ impl Client {
         decision(self.session_call(op).await?)
     }
 
-    /// The cluster as the leader sees it.
+    /// The cluster as the leader sees it (without the state digest, which only a node's own
+    /// terminal gets).
     ///
     /// # Errors
-    /// [`ClientError::Exception`] when no leader answered in time.
-    pub async fn status(&mut self) -> Result<StatusReply, ClientError> {
-        match self.retrying(&Call::Status).await? {
-            Answer::Status(s) => Ok(s),
+    /// [`ClientError::Exception`] when no leader answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid status.
+    pub async fn status(&mut self) -> Result<view::Status, ClientError> {
+        match self.retrying(&Request::Status).await? {
+            Answer::Status(s) => Ok(view::Status::try_from(s)?),
             Answer::Session(other) => {
                 Err(ClientError::Invalid(format!("unexpected reply {other:?}")))
             }
@@ -315,16 +326,16 @@ impl Client {
         &mut self,
         op: session_request::Op,
     ) -> Result<session_reply::Reply, ClientError> {
-        match self.retrying(&Call::Session(op)).await? {
+        match self.retrying(&Request::Session(op)).await? {
             Answer::Session(r) => Ok(r),
             Answer::Status(_) => Err(ClientError::Invalid("unexpected status reply".into())),
         }
     }
 
-    /// Runs one call until it gets an answer or the retry budget is spent, on a fresh
+    /// Runs one request until it gets an answer or the retry budget is spent, on a fresh
     /// connection after any failure. Attempts back off from 1 ms to 100 ms, with jitter so that
     /// clients cut off by the same failure do not retry in lockstep.
-    async fn retrying(&mut self, call: &Call) -> Result<Answer, ClientError> {
+    async fn retrying(&mut self, request: &Request) -> Result<Answer, ClientError> {
         let deadline = Instant::now() + self.retry_budget;
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(self.session);
         let mut attempts = 0;
@@ -334,7 +345,7 @@ impl Client {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .min(ATTEMPT_TIMEOUT);
-            let error = match tokio::time::timeout(left, self.attempt(call, left)).await {
+            let error = match tokio::time::timeout(left, self.attempt(request, left)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) if status.code() == Code::Unimplemented => {
                     return Err(ClientError::NotAuctionServer {
@@ -363,23 +374,23 @@ impl Client {
     }
 
     /// One attempt: connects if needed, sends, and waits for the answer.
-    async fn attempt(&mut self, call: &Call, left: Duration) -> Result<Answer, Status> {
+    async fn attempt(&mut self, request: &Request, left: Duration) -> Result<Answer, Status> {
         if self.conn.is_none() {
             self.conn = Some(self.connect(left).await?);
         }
         self.tag += 1;
         let tag = self.tag;
         let conn = self.conn.as_mut().expect("connected above");
-        let op = match call {
-            Call::Status => {
+        let op = match request {
+            Request::Status => {
                 let s = conn.unary.status(StatusRequest {}).await?;
                 return Ok(Answer::Status(s.into_inner()));
             }
-            Call::Session(op) => op.clone(),
+            Request::Session(op) => op.clone(),
         };
-        let request = SessionRequest { tag, op: Some(op) };
+        let message = SessionRequest { tag, op: Some(op) };
         conn.requests
-            .send(request)
+            .send(message)
             .await
             .map_err(|_| Status::unavailable("the session stream is closed"))?;
         loop {
@@ -417,8 +428,8 @@ impl Client {
             } else {
                 left.min(CONNECT_TIMEOUT_PER_ADDRESS)
             };
-            let endpoint = tls::endpoint(addr, self.tls.as_ref())
-                .map_err(Status::invalid_argument)?
+            let endpoint = tls::client_endpoint(addr, self.tls.as_ref())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
                 .connect_timeout(limit)
                 .tcp_nodelay(true);
             let channel = match tokio::time::timeout(limit, endpoint.connect()).await {
@@ -466,20 +477,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn decision(reply: session_reply::Reply) -> Result<Outcome, ClientError> {
     match reply {
-        session_reply::Reply::Decision(d) => outcome(d),
+        session_reply::Reply::Decision(d) => Ok(outcome(d)?),
         other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
     }
 }
 
-fn outcome(reply: DecisionReply) -> Result<Outcome, ClientError> {
-    let decision = reply
-        .decision
-        .ok_or_else(|| ClientError::Invalid("reply without decision".into()))?;
-    let decision: Decision = Decision::try_from(decision)
-        .map_err(|e| ClientError::Invalid(format!("malformed decision in the reply: {e}")))?;
+/// Reads a decision and the auction after it, validated.
+fn outcome(reply: DecisionReply) -> Result<Outcome, WireError> {
+    let decision = reply.decision.ok_or(WireError::Missing("decision"))?;
+    let auction = reply.auction.ok_or(WireError::Missing("auction"))?;
     Ok(Outcome {
-        decision,
-        auction: reply.auction.unwrap_or_default(),
+        decision: Decision::try_from(decision)?,
+        auction: View::try_from(auction)?,
     })
 }
 
@@ -531,6 +540,46 @@ mod tests {
         assert!(retryable(&Status::cancelled("gone")));
         assert!(!retryable(&Status::invalid_argument("bad amount")));
         assert!(!retryable(&Status::already_exists("dup")));
+    }
+
+    #[test]
+    fn a_decision_reads_back_and_a_malformed_one_is_refused() {
+        use crate::auction::Refusal;
+        let view = pb::AuctionView {
+            number: 1,
+            open: true,
+            deadline_ms: 2_000,
+            highest_bid: 5,
+            highest_bidder: "ann".into(),
+            bidders: 1,
+            now_ms: 1_000,
+        };
+        let refused = Err(Refusal::StillOpen { auction: 1 });
+        let reply = crate::view::decision_reply(&refused, view.clone());
+        let o = outcome(reply.clone()).unwrap();
+        assert_eq!(o.decision, refused);
+        assert_eq!(o.auction, View::try_from(view).unwrap());
+        let no_auction = DecisionReply {
+            auction: None,
+            ..reply.clone()
+        };
+        assert_eq!(outcome(no_auction), Err(WireError::Missing("auction")));
+        let no_decision = DecisionReply {
+            decision: None,
+            ..reply.clone()
+        };
+        assert_eq!(outcome(no_decision), Err(WireError::Missing("decision")));
+        let mut bad_kind = reply;
+        if let Some(r) = bad_kind.decision.as_mut().and_then(|d| d.refusal.as_mut()) {
+            r.kind = 99;
+        }
+        assert_eq!(outcome(bad_kind), Err(WireError::RefusalKind(99)));
+        assert!(matches!(
+            decision(session_reply::Reply::Result(pb::ResultReply {
+                auction: None
+            })),
+            Err(ClientError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -11,13 +11,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process};
+use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use crate::auth::AuthDir;
 use crate::client::{Client, ClientError};
-use crate::pb::StatusReply;
+use crate::types::NodeId;
+use crate::view::Status;
+
+/// Why a cluster did not come up as asked.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// [`LocalCluster::start_nodes`] was given no node.
+    #[error("no nodes to start")]
+    NoNodes,
+    /// A node's process could not be started.
+    #[error("cannot start node {id}: {source}")]
+    Start { id: u16, source: std::io::Error },
+    /// A node to wait for was never started.
+    #[error("node {id} was never started")]
+    NotStarted { id: u16 },
+    /// A node exited instead of becoming a member.
+    #[error("node {id} exited instead of becoming a member; last status: {last}")]
+    Exited {
+        id: u16,
+        /// The last status seen, or why none was.
+        last: String,
+    },
+    /// The leader's status did not come to satisfy the condition in time.
+    #[error("condition not met within {timeout:?}; last: {last}")]
+    Timeout {
+        timeout: Duration,
+        /// The last status seen, or why none was.
+        last: String,
+    },
+}
 
 /// Every output line of every process, in the order they arrived, each prefixed with its
 /// process's name. Optionally echoed to stdout, or shown another way, as it arrives.
@@ -446,12 +476,13 @@ impl LocalCluster {
         if let Ok(token) = auth.operator_token() {
             client.set_operator_token(token);
         }
-        // The nodes' own certificate (created here if the nodes have not yet): without it,
-        // nothing answers, which says what went wrong.
+        // The certificate the nodes serve (created here if the nodes have not yet, as they
+        // would: this module starts them), of which the client keeps only what it trusts.
+        // Without it, nothing answers, which says what went wrong.
         if self.spec.tls
             && let Ok(tls) = auth.tls()
         {
-            client.set_tls(tls);
+            client.set_tls(tls.trust());
         }
         client
     }
@@ -459,20 +490,22 @@ impl LocalCluster {
     /// The leader's status.
     ///
     /// # Errors
-    /// No leader answered within `budget`.
-    pub async fn status(&self, budget: Duration) -> Result<StatusReply, ClientError> {
+    /// No leader answered within `budget`, or its answer was malformed (as for
+    /// [`Client::status`]).
+    pub async fn status(&self, budget: Duration) -> Result<Status, ClientError> {
         self.client(budget).status().await
     }
 
     /// Polls the leader's status until `pred` holds, for at most `timeout`.
     ///
     /// # Errors
-    /// The last status seen (or the last error) when the deadline passes.
+    /// [`ClusterError::Timeout`], with the last status seen (or the last error), when the
+    /// deadline passes.
     pub async fn wait_for(
         &self,
         timeout: Duration,
-        mut pred: impl FnMut(&StatusReply) -> bool,
-    ) -> Result<StatusReply, String> {
+        mut pred: impl FnMut(&Status) -> bool,
+    ) -> Result<Status, ClusterError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut client = self.client(Duration::from_millis(500));
         loop {
@@ -482,9 +515,7 @@ impl LocalCluster {
                 Err(e) => e.to_string(),
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "condition not met within {timeout:?}; last: {last}"
-                ));
+                return Err(ClusterError::Timeout { timeout, last });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -494,12 +525,17 @@ impl LocalCluster {
     /// within `patience`.
     ///
     /// # Errors
-    /// A node could not be started, or did not lead or join in time.
-    pub async fn start_nodes(&mut self, ids: &[u16], patience: Duration) -> Result<(), String> {
-        let (&first, rest) = ids.split_first().ok_or("no nodes to start")?;
-        self.start(first).map_err(|e| e.to_string())?;
-        self.wait_for(patience, |s| leader_of(s) == Some(first))
-            .await?;
+    /// [`ClusterError::NoNodes`] for no ids; [`ClusterError::Start`] when a node could not be
+    /// started; [`ClusterError::Timeout`] when one did not lead or join in time.
+    pub async fn start_nodes(
+        &mut self,
+        ids: &[u16],
+        patience: Duration,
+    ) -> Result<(), ClusterError> {
+        let (&first, rest) = ids.split_first().ok_or(ClusterError::NoNodes)?;
+        self.start(first)
+            .map_err(|source| ClusterError::Start { id: first, source })?;
+        self.wait_for(patience, |s| leader_of(s) == first).await?;
         for &id in rest {
             self.start_member(id, patience).await?;
         }
@@ -510,13 +546,15 @@ impl LocalCluster {
     /// process as a member ([`LocalCluster::wait_members`]).
     ///
     /// # Errors
-    /// The node could not be started, exited, or did not become a member within `timeout`.
+    /// [`ClusterError::Start`] when the node could not be started; [`ClusterError::Exited`] when
+    /// it exited; [`ClusterError::Timeout`] when it did not become a member within `timeout`.
     pub async fn start_member(
         &mut self,
         id: u16,
         timeout: Duration,
-    ) -> Result<StatusReply, String> {
-        self.start(id).map_err(|e| e.to_string())?;
+    ) -> Result<Status, ClusterError> {
+        self.start(id)
+            .map_err(|source| ClusterError::Start { id, source })?;
         self.wait_members(&[id], timeout).await
     }
 
@@ -526,29 +564,29 @@ impl LocalCluster {
     /// exits instead. With every started node in `ids`, this waits until the cluster is whole.
     ///
     /// # Errors
-    /// A node of `ids` was never started, exited, or was not a member in time; the message
-    /// holds the last status seen.
+    /// [`ClusterError::NotStarted`] for an id never started; [`ClusterError::Exited`] when one
+    /// of the processes exited; [`ClusterError::Timeout`] when they were not all members in time,
+    /// with the last status seen.
     pub async fn wait_members(
         &mut self,
         ids: &[u16],
         timeout: Duration,
-    ) -> Result<StatusReply, String> {
+    ) -> Result<Status, ClusterError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut client = self.client(Duration::from_millis(500));
         loop {
             let mut pids = Vec::with_capacity(ids.len());
             for &id in ids {
-                let node = self
-                    .nodes
-                    .get(&id)
-                    .ok_or_else(|| format!("node {id} was never started"))?;
+                let node = self.nodes.get(&id).ok_or(ClusterError::NotStarted { id })?;
                 pids.push((u32::from(id), node.pid()));
             }
             let last = match client.status().await {
                 Ok(s)
-                    if pids
-                        .iter()
-                        .all(|&(id, pid)| s.members.iter().any(|m| m.id == id && m.pid == pid)) =>
+                    if pids.iter().all(|&(id, pid)| {
+                        s.members
+                            .iter()
+                            .any(|m| u32::from(m.id.0) == id && m.pid == pid)
+                    }) =>
                 {
                     return Ok(s);
                 }
@@ -557,15 +595,11 @@ impl LocalCluster {
             };
             for &id in ids {
                 if self.nodes.get_mut(&id).is_some_and(Proc::exited) {
-                    return Err(format!(
-                        "node {id} exited instead of becoming a member; last status: {last}"
-                    ));
+                    return Err(ClusterError::Exited { id, last });
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "nodes {ids:?} were not all members within {timeout:?}; last status: {last}"
-                ));
+                return Err(ClusterError::Timeout { timeout, last });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -573,14 +607,11 @@ impl LocalCluster {
 }
 
 /// Whether node `id` is a member in `status`.
-pub fn is_member(status: &StatusReply, id: u16) -> bool {
-    status.members.iter().any(|m| m.id == u32::from(id))
+pub fn is_member(status: &Status, id: u16) -> bool {
+    status.is_member(NodeId(id))
 }
 
 /// The leader's id in `status`.
-pub fn leader_of(status: &StatusReply) -> Option<u16> {
-    status
-        .leader
-        .as_ref()
-        .and_then(|l| u16::try_from(l.id).ok())
+pub fn leader_of(status: &Status) -> u16 {
+    status.leader.id.0
 }

@@ -4,12 +4,15 @@
 use std::io::Write;
 
 use crate::auction::Op;
+use crate::digest;
+use crate::display::{describe_auction, describe_status};
 use crate::input;
 use crate::leader::{Detail, Reply, Request};
 use crate::node::{Role, RoleCell};
-use crate::pb;
+use crate::pb::WireError;
 use crate::replica::Held;
 use crate::types::AuctionLength;
+use crate::view::{Status, View};
 
 /// A command typed into a node's terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +84,7 @@ pub async fn execute(
                     s.leader.id,
                     s.epoch,
                     s.version,
-                    pb::digest(s)
+                    digest::of(s)
                 ),
             };
             return writeln!(out, "{line}");
@@ -102,71 +105,20 @@ pub async fn execute(
         },
         Command::Help => unreachable!("answered above"),
     };
-    match handle.call(request).await {
-        Ok(Reply::Status(s)) => writeln!(out, "{}", describe_status(&s)),
+    // The leader's replies come as they go on the wire; they read as a client would read them.
+    let line: Result<String, WireError> = match handle.call(request).await {
+        Ok(Reply::Status(s)) => Status::try_from(s).map(|s| describe_status(&s)),
         Ok(Reply::Decision(d, view)) => match d {
-            Ok(()) => writeln!(out, "ok: {}", describe_auction(&view)),
-            Err(r) => writeln!(out, "refused: {r}"),
+            Ok(()) => View::try_from(view).map(|v| format!("ok: {}", describe_auction(&v))),
+            Err(r) => Ok(format!("refused: {r}")),
         },
-        Ok(Reply::Result(view)) => writeln!(out, "{}", describe_auction(&view)),
-        Err(e) => writeln!(out, "error: {}", e.message()),
-    }
-}
-
-/// The auction in one line, for people.
-pub fn describe_auction(a: &pb::AuctionView) -> String {
-    if a.number == 0 {
-        return "no auction has been started".into();
-    }
-    let leader = if a.highest_bidder.is_empty() {
-        None
-    } else {
-        Some((a.highest_bidder.as_str(), a.highest_bid))
+        Ok(Reply::Result(view)) => View::try_from(view).map(|v| describe_auction(&v)),
+        Err(e) => Ok(format!("error: {}", e.message())),
     };
-    if a.open {
-        let left = a.deadline_ms.saturating_sub(a.now_ms).div_ceil(1000);
-        match leader {
-            Some((who, amount)) => format!(
-                "auction {} is open: highest bid {amount} by {who}; closes in {left} s",
-                a.number
-            ),
-            None => format!(
-                "auction {} is open: no bids yet; closes in {left} s",
-                a.number
-            ),
-        }
-    } else {
-        match leader {
-            Some((who, amount)) => {
-                format!("auction {} is closed: {who} won with {amount}", a.number)
-            }
-            None => format!("auction {} is closed without bids", a.number),
-        }
+    match line {
+        Ok(line) => writeln!(out, "{line}"),
+        Err(e) => writeln!(out, "error: the leader's reply is malformed: {e}"),
     }
-}
-
-/// The cluster in one line, for people; with the state digest when it has one.
-pub fn describe_status(s: &pb::StatusReply) -> String {
-    let leader = s.leader.as_ref().map_or(0, |l| l.id);
-    let queue: Vec<String> = s
-        .members
-        .iter()
-        .filter(|m| m.id != leader)
-        .map(|m| m.id.to_string())
-        .collect();
-    let auction = s.auction.as_ref().map(describe_auction).unwrap_or_default();
-    // 0 means none: only a node's own terminal computes the digest.
-    let digest = if s.digest == 0 {
-        String::new()
-    } else {
-        format!(", digest {:016x}", s.digest)
-    };
-    format!(
-        "leader {leader}, next in line [{}], epoch {}, version {}{digest}; {auction}",
-        queue.join(", "),
-        s.epoch,
-        s.version,
-    )
 }
 
 #[cfg(test)]
@@ -189,26 +141,5 @@ mod tests {
         assert!(parse("start 0").unwrap_err().contains("duration"));
         assert!(parse("launch").unwrap_err().contains("unknown command"));
         assert!(parse("close now").unwrap_err().contains("too many"));
-    }
-
-    #[test]
-    fn auctions_read_well() {
-        let mut a = pb::AuctionView {
-            number: 2,
-            open: true,
-            deadline_ms: 10_500,
-            highest_bid: 0,
-            highest_bidder: String::new(),
-            bidders: 0,
-            now_ms: 1_000,
-        };
-        assert_eq!(
-            describe_auction(&a),
-            "auction 2 is open: no bids yet; closes in 10 s"
-        );
-        a.highest_bid = 7;
-        a.highest_bidder = "ann".into();
-        a.open = false;
-        assert_eq!(describe_auction(&a), "auction 2 is closed: ann won with 7");
     }
 }

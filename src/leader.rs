@@ -16,12 +16,14 @@ use tracing::{info, warn};
 
 use crate::auction::Decision;
 use crate::authority::Authority;
+use crate::digest;
 use crate::host::wall_clock_ms;
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
 use crate::process::Fenced;
 use crate::replication::{ChangeKind, ClockReading, ClusterState, ConnId, Member};
 use crate::spin::Spin;
 use crate::types::RequestId;
+use crate::view;
 
 pub use auction_core::engine::{EVENTS, Timing, start_change};
 
@@ -102,7 +104,7 @@ impl ReplyTo {
             Self::Session { tag, slot } => {
                 let reply = match reply {
                     Reply::Decision(d, view) => {
-                        pb::session_reply::Reply::Decision(pb::decision_reply(&d, view))
+                        pb::session_reply::Reply::Decision(crate::view::decision_reply(&d, view))
                     }
                     Reply::Result(view) => pb::session_reply::Reply::Result(pb::ResultReply {
                         auction: Some(view),
@@ -407,10 +409,10 @@ impl<A: Authority> Leader<A> {
             Action::Reply { to, reply } => {
                 to.send(match reply {
                     engine::Reply::Decision(d, view) => {
-                        Reply::Decision(d, pb::auction_view(&view, wall_now_ms))
+                        Reply::Decision(d, view::auction_view(&view, wall_now_ms))
                     }
                     engine::Reply::Result(view) => {
-                        Reply::Result(pb::auction_view(&view, wall_now_ms))
+                        Reply::Result(view::auction_view(&view, wall_now_ms))
                     }
                 });
                 None
@@ -493,13 +495,13 @@ impl<A: Authority> Leader<A> {
             members: state.members.iter().map(|m| (*m).into()).collect(),
             epoch: state.epoch,
             version: state.version,
-            auction: Some(pb::auction_view(
-                &state.machine.auction.view(now),
+            auction: Some(view::auction_view(
+                &state.machine.auction.observe(now),
                 wall_clock_ms(),
             )),
             digest: match detail {
                 Detail::Summary => 0,
-                Detail::WithDigest => pb::digest(state),
+                Detail::WithDigest => digest::of(state),
             },
         }
     }

@@ -6,8 +6,11 @@
 //! using only those listed before it:
 //! - [`host`]: the OS's randomness and the wall clock (display only); [`backoff`]: the pause
 //!   between attempts;
-//! - [`pb`]: the generated gRPC code and validated conversions;
-//! - [`tls`]: the optional TLS certificate of both ports;
+//! - [`view`] and [`pb`]: what a reader sees (an auction, the cluster's status), as the leader
+//!   makes it; the generated gRPC code and validated conversions, to and from those views too;
+//!   [`digest`]: one number for a whole replicated state; [`display`]: views in words;
+//! - [`tls`]: the optional TLS certificate of both ports: what a node serves, what a client
+//!   trusts;
 //! - [`auth`]: the secrets and where they live: the cluster secret, the operator and bidder
 //!   tokens; [`handshake`]: how a replica and its leader prove that they hold the cluster secret;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
@@ -33,6 +36,8 @@ pub mod backoff;
 pub mod client;
 pub mod cluster;
 pub mod console;
+pub mod digest;
+pub mod display;
 pub mod etcd;
 pub mod handshake;
 pub mod host;
@@ -46,3 +51,4 @@ pub mod replica;
 pub mod server;
 pub mod spin;
 pub mod tls;
+pub mod view;

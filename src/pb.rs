@@ -1,12 +1,14 @@
 //! Generated gRPC code and the conversions between wire messages and domain types. Every
 //! conversion from the wire validates, so a malformed message from a client or a peer becomes a
-//! [`WireError`] and never a domain value.
+//! [`WireError`] and never a domain value. What a reader sees is in [`crate::view`], the state
+//! digest in [`crate::digest`].
 
 use thiserror::Error;
 
 use crate::auction::{self, Auction, Bid, Machine, Op};
 use crate::replication::{self, ChangeKind, ClusterState, Generation, Member};
 use crate::types::{self, Amount, AuctionLength, BidderId, Credential, InputError, Millis, NodeId};
+use crate::view::{self, View};
 
 /// The code generated from `proto/auction.proto`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -33,6 +35,10 @@ pub enum WireError {
     Counter(&'static str, u64),
     #[error("a cluster's generation is never 0")]
     Generation,
+    #[error("a highest bid needs both an amount and a bidder")]
+    HighestBid,
+    #[error("an auction view contradicts itself: {0}")]
+    View(&'static str),
 }
 
 /// The largest version, epoch or auction number a state may arrive with. Each grows by one per
@@ -176,51 +182,84 @@ impl TryFrom<v1::Decision> for auction::Decision {
     }
 }
 
-/// The reply to a request that changes state.
-pub fn decision_reply(decision: &auction::Decision, auction: AuctionView) -> DecisionReply {
-    DecisionReply {
-        decision: Some(decision.into()),
-        reason: decision
-            .as_ref()
-            .err()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        auction: Some(auction),
+impl From<&View> for AuctionView {
+    fn from(v: &View) -> Self {
+        Self {
+            number: v.number,
+            open: v.open,
+            deadline_ms: v.deadline_ms,
+            highest_bid: v.highest.as_ref().map_or(0, |h| h.amount.get()),
+            highest_bidder: v
+                .highest
+                .as_ref()
+                .map(|h| h.bidder.as_str().to_owned())
+                .unwrap_or_default(),
+            bidders: v.bidders,
+            now_ms: v.now_ms,
+        }
     }
 }
 
-/// A hash of the whole replicated state (FNV-1a of its encoding, which is deterministic: every
-/// collection in it is ordered), so nodes can compare states with one number.
-pub fn digest(state: &ClusterState) -> u64 {
-    use prost::Message;
-    State::from(state)
-        .encode_to_vec()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+impl TryFrom<AuctionView> for View {
+    type Error = WireError;
+    fn try_from(v: AuctionView) -> Result<Self, WireError> {
+        let number = counter(v.number, "auction number")?;
+        let highest = match (v.highest_bid, v.highest_bidder.is_empty()) {
+            (0, true) => None,
+            (0, false) | (_, true) => return Err(WireError::HighestBid),
+            (amount, false) => Some(Bid {
+                bidder: BidderId::new(v.highest_bidder)?,
+                amount: Amount::new(amount)?,
+            }),
+        };
+        if number == 0 && (v.open || highest.is_some() || v.bidders != 0) {
+            return Err(WireError::View(
+                "no auction was started, yet it is open or has bids",
+            ));
+        }
+        if highest.is_some() && v.bidders == 0 {
+            return Err(WireError::View("a highest bid, yet no bidders"));
+        }
+        Ok(Self {
+            number,
+            open: v.open,
+            deadline_ms: v.deadline_ms,
+            highest,
+            bidders: v.bidders,
+            now_ms: v.now_ms,
         })
+    }
 }
 
-/// The auction as a reader saw it (`view`), with its deadline shown on the wall clock as
-/// `wall_now_ms` (Unix ms) plus the time left.
-pub fn auction_view(v: &auction::View, wall_now_ms: u64) -> AuctionView {
-    let deadline_ms = if v.deadline >= v.now {
-        wall_now_ms.saturating_add(v.deadline.0 - v.now.0)
-    } else {
-        wall_now_ms.saturating_sub(v.now.0 - v.deadline.0)
-    };
-    AuctionView {
-        number: v.number,
-        open: v.open,
-        deadline_ms,
-        highest_bid: v.highest.as_ref().map_or(0, |h| h.amount.get()),
-        highest_bidder: v
-            .highest
-            .as_ref()
-            .map(|h| h.bidder.as_str().to_owned())
-            .unwrap_or_default(),
-        bidders: v.bidders,
-        now_ms: wall_now_ms,
+impl From<&view::Status> for StatusReply {
+    fn from(s: &view::Status) -> Self {
+        Self {
+            leader: Some(s.leader.into()),
+            members: s.members.iter().map(|m| (*m).into()).collect(),
+            epoch: s.epoch,
+            version: s.version,
+            auction: Some((&s.auction).into()),
+            digest: s.digest.unwrap_or(0),
+        }
+    }
+}
+
+impl TryFrom<StatusReply> for view::Status {
+    type Error = WireError;
+    fn try_from(s: StatusReply) -> Result<Self, WireError> {
+        Ok(Self {
+            leader: member(s.leader, "leader")?,
+            members: s
+                .members
+                .into_iter()
+                .map(Member::try_from)
+                .collect::<Result<_, _>>()?,
+            epoch: counter(s.epoch, "epoch")?,
+            version: counter(s.version, "version")?,
+            auction: required(s.auction, "auction")?.try_into()?,
+            // 0 means none: only a node's own terminal asks for the digest.
+            digest: (s.digest != 0).then_some(s.digest),
+        })
     }
 }
 
@@ -489,9 +528,12 @@ mod tests {
         assert_eq!(ClusterState::try_from(wire), Err(WireError::Generation));
     }
 
-    #[test]
-    fn a_view_shows_the_deadline_on_the_wall_clock_whatever_it_reads() {
+    fn a_status() -> view::Status {
         let mut s = ClusterState::founded(node(5400), Generation(5));
+        s.apply(&Change {
+            at: Millis(1_000),
+            kind: ChangeKind::Join(node(5401)),
+        });
         s.apply(&Change {
             at: Millis(1_000),
             kind: ChangeKind::Client {
@@ -501,16 +543,94 @@ mod tests {
                 },
             },
         });
-        let a = &s.machine.auction;
-        // 20 s into the auction, on a wall clock anywhere (even before 1970 + 60 s): 40 s left.
-        for wall in [5_000, 1_800_000_000_000] {
-            let v = auction_view(&a.view(Millis(21_000)), wall);
-            assert!(v.open);
-            assert_eq!((v.deadline_ms - v.now_ms, v.now_ms), (40_000, wall));
+        s.apply(&Change {
+            at: Millis(2_000),
+            kind: ChangeKind::Client {
+                id: Some(RequestId::new(3, 1).unwrap()),
+                op: Op::Bid {
+                    bidder: BidderId::new("ann").unwrap(),
+                    amount: Amount::new(10).unwrap(),
+                    credential: crate::types::Credential([1; 32]),
+                },
+            },
+        });
+        view::Status {
+            leader: s.leader,
+            members: s.members.clone(),
+            epoch: s.epoch,
+            version: s.version,
+            auction: View::of(&s.machine.auction.observe(Millis(3_000)), 1_700_000_000_000),
+            digest: None,
         }
-        let v = auction_view(&a.view(Millis(70_000)), 100_000);
-        assert!(!v.open);
-        assert_eq!(v.deadline_ms, 91_000, "closed 9 s ago");
+    }
+
+    #[test]
+    fn a_status_and_its_view_survive_the_wire() {
+        let s = a_status();
+        assert!(s.auction.highest.is_some());
+        assert_eq!(view::Status::try_from(StatusReply::from(&s)), Ok(s.clone()));
+        let with_digest = view::Status {
+            digest: Some(7),
+            ..s
+        };
+        let wire = StatusReply::from(&with_digest);
+        assert_eq!(wire.digest, 7);
+        assert_eq!(view::Status::try_from(wire), Ok(with_digest));
+    }
+
+    #[test]
+    fn malformed_views_are_refused() {
+        let good = AuctionView::from(&a_status().auction);
+        let refused = |change: fn(&mut AuctionView)| {
+            let mut v = good.clone();
+            change(&mut v);
+            View::try_from(v).unwrap_err()
+        };
+        assert_eq!(refused(|v| v.highest_bidder.clear()), WireError::HighestBid);
+        assert_eq!(refused(|v| v.highest_bid = 0), WireError::HighestBid);
+        assert!(matches!(
+            refused(|v| v.highest_bidder = "not a name!".into()),
+            WireError::Input(InputError::BidderCharacters(_))
+        ));
+        assert_eq!(
+            refused(|v| v.highest_bid = u64::MAX),
+            WireError::Input(InputError::AmountTooLarge)
+        );
+        assert!(matches!(refused(|v| v.bidders = 0), WireError::View(_)));
+        assert!(matches!(refused(|v| v.number = 0), WireError::View(_)));
+        assert!(matches!(
+            refused(|v| v.number = u64::MAX),
+            WireError::Counter("auction number", _)
+        ));
+        let none = AuctionView::default();
+        assert_eq!(
+            View::try_from(none).map(|v| (v.number, v.open, v.highest)),
+            Ok((0, false, None))
+        );
+    }
+
+    #[test]
+    fn malformed_statuses_are_refused() {
+        let good = StatusReply::from(&a_status());
+        let refused = |change: fn(&mut StatusReply)| {
+            let mut s = good.clone();
+            change(&mut s);
+            view::Status::try_from(s).unwrap_err()
+        };
+        assert_eq!(refused(|s| s.leader = None), WireError::Missing("leader"));
+        assert_eq!(refused(|s| s.auction = None), WireError::Missing("auction"));
+        assert_eq!(
+            refused(|s| s.members[1].id = 70_000),
+            WireError::NodeId(70_000)
+        );
+        assert_eq!(
+            refused(|s| s.epoch = u64::MAX),
+            WireError::Counter("epoch", u64::MAX)
+        );
+        assert_eq!(
+            refused(|s| s.auction.as_mut().unwrap().highest_bid = 0),
+            WireError::HighestBid
+        );
     }
 
     #[test]

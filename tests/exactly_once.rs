@@ -138,7 +138,7 @@ async fn two_equal_bids_at_the_same_moment_have_exactly_one_winner() {
             bob[round]
         );
     }
-    let s = h.wait_for(|s| leader_of(s) == Some(5400)).await;
-    assert_eq!(s.auction.unwrap().highest_bid, rounds * 10);
+    let s = h.wait_for(|s| leader_of(s) == 5400).await;
+    assert_eq!(s.auction.highest_amount(), Some(rounds * 10));
     h.assert_no_panics();
 }

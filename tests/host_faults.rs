@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use auction::auction::Decision;
 use auction::cluster::{is_member, leader_of};
-use auction::pb::{self, StatusReply, auction_client::AuctionClient};
+use auction::pb::{self, auction_client::AuctionClient};
 use auction::types::{Amount, BidderId, RequestId, Token};
+use auction::view::Status;
 use auction_lab::fake_clock::FakeClock;
 use auction_lab::harness::{Harness, TIMEOUT_MS, WAIT, json};
 use rustix::process::Signal;
@@ -151,8 +152,8 @@ fn assert_closed_won_by(r: &Value, who: &str, amount: u64) {
 }
 
 /// Waits for a leader other than `old`.
-async fn wait_new_leader(h: &Harness, old: u16) -> StatusReply {
-    h.wait_for(|s| leader_of(s).is_some_and(|l| l != old)).await
+async fn wait_new_leader(h: &Harness, old: u16) -> Status {
+    h.wait_for(|s| leader_of(s) != old).await
 }
 
 /// A client session with a token of its own for `who`, for requests whose id the test replays.
@@ -238,10 +239,13 @@ async fn start_cluster(tmp: Tmp) -> Harness {
 }
 
 /// Fails if `s` is not the state with ann's 100 and bob's 200: a node leads another state.
-fn assert_holds_the_bids(s: &StatusReply) {
-    let a = s.auction.as_ref().expect("an auction");
+fn assert_holds_the_bids(s: &Status) {
+    let a = &s.auction;
     assert!(
-        a.number == 1 && a.highest_bid == 200 && a.highest_bidder == "bob" && a.bidders == 2,
+        a.number == 1
+            && a.highest_amount() == Some(200)
+            && a.highest_bidder() == Some("bob")
+            && a.bidders == 2,
         "node {:?} leads a state without the acknowledged bids: {s:?}",
         leader_of(s)
     );
@@ -428,7 +432,7 @@ async fn leader_restarted_while_members_pause_keeps_the_acknowledged_bids(tmp: T
     // A surviving member leads again, and whoever answers on the way holds the bids.
     h.wait_for(|s| {
         assert_holds_the_bids(s);
-        leader_of(s).is_some_and(|l| l != IDS[0])
+        leader_of(s) != IDS[0]
     })
     .await;
     let s = h.wait_member(IDS[0]).await;
@@ -491,7 +495,7 @@ async fn killed_leader_restarted_later_rejoins(tmp: Tmp) {
     delete_cluster_files(&h);
     let s = h.start_member(IDS[0]).await;
     assert_holds_the_bids(&s);
-    assert_ne!(leader_of(&s), Some(IDS[0]), "{s:?}");
+    assert_ne!(leader_of(&s), IDS[0], "{s:?}");
     assert_bid_refused(&h, "ann", 150).await;
     h.assert_no_panics();
 }
@@ -520,7 +524,7 @@ async fn tmp_files_deleted_during_a_takeover_neither_lose_bids_nor_block_rejoini
     h.wait_exited(IDS[0]).await;
     let s = wait_new_leader(&h, IDS[0]).await;
     assert_holds_the_bids(&s);
-    let new_leader = leader_of(&s).unwrap();
+    let new_leader = leader_of(&s);
     h.start_member(IDS[0]).await;
     // The restarted node holds the whole state: with the new leader gone, the survivors lead it.
     h.cluster.kill(new_leader).await;

@@ -61,9 +61,7 @@ async fn the_bench_loads_a_cluster_and_reports_json() {
     .await;
     assert_answered(&r);
     // Every bid was a real one: the auction's highest bid moved.
-    let s = h
-        .wait_for(|s| s.auction.as_ref().is_some_and(|a| a.highest_bid > 0))
-        .await;
+    let s = h.wait_for(|s| s.auction.highest.is_some()).await;
     assert!(s.version > 10);
     h.assert_no_panics();
 }

@@ -76,9 +76,10 @@ pub struct Auction {
     pub bidders: BTreeSet<BidderId>,
 }
 
-/// The auction as a reader sees it at one moment of the auction clock.
+/// The auction as a reader sees it at one moment of the auction clock (the product shows it on
+/// the wall clock as `auction::view::View`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct View {
+pub struct Observation {
     /// 0 when no auction was ever started.
     pub number: u64,
     pub open: bool,
@@ -98,8 +99,8 @@ impl Auction {
     }
 
     /// The auction as a reader sees it at `now`.
-    pub fn view(&self, now: Millis) -> View {
-        View {
+    pub fn observe(&self, now: Millis) -> Observation {
+        Observation {
             number: self.number,
             open: self.is_open(now),
             deadline: self.deadline,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::auction::{Decision, Op, View};
+use crate::auction::{Decision, Observation, Op};
 use crate::replication::{
     Change, ChangeKind, ClockReading, ClusterState, ConnId, Followers, Lateness, Member,
 };
@@ -77,8 +77,8 @@ pub enum Request {
 /// The answer to a [`Request`], released once its batch is committed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
-    Decision(Decision, View),
-    Result(View),
+    Decision(Decision, Observation),
+    Result(Observation),
 }
 
 /// What the shell learned about a process that used a joiner's id before it.
@@ -672,9 +672,9 @@ impl<R> Engine<R> {
                         // Invariant: a client change always yields a decision.
                         .expect("client changes are decided");
                     changes.push(change);
-                    Reply::Decision(decision, self.state.machine.auction.view(now))
+                    Reply::Decision(decision, self.state.machine.auction.observe(now))
                 }
-                Request::Read => Reply::Result(self.state.machine.auction.view(now)),
+                Request::Read => Reply::Result(self.state.machine.auction.observe(now)),
             };
             replies.push((to, reply));
         }

@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use crate::history::{Call, Op, ReadView, Return};
-use auction::auction::{Machine, Op as AuctionOp};
+use crate::history::{Call, Operation, ReadView, Return};
+use auction::auction::{Machine, Op};
 use auction::types::{AuctionLength, Credential, Millis};
 
 /// A search gives up after this many steps, so a pathological history cannot hang a test run.
@@ -42,15 +42,15 @@ pub struct Violation {
     /// How many operations the longest order found could place.
     pub placed: usize,
     /// The last operations of that order, oldest first.
-    pub last_placed: Vec<Op>,
+    pub last_placed: Vec<Operation>,
     /// The model state after that order.
     pub state: String,
     /// The operations of the failing prefix that no order could place, by invocation.
-    pub unplaced: Vec<Op>,
+    pub unplaced: Vec<Operation>,
     /// Set when the search gave up rather than proved a violation.
     pub gave_up: bool,
     /// The auction's end at its deadline, with its whole window, if the history has it.
-    pub deadline: Option<Op>,
+    pub deadline: Option<Operation>,
 }
 
 impl fmt::Display for Violation {
@@ -92,9 +92,9 @@ impl fmt::Display for Violation {
 ///
 /// # Errors
 /// The smallest window of the history that cannot be linearized.
-pub fn check(history: &[Op]) -> Result<(), Box<Violation>> {
-    let mut by_auction: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
-    let placed_in_one = |op: &Op| op.is_known() || op.call == Call::Expire;
+pub fn check(history: &[Operation]) -> Result<(), Box<Violation>> {
+    let mut by_auction: BTreeMap<u64, Vec<Operation>> = BTreeMap::new();
+    let placed_in_one = |op: &Operation| op.is_known() || op.call == Call::Expire;
     let auctions: BTreeSet<u64> = history
         .iter()
         .filter(|op| placed_in_one(op))
@@ -149,18 +149,18 @@ fn model(number: u64) -> Machine {
     let forever = AuctionLength::from_secs(AuctionLength::MAX_SECS).expect("in range");
     for _ in 0..number {
         m.auction.closed_early = true;
-        let started = m.apply(Millis(0), None, &AuctionOp::Start { duration: forever });
+        let started = m.apply(Millis(0), None, &Op::Start { duration: forever });
         debug_assert!(started.is_ok());
     }
     m
 }
 
 /// The model's next state if `op` can take effect now with its recorded answer.
-fn step(state: &Machine, op: &Op) -> Option<Machine> {
+fn step(state: &Machine, op: &Operation) -> Option<Machine> {
     match (&op.call, &op.ret) {
         (Call::Bid { bidder, amount }, ret) => {
             let mut next = state.clone();
-            let bid = AuctionOp::Bid {
+            let bid = Op::Bid {
                 bidder: bidder.clone(),
                 amount: *amount,
                 // Every bidder in a history bids with its own token (the nemesis gives each one
@@ -259,7 +259,7 @@ impl Placed {
 }
 
 /// Searches for a linearization of `ops`, which must be sorted by invocation.
-fn search(ops: &[Op], init: Machine) -> Result<(), Box<Failure>> {
+fn search(ops: &[Operation], init: Machine) -> Result<(), Box<Failure>> {
     let n = ops.len();
     let mut events: Vec<(Duration, bool, usize)> = Vec::with_capacity(2 * n);
     for (i, op) in ops.iter().enumerate() {
@@ -362,8 +362,8 @@ fn search(ops: &[Op], init: Machine) -> Result<(), Box<Failure>> {
 
 /// The smallest failing prefix of `ops` (linearizability is prefix-closed, so a binary search
 /// over return times finds it), and the longest order found in it.
-fn explain(auction: u64, ops: &[Op], whole: Failure) -> Violation {
-    let prefix = |end: Duration| -> Vec<Op> {
+fn explain(auction: u64, ops: &[Operation], whole: Failure) -> Violation {
+    let prefix = |end: Duration| -> Vec<Operation> {
         ops.iter()
             .filter(|op| op.invoked <= end)
             .map(|op| {
@@ -405,7 +405,7 @@ fn explain(auction: u64, ops: &[Op], whole: Failure) -> Violation {
         (end, window, failure)
     };
     let placed: HashSet<usize> = failure.order.iter().copied().collect();
-    let mut unplaced: Vec<Op> = (0..window.len())
+    let mut unplaced: Vec<Operation> = (0..window.len())
         .filter(|i| !placed.contains(i))
         .map(|i| window[i].clone())
         .collect();
@@ -428,7 +428,7 @@ fn explain(auction: u64, ops: &[Op], whole: Failure) -> Violation {
 
 /// A history of `rounds` rounds in which 8 clients all bid one more than the highest bid at the
 /// same moment (one wins, seven are refused), then all read. For tests and benchmarks.
-pub fn contended_history(rounds: u64) -> Vec<Op> {
+pub fn contended_history(rounds: u64) -> Vec<Operation> {
     use auction::auction::Refusal;
     use auction::types::{Amount, BidderId};
     let name = |c: u32| BidderId::new(format!("c{c}")).expect("valid name");
@@ -449,7 +449,7 @@ pub fn contended_history(rounds: u64) -> Vec<Op> {
             };
             // All invoked within 2 ms; the winner returns first.
             let end = if c == winner { 5 } else { 6 + u64::from(c) };
-            h.push(Op {
+            h.push(Operation {
                 client: c,
                 auction: 1,
                 call: Call::Bid {
@@ -463,7 +463,7 @@ pub fn contended_history(rounds: u64) -> Vec<Op> {
         }
         t += 20;
         for c in 0..8u32 {
-            h.push(Op {
+            h.push(Operation {
                 client: c,
                 auction: 1,
                 call: Call::Read,
@@ -491,8 +491,8 @@ mod tests {
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
-    fn bid(client: u32, amount: u64, span: (u64, Option<u64>), ret: Return) -> Op {
-        Op {
+    fn bid(client: u32, amount: u64, span: (u64, Option<u64>), ret: Return) -> Operation {
+        Operation {
             client,
             auction: 1,
             call: Call::Bid {
@@ -513,8 +513,8 @@ mod tests {
             highest: Amount::new(highest).unwrap(),
         }))
     }
-    fn read(client: u32, span: (u64, u64), highest: Option<(u32, u64)>, bidders: u64) -> Op {
-        Op {
+    fn read(client: u32, span: (u64, u64), highest: Option<(u32, u64)>, bidders: u64) -> Operation {
+        Operation {
             client,
             auction: 1,
             call: Call::Read,
@@ -638,7 +638,7 @@ mod tests {
 
     #[test]
     fn the_window_of_a_violation_is_small_and_readable() {
-        let mut h: Vec<Op> = (0..50)
+        let mut h: Vec<Operation> = (0..50)
             .map(|i| {
                 bid(
                     i % 4,
@@ -668,7 +668,7 @@ mod tests {
         span: (u64, u64),
         highest: Option<(u32, u64)>,
         bidders: u64,
-    ) -> Op {
+    ) -> Operation {
         let mut op = read(9, span, highest, bidders);
         if let Return::Read(v) = &mut op.ret {
             v.number = auction;
@@ -677,8 +677,8 @@ mod tests {
         op.auction = auction;
         op
     }
-    fn expire(auction: u64, span: (u64, Option<u64>)) -> Op {
-        Op {
+    fn expire(auction: u64, span: (u64, Option<u64>)) -> Operation {
+        Operation {
             client: crate::history::DEADLINE,
             auction,
             call: Call::Expire,

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of};
-use auction::pb::StatusReply;
+use auction::view::Status;
 use tokio::process::Command;
 
 /// The workspace's binaries, built beside the test (`cargo test` at the top builds them all).
@@ -88,29 +88,29 @@ impl Harness {
 
     /// Starts node `id` (again, if it ran before) and waits until the leader lists this very
     /// process as a member. Fails as soon as the process exits instead.
-    pub async fn start_member(&mut self, id: u16) -> StatusReply {
+    pub async fn start_member(&mut self, id: u16) -> Status {
         self.cluster.start(id).expect("start node");
         self.wait_member(id).await
     }
 
     /// Waits until the leader lists node `id`'s current process (same pid) as a member. Fails as
     /// soon as the process exits instead.
-    pub async fn wait_member(&mut self, id: u16) -> StatusReply {
+    pub async fn wait_member(&mut self, id: u16) -> Status {
         match self.cluster.wait_members(&[id], WAIT).await {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         }
     }
 
-    pub async fn wait_for(&self, pred: impl FnMut(&StatusReply) -> bool) -> StatusReply {
+    pub async fn wait_for(&self, pred: impl FnMut(&Status) -> bool) -> Status {
         match self.cluster.wait_for(WAIT, pred).await {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         }
     }
 
-    pub async fn wait_leader(&self, id: u16) -> StatusReply {
-        self.wait_for(|s| leader_of(s) == Some(id)).await
+    pub async fn wait_leader(&self, id: u16) -> Status {
+        self.wait_for(|s| leader_of(s) == id).await
     }
 
     /// Waits until node `id`'s process has exited (for example, fenced by SIGKILL).

@@ -53,9 +53,10 @@ pub enum Return {
     Unknown,
 }
 
-/// One client operation.
+/// One operation of a history: what was invoked ([`Call`]), when, and how it ended
+/// ([`Return`]). Not [`auction::auction::Op`], the change a request asks of the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Op {
+pub struct Operation {
     /// The client process (a killed client's successor gets a new number).
     pub client: u32,
     /// The auction the operation is about, from its answer; operations on different auctions
@@ -70,14 +71,14 @@ pub struct Op {
     pub ret: Return,
 }
 
-impl Op {
+impl Operation {
     /// Whether the client got an answer.
     pub fn is_known(&self) -> bool {
         self.returned.is_some() && self.ret != Return::Unknown
     }
 }
 
-impl fmt::Display for Op {
+impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let end = self.returned.map_or_else(
             || "never".to_string(),

@@ -25,12 +25,13 @@ use tokio::time::Instant;
 
 use crate::checker;
 use crate::fake_clock::FakeClock;
-use crate::history::{Call, DEADLINE, FINAL_READER, Op, ReadView, Return};
+use crate::history::{Call, DEADLINE, FINAL_READER, Operation, ReadView, Return};
 use auction::auction::{Decision, Refusal};
 use auction::client::{Client, ClientError};
 use auction::cluster::{LocalCluster, Spec, Transcript, leader_of};
 use auction::pb;
 use auction::types::{Amount, BidderId, RequestId, Token};
+use auction::view::View;
 
 mod host;
 mod operator;
@@ -316,10 +317,10 @@ impl AuctionRecord {
 
     /// Its end as an operation of the history: unreturned if its window outlives the history
     /// (which ends at `history_end`), since the deadline may then still be ahead.
-    fn expire(&self, bound: Duration, history_end: Duration) -> Op {
+    fn expire(&self, bound: Duration, history_end: Duration) -> Operation {
         let (earliest, latest) = self.close_window(bound);
         let returned = latest.filter(|l| *l <= history_end);
-        Op {
+        Operation {
             client: DEADLINE,
             auction: self.number,
             call: Call::Expire,
@@ -567,7 +568,7 @@ struct LastBid {
 /// What one client task recorded.
 #[derive(Debug, Default)]
 struct ClientLog {
-    ops: Vec<Op>,
+    ops: Vec<Operation>,
     last_bids: Vec<LastBid>,
     problems: Vec<String>,
 }
@@ -708,7 +709,7 @@ pub async fn run(cfg: &Config) -> Report {
     let invoked = t0.elapsed();
     let final_view = reader.result().await.map(|v| read_view(&v));
     match &final_view {
-        Ok(view) => ops.push(Op {
+        Ok(view) => ops.push(Operation {
             client: FINAL_READER,
             auction: view.number,
             call: Call::Read,
@@ -796,16 +797,20 @@ async fn start_cluster(
         let invoked = t0.elapsed();
         cluster.start(founder).map_err(|e| e.to_string())?;
         let status = cluster
-            .wait_for(patience, |s| leader_of(s) == Some(founder))
-            .await?;
+            .wait_for(patience, |s| leader_of(s) == founder)
+            .await
+            .map_err(|e| e.to_string())?;
         let first = AuctionRecord {
-            number: status.auction.map_or(0, |a| a.number),
+            number: status.auction.number,
             duration: Duration::from_secs(first_secs),
             start_invoked: invoked,
             start_returned: Some(t0.elapsed()),
         };
         for &id in others {
-            cluster.start_member(id, patience).await?;
+            cluster
+                .start_member(id, patience)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok::<_, String>(first)
     };
@@ -827,7 +832,7 @@ async fn heal(cluster: &mut LocalCluster) -> Result<(), String> {
     loop {
         restart_dead(cluster);
         let last = match cluster.status(Duration::from_millis(500)).await {
-            Ok(s) if s.members.len() == NODES.len() && leader_of(&s).is_some() => return Ok(()),
+            Ok(s) if s.members.len() == NODES.len() => return Ok(()),
             Ok(s) => format!("{s:?}"),
             Err(e) => e.to_string(),
         };
@@ -919,13 +924,13 @@ async fn inject(
     }
     // Node faults need to know who leads.
     let status = cluster.status(Duration::from_millis(300)).await.ok()?;
-    let leader = leader_of(&status)?;
+    let leader = leader_of(&status);
     // Members whose process runs now: the same pid, not a restarted process with the same id.
     let members: Vec<u16> = status
         .members
         .iter()
         .filter_map(|m| {
-            let id = u16::try_from(m.id).ok()?;
+            let id = m.id.0;
             let node = cluster.node(id)?;
             (node.pid() == m.pid && !node.exited()).then_some(id)
         })
@@ -1028,18 +1033,12 @@ async fn pause(cluster: &LocalCluster, id: u16, length: Duration) {
     }
 }
 
-fn read_view(view: &pb::AuctionView) -> ReadView {
-    let highest = match (
-        BidderId::new(view.highest_bidder.clone()),
-        Amount::new(view.highest_bid),
-    ) {
-        (Ok(who), Ok(amount)) => Some((who, amount)),
-        _ => None,
-    };
+/// What the checker compares of a view.
+fn read_view(view: &View) -> ReadView {
     ReadView {
         number: view.number,
         open: view.open,
-        highest,
+        highest: view.highest.as_ref().map(|h| (h.bidder.clone(), h.amount)),
         bidders: view.bidders,
     }
 }
@@ -1147,7 +1146,7 @@ async fn client_loop(
             Some(a) => (a, returned, ret),
             None => (before, None, Return::Unknown),
         };
-        log.ops.push(Op {
+        log.ops.push(Operation {
             client: process,
             auction,
             call,
@@ -1207,7 +1206,7 @@ async fn perform(client: &mut Client, call: &Call) -> Result<Done, ClientError> 
             Ok(Done {
                 ret: Return::Bid(o.decision),
                 number: o.auction.number,
-                highest: o.auction.highest_bid,
+                highest: o.auction.highest_amount().unwrap_or(0),
             })
         }
         Call::Read | Call::Expire => {
@@ -1215,14 +1214,14 @@ async fn perform(client: &mut Client, call: &Call) -> Result<Done, ClientError> 
             Ok(Done {
                 ret: Return::Read(read_view(&view)),
                 number: view.number,
-                highest: view.highest_bid,
+                highest: view.highest_amount().unwrap_or(0),
             })
         }
     }
 }
 
 /// For each fault, the time to the first definite answer to a bid sent after it.
-fn recovery(faults: &[Fault], ops: &[Op]) -> Vec<(FaultKind, Option<Duration>)> {
+fn recovery(faults: &[Fault], ops: &[Operation]) -> Vec<(FaultKind, Option<Duration>)> {
     faults
         .iter()
         .map(|f| {
@@ -1240,7 +1239,7 @@ fn recovery(faults: &[Fault], ops: &[Op]) -> Vec<(FaultKind, Option<Duration>)> 
 /// For each auction that a read saw closed (and whose start was answered), the first such
 /// read's return minus the start's return plus the duration (zero if earlier); and how many
 /// auctions no read saw closed.
-fn close_lags(auctions: &[AuctionRecord], ops: &[Op]) -> (Vec<Duration>, usize) {
+fn close_lags(auctions: &[AuctionRecord], ops: &[Operation]) -> (Vec<Duration>, usize) {
     let mut first_closed: BTreeMap<u64, Duration> = BTreeMap::new();
     for op in ops {
         if let (Return::Read(view), Some(returned)) = (&op.ret, op.returned)
@@ -1270,7 +1269,11 @@ fn close_lags(auctions: &[AuctionRecord], ops: &[Op]) -> (Vec<Duration>, usize) 
 /// Every acknowledged bid must be in the auction it was made in: each auction seen closed was
 /// won by its highest acknowledged bid (or by a higher bid whose outcome is unknown), and the
 /// final read shows the latest auction, with at least its highest acknowledged bid.
-fn check_acknowledged(ops: &[Op], final_view: Option<&ReadView>, problems: &mut Vec<String>) {
+fn check_acknowledged(
+    ops: &[Operation],
+    final_view: Option<&ReadView>,
+    problems: &mut Vec<String>,
+) {
     let mut acked: BTreeMap<u64, Amount> = BTreeMap::new();
     let mut made: HashSet<(&BidderId, Amount)> = HashSet::new();
     for op in ops {
@@ -1494,7 +1497,7 @@ mod tests {
     #[test]
     fn recovery_is_measured_to_the_first_answered_bid_sent_after_the_fault() {
         let ms = Duration::from_millis;
-        let bid = |invoked: u64, returned: Option<u64>| Op {
+        let bid = |invoked: u64, returned: Option<u64>| Operation {
             client: 1,
             auction: 1,
             call: Call::Bid {
@@ -1575,7 +1578,7 @@ mod tests {
             start_invoked: ms(0),
             start_returned: Some(ms(returned)),
         };
-        let read = |number, open, returned| Op {
+        let read = |number, open, returned| Operation {
             client: 1,
             auction: number,
             call: Call::Read,
@@ -1605,7 +1608,7 @@ mod tests {
     fn a_lost_or_invented_winner_is_caught() {
         let ms = Duration::from_millis;
         let c = |name: &str| BidderId::new(name).unwrap();
-        let bid = |auction, name: &str, amount, ret| Op {
+        let bid = |auction, name: &str, amount, ret| Operation {
             client: 1,
             auction,
             call: Call::Bid {
@@ -1616,7 +1619,7 @@ mod tests {
             returned: Some(ms(2)),
             ret,
         };
-        let closed_read = |auction, highest: Option<(&str, u64)>| Op {
+        let closed_read = |auction, highest: Option<(&str, u64)>| Operation {
             client: 2,
             auction,
             call: Call::Read,

@@ -10,10 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use auction::auth::{AuthDir, AuthError};
 use auction::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Outcome};
-use auction::console::{describe_auction, describe_status};
+use auction::display::{describe_auction, describe_status};
 use auction::input::{self, Line, LineError, LineRead};
-use auction::pb::{AuctionView, StatusReply};
+use auction::tls::{self, ClientTls};
 use auction::types::{Amount, AuctionLength, BidderId};
+use auction::view::{Status, View};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -47,7 +48,8 @@ struct Args {
     /// Where tokens are kept. Default: ~/.auction.
     #[arg(long, env = "AUCTION_AUTH_DIR", global = true)]
     auth_dir: Option<PathBuf>,
-    /// Dial over TLS, trusting the nodes' certificate in AUTH_DIR/tls.pem.
+    /// Dial over TLS, trusting the nodes' certificate in AUTH_DIR/tls.pem (read up to the
+    /// nodes' private key after it, which the client never reads).
     #[arg(long, global = true)]
     tls: bool,
     /// Print one JSON object per answer.
@@ -194,13 +196,15 @@ fn bidder(id: Option<&str>, auth: &AuthDir, client: &mut Client) -> anyhow::Resu
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let servers = auction::client::resolve_all(&args.server).context("--server")?;
     let mut client = Client::with_addresses(servers, Duration::from_millis(args.retry_ms));
-    let auth = AuthDir::new(match &args.auth_dir {
+    let auth_dir = match &args.auth_dir {
         Some(dir) => dir.clone(),
         None => AuthDir::default_path()?,
-    });
+    };
     if args.tls {
-        client.set_tls(auth.existing_tls()?);
+        // Only the certificate: the nodes' private key after it in the file is never read.
+        client.set_tls(ClientTls::load(&auth_dir.join(tls::PEM_FILE))?);
     }
+    let auth = AuthDir::new(auth_dir);
     let operator = matches!(args.command, Some(Command::Start { .. } | Command::Close));
     if operator {
         client.set_operator_token(auth.existing_operator_token()?);
@@ -319,11 +323,10 @@ impl Session {
                     .client
                     .server()
                     .map_or_else(|| server.to_string(), |a| a.to_string());
-                let leader = s
-                    .leader
-                    .map(|l| format!(" (node {} leads)", l.id))
-                    .unwrap_or_default();
-                Ok(format!("connected to {at}{leader} {who}; {invite}"))
+                Ok(format!(
+                    "connected to {at} (node {} leads) {who}; {invite}",
+                    s.leader.id
+                ))
             }
             Err(e @ ClientError::NotAuctionServer { .. }) => Err(e.into()),
             Err(e) => Ok(format!(
@@ -400,8 +403,8 @@ fn decision(what: &str, r: &Result<Outcome, ClientError>, json: bool) -> (u8, St
         let mut v = json!({ "outcome": outcome, "reason": reason });
         if let Some(a) = auction {
             v["auction"] = json!(a.number);
-            v["highest_bid"] = json!(nonzero(a.highest_bid));
-            v["highest_bidder"] = json!(nonempty(&a.highest_bidder));
+            v["highest_bid"] = json!(a.highest_amount());
+            v["highest_bidder"] = json!(a.highest_bidder());
             v["open"] = json!(a.open);
         }
         v.to_string()
@@ -414,7 +417,7 @@ fn decision(what: &str, r: &Result<Outcome, ClientError>, json: bool) -> (u8, St
     (code, answer)
 }
 
-fn result(r: &Result<AuctionView, ClientError>, json: bool) -> (u8, String) {
+fn result(r: &Result<View, ClientError>, json: bool) -> (u8, String) {
     let a = match r {
         Ok(a) => a,
         Err(e) => return exception(e, json),
@@ -422,22 +425,22 @@ fn result(r: &Result<AuctionView, ClientError>, json: bool) -> (u8, String) {
     if !json {
         return (0, format!("result: {}", describe_auction(a)));
     }
+    let (highest_bid, highest_bidder) = (a.highest_amount(), a.highest_bidder());
     let closed = !a.open;
-    let winner = nonempty(&a.highest_bidder).filter(|_| closed);
     let v = json!({
         "state": if a.open { "open" } else { "closed" },
         "auction": a.number,
-        "highest_bid": nonzero(a.highest_bid),
-        "highest_bidder": nonempty(&a.highest_bidder),
-        "winner": winner,
-        "winning_bid": nonzero(a.highest_bid).filter(|_| closed),
+        "highest_bid": highest_bid,
+        "highest_bidder": highest_bidder,
+        "winner": highest_bidder.filter(|_| closed),
+        "winning_bid": highest_bid.filter(|_| closed),
         "bidders": a.bidders,
         "deadline_ms": a.deadline_ms,
     });
     (0, v.to_string())
 }
 
-fn status(r: &Result<StatusReply, ClientError>, json: bool) -> (u8, String) {
+fn status(r: &Result<Status, ClientError>, json: bool) -> (u8, String) {
     let s = match r {
         Ok(s) => s,
         Err(e) => return exception(e, json),
@@ -446,9 +449,9 @@ fn status(r: &Result<StatusReply, ClientError>, json: bool) -> (u8, String) {
         return (0, format!("status: {}", describe_status(s)));
     }
     let v = json!({
-        "leader": s.leader.as_ref().map(|l| l.id),
-        "leader_pid": s.leader.as_ref().map(|l| l.pid),
-        "members": s.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        "leader": s.leader.id.0,
+        "leader_pid": s.leader.pid,
+        "members": s.members.iter().map(|m| m.id.0).collect::<Vec<_>>(),
         "epoch": s.epoch,
         "version": s.version,
     });
@@ -462,12 +465,4 @@ fn exception(e: &ClientError, json: bool) -> (u8, String) {
         format!("exception: {e}")
     };
     (EXCEPTION, answer)
-}
-
-fn nonzero(v: u64) -> Option<u64> {
-    (v != 0).then_some(v)
-}
-
-fn nonempty(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
 }

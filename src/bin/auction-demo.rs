@@ -16,7 +16,8 @@ use anyhow::{Context, anyhow, bail};
 use auction::auth::AuthDir;
 use auction::client::{Client, DEFAULT_RETRY_BUDGET};
 use auction::cluster::{LocalCluster, Proc, Spec, Transcript, leader_of, sibling_binary};
-use auction::console::{self, describe_auction, describe_status};
+use auction::console;
+use auction::display::{describe_auction, describe_status};
 use auction::types::{AuctionLength, BidderId};
 use clap::{Parser, ValueEnum};
 use rustix::process::Signal;
@@ -362,9 +363,8 @@ async fn seed(cluster: &mut LocalCluster, client_bin: &PathBuf) -> anyhow::Resul
     );
     cluster.start(first)?;
     cluster
-        .wait_for(Duration::from_secs(10), |s| leader_of(s) == Some(first))
-        .await
-        .map_err(|e| anyhow!(e))?;
+        .wait_for(Duration::from_secs(10), |s| leader_of(s) == first)
+        .await?;
     cluster.start(second)?;
     wait_member(cluster, second).await?;
     let mut client = client_proc(cluster, client_bin, "1", "client 1")?;
@@ -388,9 +388,8 @@ async fn seed(cluster: &mut LocalCluster, client_bin: &PathBuf) -> anyhow::Resul
     say(&t, &format!("7. server {first} crashes (kill -9)"));
     cluster.kill(first).await;
     cluster
-        .wait_for(Duration::from_secs(10), |s| leader_of(s) == Some(second))
-        .await
-        .map_err(|e| anyhow!(e))?;
+        .wait_for(Duration::from_secs(10), |s| leader_of(s) == second)
+        .await?;
     say(
         &t,
         "8-9. client 1 bids a lower amount; the new leader refuses it",
@@ -451,16 +450,11 @@ async fn interactive(
     let names: Vec<String> = ids.iter().map(u16::to_string).collect();
     say(&t, &format!("starting nodes {}", names.join(", ")));
     cluster.start(ids[0])?;
-    wait_started(cluster, ids[0], "lead", |s, pid| {
-        s.leader.as_ref().is_some_and(|l| l.pid == pid)
-    })
-    .await?;
+    wait_started(cluster, ids[0], "lead", |s, pid| s.leader.pid == pid).await?;
     for &id in &ids[1..] {
         cluster.start(id)?;
         wait_started(cluster, id, "join", |s, pid| {
-            s.members
-                .iter()
-                .any(|m| m.id == u32::from(id) && m.pid == pid)
+            s.members.iter().any(|m| m.id.0 == id && m.pid == pid)
         })
         .await?;
     }
@@ -469,12 +463,10 @@ async fn interactive(
     if client.next_line(ANSWER).await.is_none() {
         bail!("the client did not start; its output above says why");
     }
-    let auction = cluster
-        .status(DEFAULT_RETRY_BUDGET)
-        .await
-        .ok()
-        .and_then(|s| s.auction)
-        .map_or_else(|| "the auction is open".into(), |a| describe_auction(&a));
+    let auction = cluster.status(DEFAULT_RETRY_BUDGET).await.map_or_else(
+        |_| "the auction is open".into(),
+        |s| describe_auction(&s.auction),
+    );
     let others = match &names[1..] {
         [] => String::new(),
         rest => format!(", {}", rest.join(", ")),
@@ -558,7 +550,7 @@ async fn wait_started(
     cluster: &mut LocalCluster,
     id: u16,
     what: &str,
-    started: impl Fn(&auction::pb::StatusReply, u32) -> bool,
+    started: impl Fn(&auction::view::Status, u32) -> bool,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut client = cluster.client(Duration::from_millis(500));
@@ -732,7 +724,7 @@ impl Demo<'_> {
     /// The leader's id, asked now, or as last seen when it cannot answer.
     async fn leader(&mut self) -> Option<u16> {
         if let Ok(s) = self.cluster.status(Duration::from_millis(300)).await {
-            self.leader = leader_of(&s);
+            self.leader = Some(leader_of(&s));
         }
         self.leader
     }

@@ -42,7 +42,7 @@ impl AuctionService {
 
     async fn decide(&self, request: Request) -> Result<DecisionReply, Status> {
         match self.leader.call(request).await? {
-            Reply::Decision(d, view) => Ok(pb::decision_reply(&d, view)),
+            Reply::Decision(d, view) => Ok(crate::view::decision_reply(&d, view)),
             other => Err(unexpected(&other)),
         }
     }

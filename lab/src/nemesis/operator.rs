@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{AUCTION_MS, AuctionRecord, Rng, read_view};
-use crate::history::{Call, OPERATOR, Op, Return};
+use crate::history::{Call, OPERATOR, Operation, Return};
 use auction::auction::Refusal;
 use auction::client::{Client, ClientError, Outcome};
 use auction::types::AuctionLength;
@@ -19,7 +19,7 @@ pub(super) struct OperatorLog {
     /// The auctions, in order, the founder's first.
     pub(super) auctions: Vec<AuctionRecord>,
     /// Its reads.
-    pub(super) ops: Vec<Op>,
+    pub(super) ops: Vec<Operation>,
     pub(super) problems: Vec<String>,
 }
 
@@ -99,7 +99,7 @@ impl Operator {
             if let Ok(view) = self.client.result().await {
                 let view = read_view(&view);
                 let closed = view.number == current.number && !view.open;
-                self.log.ops.push(Op {
+                self.log.ops.push(Operation {
                     client: OPERATOR,
                     auction: view.number,
                     call: Call::Read,
