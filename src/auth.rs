@@ -39,8 +39,6 @@ pub enum AuthError {
     InvalidEnv(&'static str, String),
     #[error("no operator token: {} does not exist (a node creates it when it starts) and ${OPERATOR_ENV} is not set", path.display())]
     NoOperatorToken { path: PathBuf },
-    #[error("no TLS certificate: {} does not exist (a node started with --tls creates it)", path.display())]
-    NoTls { path: PathBuf },
     #[error("no home directory to keep secrets in: set --auth-dir or AUCTION_AUTH_DIR")]
     NoHome,
 }
@@ -140,22 +138,10 @@ impl AuthDir {
                 .map(|t| t.to_pem())
                 .map_err(io::Error::other)
         })?;
-        ServerTls::from_pem(&text).map_err(|why| AuthError::Invalid {
+        ServerTls::from_pem(&text).map_err(|e| AuthError::Invalid {
             path: self.path.join(relative),
-            why,
+            why: e.to_string(),
         })
-    }
-
-    /// The certificate a client trusts: the nodes' `tls.pem`, which must exist.
-    ///
-    /// # Errors
-    /// [`AuthError::NoTls`] when there is none, or as for [`Self::tls`].
-    pub fn existing_tls(&self) -> Result<ServerTls, AuthError> {
-        let path = self.path.join("tls.pem");
-        if !path.exists() {
-            return Err(AuthError::NoTls { path });
-        }
-        self.tls()
     }
 
     /// Reads the private file at `relative`, or creates it with what `make` returns. Creation

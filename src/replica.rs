@@ -228,7 +228,7 @@ async fn handshake(
     let joining = Joining::new(me)
         .map_err(|e| FollowEnd::Unreachable(format!("no randomness for a challenge: {e}")))?;
     let endpoint = tls::endpoint(leader_addr, tls)
-        .map_err(FollowEnd::Unreachable)?
+        .map_err(|e| FollowEnd::Unreachable(e.to_string()))?
         .connect_timeout(timing.timeout)
         .tcp_nodelay(true);
     let channel = endpoint

@@ -99,14 +99,9 @@ impl ServerTls {
     /// Reads what [`Self::to_pem`] wrote.
     ///
     /// # Errors
-    /// The text is not a certificate followed by a private key: the reason as text
-    /// ([`TlsError::NoKey`] or [`TlsError::NoCertificate`] rendered), which the auth dir's
-    /// loader puts in its own error.
-    pub fn from_pem(text: &str) -> Result<Self, String> {
-        Self::parse(text).map_err(|e| e.to_string())
-    }
-
-    fn parse(text: &str) -> Result<Self, TlsError> {
+    /// [`TlsError::NoKey`] or [`TlsError::NoCertificate`]: the text is not a certificate
+    /// followed by a private key.
+    pub fn from_pem(text: &str) -> Result<Self, TlsError> {
         let at = text.find(KEY_MARKER).ok_or(TlsError::NoKey)?;
         let (cert, key) = text.split_at(at);
         if !cert.contains(CERT_BEGIN) {
@@ -278,9 +273,9 @@ pub fn client_endpoint(addr: SocketAddr, trust: Option<&ClientTls>) -> Result<En
 /// As [`client_endpoint`], for a node that dials the leader with the certificate it serves.
 ///
 /// # Errors
-/// As for [`client_endpoint`], as text (the replica reports it in its own error).
-pub fn endpoint(addr: SocketAddr, tls: Option<&ServerTls>) -> Result<Endpoint, String> {
-    client_endpoint(addr, tls.map(ServerTls::trust).as_ref()).map_err(|e| e.to_string())
+/// As for [`client_endpoint`].
+pub fn endpoint(addr: SocketAddr, tls: Option<&ServerTls>) -> Result<Endpoint, TlsError> {
+    client_endpoint(addr, tls.map(ServerTls::trust).as_ref())
 }
 
 #[cfg(test)]
