@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use crate::process::{self, Fenced, Listener, MemberMark};
-use crate::replication::Member;
+use crate::replication::{ClusterState, Member};
 
 pub use auction_core::engine::{Probe, Reads};
 
@@ -35,6 +35,15 @@ pub enum Vacancy {
     MembersAlive(Vec<u32>),
     /// Nobody leads, but whether a member lives cannot be told: do not found.
     Unknown,
+}
+
+/// The leadership, claimed by a member whose leader is gone.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The replica port this node now serves.
+    pub listener: TcpListener,
+    /// The epoch it starts: greater than every epoch before it.
+    pub epoch: u64,
 }
 
 /// Why an authority cannot act.
@@ -74,12 +83,15 @@ pub trait Authority: Send + Sync + 'static {
     /// The authority cannot be asked ([`AuthorityError::Io`]).
     fn vacancy(&self) -> impl Future<Output = Result<Vacancy, AuthorityError>> + Send;
 
-    /// Claims the leadership for a member whose leader is gone: `None` when another node holds
-    /// it.
+    /// Claims the leadership of `state` for a member whose leader is gone: `None` when another
+    /// node holds it.
     ///
     /// # Errors
     /// The authority cannot be asked.
-    fn claim(&self) -> impl Future<Output = Result<Option<TcpListener>, AuthorityError>> + Send;
+    fn claim(
+        &self,
+        state: &ClusterState,
+    ) -> impl Future<Output = Result<Option<Claimed>, AuthorityError>> + Send;
 
     /// Records this node as a member, before it acts as one.
     ///
@@ -153,9 +165,13 @@ impl Authority for SingleHost {
         }
     }
 
-    async fn claim(&self) -> Result<Option<TcpListener>, AuthorityError> {
+    /// Binds the replica port; the epoch is the next number.
+    async fn claim(&self, state: &ClusterState) -> Result<Option<Claimed>, AuthorityError> {
         match TcpListener::bind(self.leader_addr).await {
-            Ok(l) => Ok(Some(l)),
+            Ok(listener) => Ok(Some(Claimed {
+                listener,
+                epoch: state.epoch + 1,
+            })),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(None),
             Err(e) => Err(io_error("binding the replica port")(e)),
         }

@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use auction_core::role::{self, Ending, Next, Opening};
 
 use crate::auth::ClusterSecret;
-use crate::authority::{self, Authority, AuthorityError, Vacancy};
+use crate::authority::{self, Authority, AuthorityError, Claimed, Vacancy};
 use crate::backoff::Backoff;
 use crate::host::fill_random;
 use crate::leader::{self, LeaderHandle, Timing};
@@ -171,9 +171,9 @@ pub async fn run<A: Authority>(
                 // Invariant: no code panics while holding this lock, so it is never poisoned.
                 let current = shared.lock().expect("state lock poisoned").clone();
                 let held = current.expect("a member holds a state");
-                if let Some(listener) = claim_in_turn(&cfg, &*authority, &me, &held.state).await? {
-                    let old = held.state.leader;
-                    let initial = role::takeover_changes(me, &old);
+                if let Some(claimed) = claim_in_turn(&cfg, &*authority, &me, &held.state).await? {
+                    let (listener, old) = (claimed.listener, held.state.leader);
+                    let initial = role::takeover_changes(me, &held.state, claimed.epoch);
                     let clock = role::resume(held.clock, Instant::now());
                     info!(old_leader = %old.id, "took over the replica port");
                     return lead(
@@ -334,7 +334,7 @@ async fn claim_in_turn(
     authority: &impl Authority,
     me: &Member,
     state: &ClusterState,
-) -> Result<Option<TcpListener>, NodeError> {
+) -> Result<Option<Claimed>, NodeError> {
     let rank = state.succession_rank(me.id).unwrap_or(0);
     let turn = tokio::time::Instant::now() + cfg.stagger * u32::try_from(rank).unwrap_or(u32::MAX);
     while tokio::time::Instant::now() < turn {
@@ -346,7 +346,7 @@ async fn claim_in_turn(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Ok(authority.claim().await?)
+    Ok(authority.claim(state).await?)
 }
 
 /// Leads until shutdown: serves replicas at once, and clients as soon as the client port is free.

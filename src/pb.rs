@@ -309,7 +309,10 @@ impl From<&replication::Change> for v1::Change {
             }),
             ChangeKind::Join(m) => change::Kind::Join((*m).into()),
             ChangeKind::Leave(id) => change::Kind::Leave(u32::from(id.0)),
-            ChangeKind::Lead(m) => change::Kind::Lead((*m).into()),
+            ChangeKind::Lead { leader, epoch } => change::Kind::Lead(v1::Lead {
+                leader: Some((*leader).into()),
+                epoch: *epoch,
+            }),
             ChangeKind::Tick => change::Kind::Tick(ClockTick {}),
         };
         Self {
@@ -331,7 +334,10 @@ impl TryFrom<v1::Change> for replication::Change {
             change::Kind::Leave(id) => ChangeKind::Leave(NodeId(
                 u16::try_from(id).map_err(|_| WireError::NodeId(id))?,
             )),
-            change::Kind::Lead(m) => ChangeKind::Lead(m.try_into()?),
+            change::Kind::Lead(l) => ChangeKind::Lead {
+                leader: member(l.leader, "leader")?,
+                epoch: counter(l.epoch, "epoch")?,
+            },
             change::Kind::Tick(ClockTick {}) => ChangeKind::Tick,
         };
         Ok(Self {
@@ -486,7 +492,10 @@ mod tests {
                     credential: crate::types::Credential([1; 32]),
                 },
             },
-            ChangeKind::Lead(node(5401)),
+            ChangeKind::Lead {
+                leader: node(5401),
+                epoch: 2,
+            },
             ChangeKind::Leave(NodeId(5400)),
             ChangeKind::Tick,
         ];

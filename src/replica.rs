@@ -410,9 +410,18 @@ impl LeaderStream {
                 for change in append.changes {
                     let change = Change::try_from(change)
                         .map_err(|e| protocol(format!("bad change: {e}")))?;
-                    // Only a leader that takes over makes a Lead change, naming itself.
-                    if matches!(change.kind, ChangeKind::Lead(m) if m != self.proven) {
-                        return Err(protocol("a change names another leader".into()));
+                    // Only a leader that takes over makes a Lead change, naming itself, and
+                    // starting an epoch later than every one before.
+                    if let ChangeKind::Lead { leader, epoch } = change.kind {
+                        if leader != self.proven {
+                            return Err(protocol("a change names another leader".into()));
+                        }
+                        if epoch <= state.epoch {
+                            return Err(protocol(format!(
+                                "a lead change to epoch {epoch}, not after epoch {}",
+                                state.epoch
+                            )));
+                        }
                     }
                     state.apply(&change);
                     clock.observe(change.at, now);
@@ -650,7 +659,10 @@ mod tests {
         let mut successor = mine.clone();
         successor.apply(&Change {
             at: Millis(2_000),
-            kind: ChangeKind::Lead(node(5400)),
+            kind: ChangeKind::Lead {
+                leader: node(5400),
+                epoch: 2,
+            },
         });
         successor.version = 1;
         let mut state = Some(held.clone());
@@ -753,13 +765,52 @@ mod tests {
             let why = take(&mut stream, &mut state, append(gap, &[5401])).unwrap_err();
             assert!(why.contains("changes start at version"), "{why}");
         }
-        let usurp = append_kinds(version + 1, vec![ChangeKind::Lead(node(5401))]);
+        let usurp = append_kinds(
+            version + 1,
+            vec![ChangeKind::Lead {
+                leader: node(5401),
+                epoch: 99,
+            }],
+        );
         let why = take(&mut stream, &mut state, usurp).unwrap_err();
         assert!(why.contains("another leader"), "{why}");
         let challenge = Some(from_leader::Msg::Challenge(pb::Challenge::default()));
         assert!(take(&mut stream, &mut state, challenge).is_err());
         assert!(take(&mut stream, &mut state, None).is_err());
         assert_eq!(state.map(|h| h.state.version), Some(version));
+    }
+
+    #[test]
+    fn a_lead_change_must_start_a_later_epoch() {
+        let mut stream = stream_of(5400);
+        let mut state = None;
+        let (version, epoch) = {
+            let s = take(&mut stream, &mut state, snapshot(5400)).unwrap();
+            (s.version, s.epoch)
+        };
+        for stale in [epoch, epoch.saturating_sub(1)] {
+            let again = append_kinds(
+                version + 1,
+                vec![ChangeKind::Lead {
+                    leader: node(5400),
+                    epoch: stale,
+                }],
+            );
+            let why = take(&mut stream, &mut state, again).unwrap_err();
+            assert!(why.contains("not after epoch"), "{why}");
+        }
+        // An epoch may jump (with etcd it is a revision).
+        let later = append_kinds(
+            version + 1,
+            vec![ChangeKind::Lead {
+                leader: node(5400),
+                epoch: epoch + 40,
+            }],
+        );
+        assert_eq!(
+            take(&mut stream, &mut state, later).unwrap().epoch,
+            epoch + 40
+        );
     }
 
     #[test]
@@ -770,7 +821,13 @@ mod tests {
             let s = take(&mut stream, &mut state, snapshot(5400)).unwrap();
             (s.version, s.epoch)
         };
-        let again = append_kinds(version + 1, vec![ChangeKind::Lead(node(5400))]);
+        let again = append_kinds(
+            version + 1,
+            vec![ChangeKind::Lead {
+                leader: node(5400),
+                epoch: epoch + 1,
+            }],
+        );
         assert_eq!(
             take(&mut stream, &mut state, again).unwrap().epoch,
             epoch + 1
@@ -780,7 +837,13 @@ mod tests {
             GEN,
             epoch + 1,
             version + 2,
-            vec![ChangeKind::Join(node(5401)), ChangeKind::Lead(node(5401))],
+            vec![
+                ChangeKind::Join(node(5401)),
+                ChangeKind::Lead {
+                    leader: node(5401),
+                    epoch: epoch + 2,
+                },
+            ],
         );
         let why = take(&mut stream, &mut state, usurp).unwrap_err();
         assert!(why.contains("another leader"), "{why}");

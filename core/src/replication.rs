@@ -27,8 +27,10 @@ pub enum ChangeKind {
     Join(Member),
     /// A member is gone. It was fenced before this change was made.
     Leave(NodeId),
-    /// A member took over the leadership; a new epoch starts.
-    Lead(Member),
+    /// A member took over the leadership, starting `epoch`, which is greater than every epoch
+    /// before it: on one host the next number; with etcd, the revision of the transaction that
+    /// made it leader (docs/design.md).
+    Lead { leader: Member, epoch: u64 },
     /// Only moves the auction clock to the change's time: the leader commits one before it
     /// tells a reader that the deadline has passed, so that fact is on every member.
     Tick,
@@ -100,9 +102,9 @@ impl ClusterState {
                 self.members.retain(|m| m.id != *id);
                 None
             }
-            ChangeKind::Lead(node) => {
-                self.epoch += 1;
-                self.leader = *node;
+            ChangeKind::Lead { leader, epoch } => {
+                self.epoch = *epoch;
+                self.leader = *leader;
                 None
             }
             ChangeKind::Tick => None,
@@ -383,7 +385,10 @@ mod tests {
         assert_eq!(s.succession_rank(NodeId(2)), Some(0));
         assert_eq!(s.succession_rank(NodeId(3)), Some(1));
         assert_eq!(s.succession_rank(NodeId(1)), None);
-        s.apply(&change(ChangeKind::Lead(node(2))));
+        s.apply(&change(ChangeKind::Lead {
+            leader: node(2),
+            epoch: 2,
+        }));
         s.apply(&change(ChangeKind::Leave(NodeId(1))));
         assert_eq!(s.epoch, 2);
         assert_eq!(s.leader, node(2));
@@ -418,7 +423,10 @@ mod tests {
     fn a_node_refuses_states_of_another_cluster_and_older_ones() {
         let mine = three_members();
         let mut newer_epoch = mine.clone();
-        newer_epoch.apply(&change(ChangeKind::Lead(node(2))));
+        newer_epoch.apply(&change(ChangeKind::Lead {
+            leader: node(2),
+            epoch: 2,
+        }));
         // A successor's state may have dropped an uncommitted tail: fewer versions, newer epoch.
         newer_epoch.version = 1;
         assert_eq!(mine.refuses(&newer_epoch), None);

@@ -136,10 +136,13 @@ pub fn resume(reading: ClockReading, now: Instant) -> ClockReading {
     }
 }
 
-/// The first changes of a member `me` that takes over from `old`: a new epoch, and the old
-/// leader's removal (it was fenced, or is gone).
-pub fn takeover_changes(me: Member, old: &Member) -> Vec<ChangeKind> {
-    vec![ChangeKind::Lead(me), ChangeKind::Leave(old.id)]
+/// The first changes of a member `me` that takes over `state` from its leader: `epoch` (greater
+/// than the state's), and the old leader's removal (it was fenced, or is gone).
+pub fn takeover_changes(me: Member, state: &ClusterState, epoch: u64) -> Vec<ChangeKind> {
+    vec![
+        ChangeKind::Lead { leader: me, epoch },
+        ChangeKind::Leave(state.leader.id),
+    ]
 }
 
 /// The state a new cluster starts from at `now`, its clock, and the changes of its first batch.
@@ -156,7 +159,8 @@ pub fn founding_state(
     match received {
         Some((state, clock)) => {
             // No member lives: every other member is dead.
-            let mut initial = vec![ChangeKind::Join(me), ChangeKind::Lead(me)];
+            let epoch = state.epoch + 1;
+            let mut initial = vec![ChangeKind::Join(me), ChangeKind::Lead { leader: me, epoch }];
             initial.extend(
                 state
                     .members

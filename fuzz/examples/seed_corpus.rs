@@ -245,7 +245,13 @@ fn main() {
         client(2, 2, 4_000, Op::Close),
         client(2, 3, 5_000, Op::Start { duration: minute }),
         // A leader's stream names no other leader; this one only starts a new epoch.
-        change(6_000, ChangeKind::Lead(node(5400))),
+        change(
+            6_000,
+            ChangeKind::Lead {
+                leader: node(5400),
+                epoch: 2,
+            },
+        ),
         change(6_000, ChangeKind::Leave(NodeId(5401))),
     ];
     write(
