@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::auth::ClusterSecret;
 use crate::authority::Authority;
@@ -17,8 +17,12 @@ use crate::handshake::Joining;
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
 use crate::process::Fenced;
-use crate::replication::{Change, ChangeKind, ClockReading, ClusterState, Member};
+pub use auction_core::follower::{Held, LeaderStream, Received, StreamError};
+
+use crate::replication::{Change, ClusterState, Generation, Member};
 use crate::tls::{self, ServerTls};
+use crate::types::Millis;
+use auction_core::engine::Append;
 
 /// The largest state a replica accepts in one message.
 pub(crate) const MAX_STATE_BYTES: usize = 1 << 30;
@@ -49,14 +53,6 @@ pub enum FollowEnd {
     /// The node on the replica port could not prove that it holds the cluster secret: it is
     /// not this cluster's leader, and it gets nothing, not even this node's proof.
     Impostor(String),
-}
-
-/// What a replica holds: the replicated state, and the latest reading of its leader's auction
-/// clock, from which it resumes the clock if it takes over.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Held {
-    pub state: ClusterState,
-    pub clock: ClockReading,
 }
 
 /// A replica's state, shared with its terminal. Locked briefly per message, never across an
@@ -167,22 +163,26 @@ pub async fn follow<A: Authority>(
         let seq = message.seq;
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         let mut state = shared.lock().expect("state lock poisoned");
-        let (version, joined) =
-            match stream.take(&mut state, message.msg, Instant::now().into_std()) {
-                Ok(current) => (current.version, !member && current.has_member(&me)),
-                Err(StreamError::Stale(why)) => {
-                    return FollowEnd::Stale {
-                        leader: proven,
-                        why,
-                    };
-                }
-                Err(StreamError::Protocol(what)) => {
-                    warn!("protocol error from the leader: {what}");
-                    return FollowEnd::Lost {
-                        leader: stream.leader(),
-                    };
-                }
-            };
+        let (version, joined) = match take_wire(
+            &mut stream,
+            &mut state,
+            message.msg,
+            Instant::now().into_std(),
+        ) {
+            Ok(current) => (current.version, !member && current.has_member(&me)),
+            Err(StreamError::Stale(why)) => {
+                return FollowEnd::Stale {
+                    leader: proven,
+                    why,
+                };
+            }
+            Err(StreamError::Protocol(what)) => {
+                warn!("protocol error from the leader: {what}");
+                return FollowEnd::Lost {
+                    leader: stream.leader(),
+                };
+            }
+        };
         if joined {
             if membership.is_none() {
                 match hold_membership(authority.join(), &mut state) {
@@ -290,161 +290,54 @@ fn hold_membership<M>(taken: std::io::Result<M>, held: &mut Option<Held>) -> Res
     })
 }
 
-/// Why a replica refuses a message of its leader.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StreamError {
-    /// The message breaks the protocol; the stream ends.
-    Protocol(String),
-    /// The snapshot is another cluster's or older than the committed state this member holds;
-    /// nothing of it is adopted or acknowledged.
-    Stale(String),
+/// Reads one message of the leader from the wire, for [`LeaderStream::take`].
+///
+/// # Errors
+/// [`StreamError::Protocol`] for what cannot come in a stream after its handshake: an invalid
+/// snapshot or change, a second challenge, a `Leaving` ([`follow`] ends the stream on it before
+/// it would come here), an empty message.
+pub fn received(message: Option<from_leader::Msg>) -> Result<Received, StreamError> {
+    let protocol = |why: String| StreamError::Protocol(why);
+    match message {
+        Some(from_leader::Msg::Snapshot(snapshot)) => ClusterState::try_from(snapshot)
+            .map(Received::Snapshot)
+            .map_err(|e| protocol(format!("bad snapshot: {e}"))),
+        Some(from_leader::Msg::Append(append)) => {
+            let changes = append
+                .changes
+                .into_iter()
+                .map(Change::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| protocol(format!("bad change: {e}")))?;
+            Ok(Received::Append(Append {
+                generation: Generation(append.generation),
+                epoch: append.epoch,
+                first_version: append.first_version,
+                changes,
+            }))
+        }
+        Some(from_leader::Msg::Heartbeat(beat)) => Ok(Received::Heartbeat {
+            clock: Millis(beat.clock_ms),
+        }),
+        Some(from_leader::Msg::Leaving(_)) => Err(protocol("the leader is leaving".into())),
+        Some(from_leader::Msg::Challenge(_)) => {
+            Err(protocol("a challenge after the handshake".into()))
+        }
+        None => Err(protocol("empty message".into())),
+    }
 }
 
-impl std::fmt::Display for StreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Protocol(why) | Self::Stale(why) => f.write_str(why),
-        }
-    }
-}
-
-/// A replica's side of one stream after the handshake, without the I/O: it checks each message
-/// of the proven leader and applies it to the replica's state. [`follow`] feeds it and
-/// acknowledges what it returns.
-#[derive(Debug)]
-pub struct LeaderStream {
-    /// This replica: while the state it holds lists it as a member, that state holds committed
-    /// changes, and a snapshot may replace it only with a newer state of the same cluster.
-    me: Member,
-    /// The leader that proved itself in this stream's handshake; its snapshot must name it.
-    proven: Member,
-    /// Whether this stream has delivered its snapshot: the state from an earlier stream may be
-    /// behind, so changes and acknowledgements wait for this one's.
-    has_snapshot: bool,
-}
-
-impl LeaderStream {
-    /// A stream of replica `me`, whose leader proved to be `proven`, before its snapshot.
-    pub fn new(me: Member, proven: Member) -> Self {
-        Self {
-            me,
-            proven,
-            has_snapshot: false,
-        }
-    }
-
-    /// The leader whose state this replica holds: the proven one, once its snapshot arrived.
-    pub fn leader(&self) -> Option<Member> {
-        self.has_snapshot.then_some(self.proven)
-    }
-
-    /// Takes one message of the leader, received at `now`, into `held`, and returns the state to
-    /// acknowledge. Every message also reads the leader's auction clock (a change's time, a
-    /// heartbeat's clock), which `held` keeps for a takeover.
-    ///
-    /// # Errors
-    ///
-    /// [`StreamError::Stale`] for a snapshot that this member must not adopt: another
-    /// cluster's, or older than the state it holds (see [`ClusterState::refuses`]); `held` is
-    /// left as it was. [`StreamError::Protocol`] for what else is wrong with a message, which
-    /// ends the stream: a snapshot that is invalid or names another leader; changes or a
-    /// heartbeat before the snapshot; changes of another cluster or epoch, that do not start
-    /// right after the state's version, or one that is invalid or makes another node the leader
-    /// (the changes before it stay applied, as they would have been in a batch of their own); a
-    /// second challenge; an empty message.
-    pub fn take<'s>(
-        &mut self,
-        held: &'s mut Option<Held>,
-        message: Option<from_leader::Msg>,
-        now: std::time::Instant,
-    ) -> Result<&'s ClusterState, StreamError> {
-        let protocol = |why: String| StreamError::Protocol(why);
-        match message {
-            Some(from_leader::Msg::Snapshot(snapshot)) => {
-                let new = ClusterState::try_from(snapshot)
-                    .map_err(|e| protocol(format!("bad snapshot: {e}")))?;
-                if new.leader != self.proven {
-                    return Err(protocol("the state names another leader".into()));
-                }
-                if let Some(h) = held.as_ref().filter(|h| h.state.has_member(&self.me))
-                    && let Some(why) = h.state.refuses(&new)
-                {
-                    return Err(StreamError::Stale(format!(
-                        "leader {} offered a state that would replace committed changes: {why}",
-                        new.leader.id
-                    )));
-                }
-                info!(
-                    leader = %new.leader.id,
-                    epoch = new.epoch,
-                    version = new.version,
-                    "received the full state"
-                );
-                self.has_snapshot = true;
-                // Only this leader's readings from now on: another leader's clock may have run
-                // ahead of this one's, and resuming from it could close an auction early.
-                let clock = ClockReading {
-                    clock: new.clock,
-                    at: now,
-                };
-                Ok(&held.insert(Held { state: new, clock }).state)
-            }
-            Some(from_leader::Msg::Append(append)) => {
-                let Some(Held { state, clock }) = held.as_mut().filter(|_| self.has_snapshot)
-                else {
-                    return Err(protocol("changes before the state".into()));
-                };
-                if (append.generation, append.epoch) != (state.generation.0, state.epoch) {
-                    return Err(protocol(format!(
-                        "changes of generation {:016x} epoch {} for a state of {} epoch {}",
-                        append.generation, append.epoch, state.generation, state.epoch
-                    )));
-                }
-                // The snapshot's version was bounded, and each change adds one.
-                if append.first_version != state.version.saturating_add(1) {
-                    return Err(protocol(format!(
-                        "changes start at version {} but this replica is at {}",
-                        append.first_version, state.version
-                    )));
-                }
-                for change in append.changes {
-                    let change = Change::try_from(change)
-                        .map_err(|e| protocol(format!("bad change: {e}")))?;
-                    // Only a leader that takes over makes a Lead change, naming itself, and
-                    // starting an epoch later than every one before.
-                    if let ChangeKind::Lead { leader, epoch } = change.kind {
-                        if leader != self.proven {
-                            return Err(protocol("a change names another leader".into()));
-                        }
-                        if epoch <= state.epoch {
-                            return Err(protocol(format!(
-                                "a lead change to epoch {epoch}, not after epoch {}",
-                                state.epoch
-                            )));
-                        }
-                    }
-                    state.apply(&change);
-                    clock.observe(change.at, now);
-                }
-                debug!(version = state.version, "applied");
-                Ok(state)
-            }
-            Some(from_leader::Msg::Heartbeat(beat)) => {
-                let Some(Held { state, clock }) = held.as_mut().filter(|_| self.has_snapshot)
-                else {
-                    return Err(protocol("a heartbeat before the state".into()));
-                };
-                clock.observe(crate::types::Millis(beat.clock_ms), now);
-                Ok(state)
-            }
-            // [`follow`] ends the stream on it before it would come here.
-            Some(from_leader::Msg::Leaving(_)) => Err(protocol("the leader is leaving".into())),
-            Some(from_leader::Msg::Challenge(_)) => {
-                Err(protocol("a challenge after the handshake".into()))
-            }
-            None => Err(protocol("empty message".into())),
-        }
-    }
+/// Reads one message of the leader from the wire and has `stream` take it into `held` at `now`.
+///
+/// # Errors
+/// As for [`received`] and [`LeaderStream::take`].
+pub fn take_wire<'s>(
+    stream: &mut LeaderStream,
+    held: &'s mut Option<Held>,
+    message: Option<from_leader::Msg>,
+    now: std::time::Instant,
+) -> Result<&'s ClusterState, StreamError> {
+    stream.take(held, received(message)?, now)
 }
 
 /// Whether `me` is a member in `shared`.
@@ -486,6 +379,7 @@ fn refused_or(status: Status, otherwise: impl FnOnce(&Status) -> FollowEnd) -> F
 mod tests {
     use super::*;
     use crate::replication::Generation;
+    use crate::replication::{ChangeKind, ClockReading};
     use crate::types::NodeId;
 
     fn node(id: u16) -> Member {
@@ -558,9 +452,7 @@ mod tests {
         held: &'s mut Option<Held>,
         message: Option<from_leader::Msg>,
     ) -> Result<&'s ClusterState, String> {
-        stream
-            .take(held, message, std::time::Instant::now())
-            .map_err(|e| e.to_string())
+        take_wire(stream, held, message, std::time::Instant::now()).map_err(|e| e.to_string())
     }
 
     fn stream_of(leader: u16) -> LeaderStream {
@@ -650,7 +542,12 @@ mod tests {
         for offered in [empty_founder, older] {
             let mut state = Some(held.clone());
             let mut stream = stream_of(5400);
-            let refused = stream.take(&mut state, snapshot_of(&offered), std::time::Instant::now());
+            let refused = take_wire(
+                &mut stream,
+                &mut state,
+                snapshot_of(&offered),
+                std::time::Instant::now(),
+            );
             assert!(matches!(refused, Err(StreamError::Stale(_))), "{refused:?}");
             assert_eq!(state.as_ref(), Some(&held));
             assert_eq!(stream.leader(), None);
@@ -711,25 +608,21 @@ mod tests {
         let mut state = None;
         let t0 = std::time::Instant::now();
         let ms = std::time::Duration::from_millis;
-        stream.take(&mut state, snapshot(5400), t0).unwrap();
-        stream.take(&mut state, heartbeat_at(5_000), t0).unwrap();
+        take_wire(&mut stream, &mut state, snapshot(5400), t0).unwrap();
+        take_wire(&mut stream, &mut state, heartbeat_at(5_000), t0).unwrap();
         let clock = |s: &Option<Held>| s.as_ref().unwrap().clock;
         assert_eq!(clock(&state).at(t0 + ms(100)), Millis(5_100));
         // A heartbeat that waited in a buffer reads earlier than the extrapolation: ignored.
-        stream
-            .take(&mut state, heartbeat_at(5_050), t0 + ms(200))
-            .unwrap();
+        take_wire(&mut stream, &mut state, heartbeat_at(5_050), t0 + ms(200)).unwrap();
         assert_eq!(clock(&state).at(t0 + ms(200)), Millis(5_200));
         // A change carries a reading too.
         let version = state.as_ref().unwrap().state.version;
         let later = std::time::Instant::now().max(t0 + ms(300));
-        stream
-            .take(&mut state, append(version + 1, &[5401]), later)
-            .unwrap();
+        take_wire(&mut stream, &mut state, append(version + 1, &[5401]), later).unwrap();
         assert!(clock(&state).at(later) >= Millis(1_000));
         // A new leader's snapshot starts from its own clock, whatever the last one read.
         let mut next = stream_of(5400);
-        next.take(&mut state, snapshot(5400), later).unwrap();
+        take_wire(&mut next, &mut state, snapshot(5400), later).unwrap();
         assert_eq!(clock(&state).at(later), Millis(0));
     }
 

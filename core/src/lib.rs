@@ -11,6 +11,7 @@
 
 pub mod auction;
 pub mod engine;
+pub mod follower;
 pub mod replication;
 pub mod role;
 pub mod types;

@@ -18,7 +18,7 @@
 
 use auction::handshake::{self, Joining, NONCE_LEN};
 use auction::pb::{self, FromLeader, from_leader::Msg};
-use auction::replica::{Held, LeaderStream};
+use auction::replica::{Held, LeaderStream, take_wire};
 use auction::replication::{Change, ClockReading, Member};
 use auction::types::Millis;
 use auction_fuzz::{
@@ -57,8 +57,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             let mut leader_stream = LeaderStream::new(me, open_state().leader);
             let snapshot = Msg::Snapshot(pb::State::from(&open_state()));
-            leader_stream
-                .take(&mut state, Some(snapshot), Instant::now())
+            take_wire(&mut leader_stream, &mut state, Some(snapshot), Instant::now())
                 .expect("a replica takes its proven leader's valid snapshot");
             leader_stream
         }
@@ -85,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => None,
         };
-        let Ok(taken) = leader_stream.take(&mut state, message.msg, Instant::now()) else {
+        let Ok(taken) = take_wire(&mut leader_stream, &mut state, message.msg, Instant::now()) else {
             return;
         };
         if is_snapshot && let Some(mine) = held_before {
