@@ -46,6 +46,24 @@ pub struct Claimed {
     pub epoch: u64,
 }
 
+/// Why a replica that proved the cluster secret is still refused: it is not the process it
+/// names.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerRefusal {
+    /// Another process holds the replica's connection.
+    #[error("pid {pid} does not hold this connection")]
+    NotHolder { pid: u32 },
+    /// The process it names is not running (or is not a node of this user).
+    #[error("pid {pid} with start time {start_time} is not running")]
+    NotRunning { pid: u32, start_time: u64 },
+    /// Whether it is cannot be checked now.
+    #[error("cannot check the peer: {0}")]
+    Unchecked(String),
+    /// The process it names is not one a node may admit (say, not an `auction-node`).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Why an authority cannot act.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
@@ -118,6 +136,19 @@ pub trait Authority: Send + Sync + 'static {
     /// # Errors
     /// The fence cannot be made.
     fn fence_holder(&self) -> impl Future<Output = io::Result<Option<u32>>> + Send;
+
+    /// Checks that a replica that proved the cluster secret is the process it names, before it
+    /// gets the state. `ends` are this side and its side of its connection; `member` says
+    /// whether the leader lists it already (a member that rejoins was checked when it joined).
+    ///
+    /// # Errors
+    /// [`PeerRefusal`]: it is not, or it cannot be told.
+    fn verify_peer(
+        &self,
+        node: &Member,
+        ends: (SocketAddr, SocketAddr),
+        member: bool,
+    ) -> impl Future<Output = Result<(), PeerRefusal>> + Send;
 
     /// Whether `node` can still act.
     fn probe(&self, node: &Member) -> impl Future<Output = Probe> + Send;
@@ -193,6 +224,37 @@ impl Authority for SingleHost {
 
     async fn fence_holder(&self) -> io::Result<Option<u32>> {
         process::fence_port_holder(self.leader_addr)
+    }
+
+    /// The process named holds this very connection (checked when it first joins) and is an
+    /// `auction-node` of this user that still runs.
+    async fn verify_peer(
+        &self,
+        node: &Member,
+        (ours, theirs): (SocketAddr, SocketAddr),
+        member: bool,
+    ) -> Result<(), PeerRefusal> {
+        let pid = node.pid;
+        if !member {
+            // Reads the host's whole TCP table: off the runtime's thread.
+            let held =
+                tokio::task::spawn_blocking(move || process::holds_connection(pid, theirs, ours))
+                    .await
+                    .map_err(|e| PeerRefusal::Unchecked(e.to_string()))?;
+            match held {
+                Ok(true) => {}
+                Ok(false) => return Err(PeerRefusal::NotHolder { pid }),
+                Err(e) => return Err(PeerRefusal::Unchecked(e.to_string())),
+            }
+        }
+        match process::ProcessHandle::open(node) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(PeerRefusal::NotRunning {
+                pid,
+                start_time: node.start_time,
+            }),
+            Err(e) => Err(PeerRefusal::Refused(e.to_string())),
+        }
     }
 
     async fn probe(&self, node: &Member) -> Probe {

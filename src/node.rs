@@ -368,7 +368,7 @@ async fn lead<A: Authority>(
         clock,
         initial,
         cfg.timing,
-        authority,
+        authority.clone(),
         shutdown.clone().wait(),
     );
     set_role(&role, Role::Leader(handle.clone()));
@@ -379,6 +379,7 @@ async fn lead<A: Authority>(
         .add_service(
             pb::replication_server::ReplicationServer::new(ReplicationService::new(
                 handle.clone(),
+                authority.clone(),
                 me,
                 cfg.secret.clone(),
                 unproven.clone(),

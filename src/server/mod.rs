@@ -4,6 +4,7 @@
 //! the replica port runs the leader's half of [`crate::handshake`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_stream::wrappers::ReceiverStream;
@@ -11,6 +12,7 @@ use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::auth::ClusterSecret;
+use crate::authority::{Authority, PeerRefusal};
 use crate::handshake::{self, Challenged, Joined};
 use crate::leader::{Detail, Event, LeaderHandle, Peer, Reply, Request, Timing};
 use crate::limits::Unproven;
@@ -18,7 +20,6 @@ use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
     ResultRequest, StartRequest, StatusReply, StatusRequest, from_replica,
 };
-use crate::process::{self, ProcessHandle};
 use crate::replication::Member;
 
 mod admission;
@@ -117,8 +118,10 @@ impl pb::auction_server::Auction for AuctionService {
 
 /// Serves replica streams on the replica port.
 #[derive(Debug)]
-pub struct ReplicationService {
+pub struct ReplicationService<A> {
     leader: LeaderHandle,
+    /// Checks that a replica is the process it names.
+    authority: Arc<A>,
     /// This node, as it names itself in its handshake proofs.
     me: Member,
     /// What a replica must prove it holds before it gets anything.
@@ -130,9 +133,10 @@ pub struct ReplicationService {
     next_conn: AtomicU64,
 }
 
-impl ReplicationService {
+impl<A: Authority> ReplicationService<A> {
     pub fn new(
         leader: LeaderHandle,
+        authority: Arc<A>,
         me: Member,
         secret: ClusterSecret,
         unproven: Unproven,
@@ -140,6 +144,7 @@ impl ReplicationService {
     ) -> Self {
         Self {
             leader,
+            authority,
             me,
             secret,
             unproven,
@@ -149,11 +154,10 @@ impl ReplicationService {
     }
 }
 
-/// Checks a joining replica's half of the handshake and that it is who it says: the process
-/// named in its Join holds this very connection (checked when it first joins; a member that
-/// rejoins, after a failover for example, was checked then) and is an `auction-node` of this
-/// user.
+/// Checks a joining replica's half of the handshake, then, through the authority, that it is
+/// the process it names.
 async fn admit(
+    authority: &impl Authority,
     secret: &ClusterSecret,
     challenged: &Challenged,
     proof: Option<FromReplica>,
@@ -161,41 +165,22 @@ async fn admit(
     member: bool,
 ) -> Result<(), Status> {
     let node = &challenged.check(secret, proof)?;
-    let Some((ours, theirs)) = ends else {
+    let Some(ends) = ends else {
         return Err(Status::failed_precondition(
             "the connection's addresses are unknown",
         ));
     };
-    if !member {
-        // Reads the host's whole TCP table: off the runtime's thread.
-        let pid = node.pid;
-        let held =
-            tokio::task::spawn_blocking(move || process::holds_connection(pid, theirs, ours))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-        match held {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Status::permission_denied(format!(
-                    "pid {} does not hold this connection",
-                    node.pid
-                )));
-            }
-            Err(e) => return Err(Status::unavailable(format!("cannot check the peer: {e}"))),
-        }
-    }
-    match ProcessHandle::open(node) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(Status::permission_denied(format!(
-            "pid {} with start time {} is not running",
-            node.pid, node.start_time
-        ))),
-        Err(e) => Err(Status::permission_denied(e.to_string())),
-    }
+    authority
+        .verify_peer(node, ends, member)
+        .await
+        .map_err(|refusal| match refusal {
+            PeerRefusal::Unchecked(_) => Status::unavailable(refusal.to_string()),
+            _ => Status::permission_denied(refusal.to_string()),
+        })
 }
 
 #[tonic::async_trait]
-impl pb::replication_server::Replication for ReplicationService {
+impl<A: Authority> pb::replication_server::Replication for ReplicationService<A> {
     type FollowStream = ReceiverStream<Result<FromLeader, Status>>;
 
     async fn follow(
@@ -219,13 +204,14 @@ impl pb::replication_server::Replication for ReplicationService {
             .try_send(Ok(first))
             .expect("an empty channel has room");
         let (leader, secret) = (self.leader.clone(), self.secret.clone());
+        let authority = self.authority.clone();
         let unproven = self.unproven.clone();
         tokio::spawn(async move {
             // Nothing reaches the leader task before the replica has proved itself.
             let proof = tokio::time::timeout(timeout, inbound.message()).await;
             let proof = proof.ok().and_then(Result::ok).flatten();
             let member = leader.is_member(&node);
-            let admitted = admit(&secret, &challenged, proof, ends, member);
+            let admitted = admit(&*authority, &secret, &challenged, proof, ends, member);
             match admitted.await {
                 Ok(()) => {}
                 Err(status) => {
