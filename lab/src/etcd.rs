@@ -104,8 +104,9 @@ impl Etcd {
     ///
     /// # Errors
     /// `spec` has no member, the etcd program is missing (the message names Debian's package
-    /// `etcd-server`), a data directory could not be made, a member exited or was not healthy
-    /// in time (the message has the end of its output).
+    /// `etcd-server`), a data directory could not be made, a member could not play its host
+    /// ([`crate::netns::as_host`], with [`EtcdSpec::as_hosts`]), a member exited or was not
+    /// healthy in time (the message has the end of its output).
     pub async fn start(spec: EtcdSpec, transcript: &Transcript) -> io::Result<Self> {
         if spec.members.is_empty() {
             return Err(io::Error::new(
