@@ -74,6 +74,9 @@ pub enum AuthorityError {
          choose another port (--leader-port, --client-port)"
     )]
     Squatter { addr: SocketAddr, holder: Listener },
+    /// Another node leads now: this one, which led, must stop at once.
+    #[error("another node leads now")]
+    Deposed,
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -117,18 +120,32 @@ pub trait Authority: Send + Sync + 'static {
     /// The record cannot be made: the node must not act as a member.
     fn join(&self) -> io::Result<Self::Membership>;
 
+    /// Where the leader serves replicas, if anyone leads.
+    ///
+    /// # Errors
+    /// The authority cannot be asked.
+    fn leader_addr(
+        &self,
+    ) -> impl Future<Output = Result<Option<SocketAddr>, AuthorityError>> + Send;
+
+    /// Whether another node has taken the lead since `state`'s epoch (a member waiting for its
+    /// turn to claim follows it at once instead).
+    fn superseded(&self, state: &ClusterState) -> impl Future<Output = bool> + Send;
+
     /// Records `node`, which holds the full state, as a member (the leader asks, before the
     /// join is committed).
     ///
     /// # Errors
-    /// The record cannot be made: the node does not become a member now.
-    fn admit(&self, node: &Member) -> impl Future<Output = io::Result<()>> + Send;
+    /// [`AuthorityError::Deposed`] when this node no longer leads; otherwise the record cannot
+    /// be made now, and the node does not become a member now.
+    fn admit(&self, node: &Member) -> impl Future<Output = Result<(), AuthorityError>> + Send;
 
     /// Fences `node`: once this returns `Ok`, it can neither commit nor answer.
     ///
     /// # Errors
-    /// The fence cannot be made (it may still act).
-    fn fence(&self, node: &Member) -> impl Future<Output = io::Result<Fenced>> + Send;
+    /// [`AuthorityError::Deposed`] when this node, which leads, was deposed; otherwise the fence
+    /// cannot be made (the node may still act).
+    fn fence(&self, node: &Member) -> impl Future<Output = Result<Fenced, AuthorityError>> + Send;
 
     /// Fences whoever holds the leadership without a known identity (it never answered as a
     /// leader). Returns the pid fenced, if any.
@@ -212,14 +229,26 @@ impl Authority for SingleHost {
         MemberMark::take(self.leader_addr)
     }
 
+    /// The replica port, where whoever leads serves.
+    async fn leader_addr(&self) -> Result<Option<SocketAddr>, AuthorityError> {
+        Ok(Some(self.leader_addr))
+    }
+
+    /// Something answers on the replica port.
+    async fn superseded(&self, _state: &ClusterState) -> bool {
+        tokio::net::TcpStream::connect(self.leader_addr)
+            .await
+            .is_ok()
+    }
+
     /// On one host, membership is the member's own mark, which it takes before it acts as one:
     /// nothing to record here.
-    async fn admit(&self, _node: &Member) -> io::Result<()> {
+    async fn admit(&self, _node: &Member) -> Result<(), AuthorityError> {
         Ok(())
     }
 
-    async fn fence(&self, node: &Member) -> io::Result<Fenced> {
-        process::fence(node)
+    async fn fence(&self, node: &Member) -> Result<Fenced, AuthorityError> {
+        process::fence(node).map_err(io_error("fencing"))
     }
 
     async fn fence_holder(&self) -> io::Result<Option<u32>> {

@@ -15,7 +15,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::auction::Decision;
-use crate::authority::Authority;
+use crate::authority::{Authority, AuthorityError};
 use crate::digest;
 use crate::host::wall_clock_ms;
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
@@ -433,6 +433,7 @@ impl<A: Authority> Leader<A> {
             }
             Action::Admit { node } => Some(match self.authority.admit(&node).await {
                 Ok(()) => engine::Event::Admitted { node },
+                Err(AuthorityError::Deposed) => engine::Event::Deposed,
                 Err(e) => engine::Event::AdmitFailed {
                     node,
                     why: e.to_string(),
@@ -450,6 +451,7 @@ impl<A: Authority> Leader<A> {
                     }
                     engine::Event::Fenced { node }
                 }
+                Err(AuthorityError::Deposed) => engine::Event::Deposed,
                 Err(e) => engine::Event::FenceFailed {
                     node,
                     why: e.to_string(),

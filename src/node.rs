@@ -146,7 +146,6 @@ pub async fn run<A: Authority>(
 ) -> Result<(), NodeError> {
     process::raise_open_file_limit();
     let me = process::this_node(cfg.id).map_err(io("reading /proc/self"))?;
-    let leader_addr = cfg.leader_addr();
     let shared = SharedState::default();
     // Taken when this node becomes a member, held until it dies.
     let mut membership: Option<A::Membership> = None;
@@ -199,7 +198,7 @@ pub async fn run<A: Authority>(
                         generation,
                         Instant::now(),
                     );
-                    info!(%leader_addr, generation = %state.generation, "no member is alive: founding a new cluster");
+                    info!(leader_addr = %cfg.leader_addr(), generation = %state.generation, "no member is alive: founding a new cluster");
                     return lead(
                         &cfg, me, state, clock, initial, listener, authority, role, shutdown,
                     )
@@ -212,6 +211,14 @@ pub async fn run<A: Authority>(
                 Vacancy::Held => leadership_held = true,
             },
         }
+        // Where the leader serves replicas; with nobody leading, look again after a pause.
+        let Some(leader_addr) = authority.leader_addr().await? else {
+            tokio::select! {
+                () = shutdown.clone().wait() => return Ok(()),
+                () = backoff.sleep() => {}
+            }
+            continue;
+        };
         let dial = Dial {
             leader_addr,
             secret: &cfg.secret,
@@ -338,10 +345,7 @@ async fn claim_in_turn(
     let rank = state.succession_rank(me.id).unwrap_or(0);
     let turn = tokio::time::Instant::now() + cfg.stagger * u32::try_from(rank).unwrap_or(u32::MAX);
     while tokio::time::Instant::now() < turn {
-        if tokio::net::TcpStream::connect(cfg.leader_addr())
-            .await
-            .is_ok()
-        {
+        if authority.superseded(state).await {
             return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -152,6 +152,9 @@ pub enum Event<R> {
     FenceFailed { node: Member, why: String },
     /// The heartbeat timer fired; it was due at `scheduled`.
     Tick { scheduled: Instant },
+    /// The authority says another node leads now: this leader stops at once, answering nothing
+    /// more (what it has not committed, the new leader decides; clients retry there).
+    Deposed,
     /// The node was asked to stop: drain, then hand over.
     Stop,
 }
@@ -193,7 +196,8 @@ pub enum Action<R> {
     },
     /// Answer a request; its batch is committed.
     Reply { to: R, reply: Reply },
-    /// Refuse a request undecided: the leader is leaving; the client may send it elsewhere.
+    /// Refuse a request undecided here (this leader is leaving, or was deposed); the client
+    /// may send it again elsewhere, with the same id.
     Refuse { to: R },
     /// Refuse a joining node and close its stream.
     RefuseJoin { conn: ConnId, why: JoinRefusal },
@@ -413,6 +417,25 @@ impl<R> Engine<R> {
                 error!(node = %node.id, pid = node.pid, "cannot fence, keeping the member: {why}");
             }
             Event::Tick { scheduled } => self.on_tick(scheduled, now),
+            Event::Deposed => {
+                warn!("another node leads now: stopping without answering");
+                let pending: Vec<R> = self
+                    .queued
+                    .drain(..)
+                    .map(|(_, to)| to)
+                    .chain(
+                        self.rounds
+                            .drain(..)
+                            .flat_map(|r| r.replies.into_iter().map(|(to, _)| to)),
+                    )
+                    .collect();
+                for to in pending {
+                    self.actions.push(Action::Refuse { to });
+                }
+                self.queued_changes.clear();
+                self.stopped = true;
+                self.actions.push(Action::Stop);
+            }
             Event::Stop => {
                 if self.leaving_by.is_none() {
                     info!("leaving: answering the requests in flight, then handing over");
@@ -1407,5 +1430,56 @@ mod tests {
                 .any(|a| matches!(a, Action::RefuseJoin { conn: 20, .. })),
             "the joiner is sent away to try again: {actions:?}"
         );
+    }
+
+    /// A deposed leader answers nothing more, not even what it applied: its batch may not be
+    /// committed; the client retries at the new leader with the same id.
+    #[test]
+    fn a_deposed_leader_answers_nothing_and_stops() {
+        let clock = Clock(Instant::now());
+        let mut e = leader(&clock);
+        join(&mut e, &clock, 0, 2, 20);
+        e.handle(
+            Event::Request {
+                request: bid(5),
+                reply: 1,
+            },
+            clock.at(1),
+        );
+        e.advance(clock.at(1));
+        e.take_actions();
+        e.handle(
+            Event::Request {
+                request: bid(6),
+                reply: 2,
+            },
+            clock.at(2),
+        );
+        e.handle(Event::Deposed, clock.at(2));
+        e.advance(clock.at(2));
+        let actions = e.take_actions();
+        assert!(replies(&actions).is_empty(), "{actions:?}");
+        let refused: Vec<u32> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Refuse { to } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, [2, 1]);
+        assert!(matches!(actions.last(), Some(Action::Stop)));
+        assert!(e.stopped());
+        // Acks that come late change nothing.
+        let version = e.state().version;
+        e.handle(
+            Event::Ack {
+                conn: 20,
+                seq: 99,
+                version,
+            },
+            clock.at(3),
+        );
+        e.advance(clock.at(3));
+        assert!(e.take_actions().is_empty());
     }
 }
