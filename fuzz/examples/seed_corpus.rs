@@ -12,7 +12,7 @@ use auction::auction::Op;
 use auction::handshake;
 use auction::pb::{self, from_leader, from_replica, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState, Generation};
-use auction::types::{Amount, BidderId, AuctionLength, Millis, NodeId, RequestId};
+use auction::types::{Amount, AuctionLength, BidderId, Millis, NodeId, RequestId};
 use auction_fuzz::{
     ANN_TOKEN, BIDDER_TOKEN, NONCE, OPERATOR_TOKEN, cluster_secret, credential, node, open_state,
     stream,
@@ -167,12 +167,7 @@ fn main() {
     let secret = cluster_secret();
     let prove = |id: u16| pb::FromReplica {
         msg: Some(from_replica::Msg::Prove(pb::Prove {
-            proof: handshake::replica_proof(
-                &secret,
-                &NONCE,
-                &replica_nonce,
-                &node(id),
-            ),
+            proof: handshake::replica_proof(&secret, &NONCE, &replica_nonce, &node(id)),
         })),
     };
     let ack = |seq: u64, version: u64| pb::FromReplica {

@@ -57,8 +57,13 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             let mut leader_stream = LeaderStream::new(me, open_state().leader);
             let snapshot = Msg::Snapshot(pb::State::from(&open_state()));
-            take_wire(&mut leader_stream, &mut state, Some(snapshot), Instant::now())
-                .expect("a replica takes its proven leader's valid snapshot");
+            take_wire(
+                &mut leader_stream,
+                &mut state,
+                Some(snapshot),
+                Instant::now(),
+            )
+            .expect("a replica takes its proven leader's valid snapshot");
             leader_stream
         }
     };
@@ -84,7 +89,8 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => None,
         };
-        let Ok(taken) = take_wire(&mut leader_stream, &mut state, message.msg, Instant::now()) else {
+        let Ok(taken) = take_wire(&mut leader_stream, &mut state, message.msg, Instant::now())
+        else {
             return;
         };
         if is_snapshot && let Some(mine) = held_before {

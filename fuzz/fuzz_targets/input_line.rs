@@ -5,7 +5,7 @@
 #![no_main]
 
 use auction::input::{Line, parse_bytes, parse_line};
-use auction::types::{Amount, BidderId, AuctionLength, Token};
+use auction::types::{Amount, AuctionLength, BidderId, Token};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

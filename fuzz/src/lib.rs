@@ -14,7 +14,9 @@ use auction::leader::Request;
 use auction::pb::{self, session_request};
 use auction::replication::{Change, ChangeKind, ClusterState, Generation, Member};
 use auction::server::Admission;
-use auction::types::{Amount, BidderId, Credential, AuctionLength, Millis, NodeId, RequestId, Token};
+use auction::types::{
+    Amount, AuctionLength, BidderId, Credential, Millis, NodeId, RequestId, Token,
+};
 use prost::Message;
 use tonic::Code;
 
@@ -324,7 +326,10 @@ fn decide(id: Option<RequestId>, op: &Op, at: Millis) {
 
 /// The decision travels to the client and back unchanged.
 fn check_decision(decision: &Decision, state: &ClusterState, now: Millis) {
-    let reply = auction::view::decision_reply(decision, auction::view::auction_view(&state.machine.auction.observe(now), 0));
+    let reply = auction::view::decision_reply(
+        decision,
+        auction::view::auction_view(&state.machine.auction.observe(now), 0),
+    );
     let decoded = pb::DecisionReply::decode(reply.encode_to_vec().as_slice())
         .expect("an encoded reply decodes");
     let wire = decoded.decision.expect("a reply carries its decision");
