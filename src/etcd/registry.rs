@@ -1,0 +1,362 @@
+//! A cluster's records in etcd, and the transactions that change them (docs/design.md,
+//! "Multi-host mode"). Under the key prefix of the cluster (`--cluster`, default `auction`):
+//!
+//! - `PREFIX/nodes/ID`: where node ID serves ([`NodeRecord`]), written by the node itself;
+//! - `PREFIX/leader`: the leader's id; the key's *modification revision* is the leader's epoch,
+//!   unique and growing, because etcd numbers every change of its store;
+//! - `PREFIX/members`: the member ids in succession order, the leader among them.
+//!
+//! Each change of leadership or membership is one transaction that compares the leader key's
+//! revision with the epoch its writer holds, so at most one leader's change can win per epoch:
+//! - founding ([`Registry::found`]) succeeds only while no leader key exists;
+//! - a takeover ([`Registry::take_over`]) succeeds only if the leader key still holds the epoch
+//!   the member followed and the member list is the one it read and lists it;
+//! - a membership change ([`Registry::set_members`]) succeeds only while the writer's epoch is
+//!   the leader key's; otherwise the writer learns it was deposed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use super::api::{
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, kv_client::KvClient,
+    request_op,
+};
+use crate::types::NodeId;
+
+/// How long one request to etcd may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where one node serves: the address its replicas dial when it leads, and the one clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u16,
+    pub replica: SocketAddr,
+    pub client: SocketAddr,
+}
+
+/// The current leader and the epoch it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader: NodeId,
+    /// The revision of the transaction that made it leader.
+    pub epoch: u64,
+}
+
+/// The member list and the revision it was written at (for a compare).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members {
+    /// In succession order.
+    pub ids: Vec<NodeId>,
+    /// The `members` key's modification revision; 0 when it does not exist.
+    pub revision: u64,
+}
+
+/// Why a registry request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// etcd could not be reached or refused the request.
+    #[error("etcd: {0}")]
+    Unavailable(String),
+    /// A record in etcd is not what this project writes there.
+    #[error("etcd holds a malformed {key}: {why}")]
+    Malformed { key: String, why: String },
+    /// The writer's epoch is no longer the leader key's: another node leads.
+    #[error("another node leads now")]
+    Deposed,
+    /// A bad endpoint was given.
+    #[error("bad etcd endpoint {endpoint:?}: {why}")]
+    Endpoint { endpoint: String, why: String },
+}
+
+/// The records of one cluster in etcd.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    kv: KvClient<Channel>,
+    /// `CLUSTER/`, under which every key of the cluster lives.
+    prefix: String,
+}
+
+impl Registry {
+    /// A registry of cluster `cluster` at the etcd `endpoints` (URLs such as
+    /// `http://127.0.0.1:2379`); requests go to any endpoint that answers, each within
+    /// [`REQUEST_TIMEOUT`]. Connects lazily; must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`RegistryError::Endpoint`] for an endpoint that is not a URL.
+    pub fn new(endpoints: &[String], cluster: &str) -> Result<Self, RegistryError> {
+        let endpoints = endpoints
+            .iter()
+            .map(|e| {
+                Endpoint::from_shared(e.clone())
+                    .map(|ep| ep.connect_timeout(REQUEST_TIMEOUT).timeout(REQUEST_TIMEOUT))
+                    .map_err(|why| RegistryError::Endpoint {
+                        endpoint: e.clone(),
+                        why: why.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            kv: KvClient::new(Channel::balance_list(endpoints.into_iter())),
+            prefix: format!("{cluster}/"),
+        })
+    }
+
+    fn key(&self, name: &str) -> Vec<u8> {
+        format!("{}{name}", self.prefix).into_bytes()
+    }
+
+    /// Records where node `node.id` serves.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`].
+    pub async fn register(&self, node: &NodeRecord) -> Result<(), RegistryError> {
+        let value = serde_json::to_vec(node).map_err(|e| unavailable(&e))?;
+        let mut kv = self.kv.clone();
+        let put = kv.put(PutRequest {
+            key: self.key(&format!("nodes/{}", node.id)),
+            value,
+        });
+        within(put).await?;
+        Ok(())
+    }
+
+    /// Where node `id` serves, if it registered.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`], or [`RegistryError::Malformed`].
+    pub async fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, RegistryError> {
+        let key = format!("nodes/{id}");
+        match self.get(&key).await? {
+            None => Ok(None),
+            Some((value, _)) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|e| malformed(&key, &e)),
+        }
+    }
+
+    /// Who leads, if anyone does.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`], or [`RegistryError::Malformed`].
+    pub async fn leadership(&self) -> Result<Option<Leadership>, RegistryError> {
+        match self.get("leader").await? {
+            None => Ok(None),
+            Some((value, revision)) => Ok(Some(Leadership {
+                leader: parse_id(&value).ok_or_else(|| malformed("leader", &"not an id"))?,
+                epoch: revision,
+            })),
+        }
+    }
+
+    /// The member list.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`], or [`RegistryError::Malformed`].
+    pub async fn members(&self) -> Result<Members, RegistryError> {
+        match self.get("members").await? {
+            None => Ok(Members {
+                ids: Vec::new(),
+                revision: 0,
+            }),
+            Some((value, revision)) => Ok(Members {
+                ids: parse_ids(&value).ok_or_else(|| malformed("members", &"not ids"))?,
+                revision,
+            }),
+        }
+    }
+
+    /// Founds the cluster with `me` as its leader and only member, if nobody leads: returns
+    /// the epoch, or `None` when a leader key exists.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`].
+    pub async fn found(&self, me: NodeId) -> Result<Option<u64>, RegistryError> {
+        let compare = vec![self.compare_create("leader", 0)];
+        let success = vec![
+            self.put("leader", me.to_string().into_bytes()),
+            self.put("members", ids_value(&[me])),
+        ];
+        self.txn(compare, success).await
+    }
+
+    /// Makes member `me` the leader in place of the one of `epoch`, and drops that one from
+    /// `members` (read before, at its revision): succeeds only if both are unchanged and list
+    /// `me`. Returns the new epoch, or `None` when another change came first.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`].
+    pub async fn take_over(
+        &self,
+        me: NodeId,
+        epoch: u64,
+        old: NodeId,
+        members: &Members,
+    ) -> Result<Option<u64>, RegistryError> {
+        if !members.ids.contains(&me) {
+            return Ok(None);
+        }
+        let remaining: Vec<NodeId> = members.ids.iter().copied().filter(|m| *m != old).collect();
+        let compare = vec![
+            self.compare_mod("leader", epoch),
+            self.compare_mod("members", members.revision),
+        ];
+        let success = vec![
+            self.put("leader", me.to_string().into_bytes()),
+            self.put("members", ids_value(&remaining)),
+        ];
+        self.txn(compare, success).await
+    }
+
+    /// Writes the member list as the leader of `epoch`.
+    ///
+    /// # Errors
+    /// [`RegistryError::Deposed`] when `epoch` is no longer the leader key's;
+    /// [`RegistryError::Unavailable`].
+    pub async fn set_members(&self, epoch: u64, ids: &[NodeId]) -> Result<(), RegistryError> {
+        let compare = vec![self.compare_mod("leader", epoch)];
+        let success = vec![self.put("members", ids_value(ids))];
+        match self.txn(compare, success).await? {
+            Some(_) => Ok(()),
+            None => Err(RegistryError::Deposed),
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u64)>, RegistryError> {
+        let mut kv = self.kv.clone();
+        let range = kv.range(RangeRequest {
+            key: self.key(name),
+            range_end: Vec::new(),
+        });
+        let reply = within(range).await?;
+        Ok(reply.kvs.into_iter().next().map(|kv| {
+            // A key's revisions are positive.
+            (kv.value, u64::try_from(kv.mod_revision).unwrap_or(0))
+        }))
+    }
+
+    /// Runs a transaction; returns its revision if it succeeded.
+    async fn txn(
+        &self,
+        compare: Vec<Compare>,
+        success: Vec<RequestOp>,
+    ) -> Result<Option<u64>, RegistryError> {
+        let mut kv = self.kv.clone();
+        let txn = kv.txn(TxnRequest {
+            compare,
+            success,
+            failure: Vec::new(),
+        });
+        let reply = within(txn).await?;
+        if !reply.succeeded {
+            return Ok(None);
+        }
+        let revision = reply.header.map_or(0, |h| h.revision);
+        u64::try_from(revision)
+            .ok()
+            .filter(|r| *r > 0)
+            .map(Some)
+            .ok_or_else(|| malformed("transaction header", &"no revision"))
+    }
+
+    fn put(&self, name: &str, value: Vec<u8>) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: self.key(name),
+                value,
+            })),
+        }
+    }
+
+    fn compare_mod(&self, name: &str, revision: u64) -> Compare {
+        Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Mod as i32,
+            key: self.key(name),
+            target_union: Some(compare::TargetUnion::ModRevision(
+                i64::try_from(revision).unwrap_or(i64::MAX),
+            )),
+        }
+    }
+
+    fn compare_create(&self, name: &str, revision: u64) -> Compare {
+        Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: self.key(name),
+            target_union: Some(compare::TargetUnion::CreateRevision(
+                i64::try_from(revision).unwrap_or(i64::MAX),
+            )),
+        }
+    }
+}
+
+/// The reply to one request, or why there is none within [`REQUEST_TIMEOUT`].
+async fn within<T>(
+    request: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, RegistryError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(unavailable(&status.message())),
+        Err(_) => Err(RegistryError::Unavailable(format!(
+            "no answer within {REQUEST_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn unavailable(e: &impl std::fmt::Display) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+fn malformed(key: &str, why: &impl std::fmt::Display) -> RegistryError {
+    RegistryError::Malformed {
+        key: key.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// A node id as etcd holds it: its decimal digits.
+fn parse_id(value: &[u8]) -> Option<NodeId> {
+    std::str::from_utf8(value)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(NodeId)
+}
+
+/// Member ids as etcd holds them: decimal, comma-separated, in succession order.
+fn ids_value(ids: &[NodeId]) -> Vec<u8> {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
+}
+
+fn parse_ids(value: &[u8]) -> Option<Vec<NodeId>> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',').map(|id| parse_id(id.as_bytes())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_lists_read_back_and_garbage_is_refused() {
+        let ids = [NodeId(3), NodeId(1), NodeId(2)];
+        assert_eq!(parse_ids(&ids_value(&ids)), Some(ids.to_vec()));
+        assert_eq!(parse_ids(b""), Some(Vec::new()));
+        for bad in [&b"1,,2"[..], b"x", b"1,70000", b"\xff"] {
+            assert_eq!(parse_ids(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_id(b"42"), Some(NodeId(42)));
+        assert_eq!(parse_id(b"-1"), None);
+    }
+}
