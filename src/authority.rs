@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use crate::process::{self, Fenced, Listener, MemberMark};
+use crate::process::{self, Listener, MemberMark};
 use crate::replication::{ClusterState, Member};
 
 pub use auction_core::engine::{Probe, Reads};
@@ -27,14 +27,36 @@ pub use auction_core::engine::{Probe, Reads};
 /// What a node that is not a member found when it looked for a place to lead.
 #[derive(Debug)]
 pub enum Vacancy {
-    /// Nobody leads and no member lives: this node holds the leadership and may found.
-    Free(TcpListener),
+    /// Nobody leads and no member lives: this node holds the leadership and may found a
+    /// cluster whose first epoch is `epoch`.
+    Free { listener: TcpListener, epoch: u64 },
     /// Another node holds the leadership (or is about to give it up): follow it.
     Held,
     /// Nobody leads, but these members live (paused, or about to take over): join them.
     MembersAlive(Vec<u32>),
     /// Nobody leads, but whether a member lives cannot be told: do not found.
     Unknown,
+}
+
+/// How a fenced node was stopped from acting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// Its process was alive and has been sent SIGKILL (one host).
+    Killed,
+    /// Its process was already gone (one host).
+    AlreadyGone,
+    /// The authority no longer counts it a member (across hosts, where no signal reaches it):
+    /// it can neither take over nor get a member's ack, so it can act no more.
+    Excluded,
+}
+
+impl From<process::Fenced> for Fenced {
+    fn from(f: process::Fenced) -> Self {
+        match f {
+            process::Fenced::Killed => Self::Killed,
+            process::Fenced::AlreadyGone => Self::AlreadyGone,
+        }
+    }
 }
 
 /// The leadership, claimed by a member whose leader is gone.
@@ -204,7 +226,7 @@ impl Authority for SingleHost {
             Err(e) => return Err(io_error("binding the replica port")(e)),
         };
         match process::live_members(self.leader_addr) {
-            Ok(pids) if pids.is_empty() => Ok(Vacancy::Free(listener)),
+            Ok(pids) if pids.is_empty() => Ok(Vacancy::Free { listener, epoch: 1 }),
             Ok(pids) => Ok(Vacancy::MembersAlive(pids)),
             Err(e) => {
                 warn!("cannot tell whether a member is alive ({e}); not founding");
@@ -248,7 +270,9 @@ impl Authority for SingleHost {
     }
 
     async fn fence(&self, node: &Member) -> Result<Fenced, AuthorityError> {
-        process::fence(node).map_err(io_error("fencing"))
+        process::fence(node)
+            .map(Fenced::from)
+            .map_err(io_error("fencing"))
     }
 
     async fn fence_holder(&self) -> io::Result<Option<u32>> {

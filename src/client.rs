@@ -34,9 +34,10 @@ pub fn resolve(server: &str) -> std::io::Result<SocketAddr> {
     Ok(resolve_all(server)?[0])
 }
 
-/// Resolves a `HOST:PORT` given by a person to every address it names, in the resolver's order
-/// of preference, without duplicates. A [`Client`] tries each in turn: `localhost` often
-/// resolves to `::1` first while a node listens on 127.0.0.1 only.
+/// Resolves a `HOST:PORT` given by a person (or several, comma-separated: the nodes of a cluster
+/// across hosts) to every address it names, in order and in the resolver's order of
+/// preference, without duplicates. A [`Client`] tries each in turn: `localhost` often resolves
+/// to `::1` first while a node listens on 127.0.0.1 only.
 ///
 /// # Errors
 /// It is not `HOST:PORT`, or the host resolves to no address.
@@ -44,12 +45,15 @@ pub fn resolve_all(server: &str) -> std::io::Result<Vec<SocketAddr>> {
     use std::net::ToSocketAddrs;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
     let mut addrs: Vec<SocketAddr> = Vec::new();
-    for addr in server
-        .to_socket_addrs()
-        .map_err(|e| invalid(format!("{server:?} is not HOST:PORT: {e}")))?
-    {
-        if !addrs.contains(&addr) {
-            addrs.push(addr);
+    // Several servers, comma-separated: the nodes of a cluster across hosts.
+    for one in server.split(',').map(str::trim) {
+        for addr in one
+            .to_socket_addrs()
+            .map_err(|e| invalid(format!("{one:?} is not HOST:PORT: {e}")))?
+        {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
         }
     }
     if addrs.is_empty() {
@@ -532,6 +536,17 @@ fn random_session() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_servers_resolve_in_order_without_duplicates() {
+        let addrs = resolve_all("127.0.0.11:5000, 127.0.0.12:5000,127.0.0.11:5000").unwrap();
+        let want: Vec<SocketAddr> = ["127.0.0.11:5000", "127.0.0.12:5000"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(addrs, want);
+        assert!(resolve_all("127.0.0.11:5000,nonsense").is_err());
+    }
 
     #[test]
     fn only_transport_failures_are_retried() {

@@ -330,6 +330,9 @@ pub struct Spec {
     /// refuses what it cannot check). The nodes then take the cluster secret and the operator
     /// token from the environment, since the auth dir may be in /tmp.
     pub private_tmp: bool,
+    /// Multi-host mode: each node's own address (`--host`), by id. Empty: every node shares
+    /// 127.0.0.1, as on one host.
+    pub hosts: BTreeMap<u16, IpAddr>,
 }
 
 impl Spec {
@@ -362,11 +365,30 @@ impl Spec {
             tls: false,
             node_env: Vec::new(),
             private_tmp: false,
+            hosts: BTreeMap::new(),
         })
     }
 
+    /// Where clients reach the leader: the client port on 127.0.0.1 (one host), or on the first
+    /// node's own address (several hosts; [`Spec::client_addrs`] lists them all).
     pub fn client_addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.client_port)
+        self.client_addrs()[0]
+    }
+
+    /// The client port on every address a node may serve it: 127.0.0.1 on one host, each
+    /// node's own address on several.
+    pub fn client_addrs(&self) -> Vec<SocketAddr> {
+        if self.hosts.is_empty() {
+            vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                self.client_port,
+            )]
+        } else {
+            self.hosts
+                .values()
+                .map(|ip| SocketAddr::new(*ip, self.client_port))
+                .collect()
+        }
     }
 }
 
@@ -429,6 +451,14 @@ impl LocalCluster {
             .arg(self.spec.leader_port.to_string())
             .args(&self.spec.node_args)
             .args(self.spec.tls.then_some("--tls"))
+            .args(
+                self.spec
+                    .hosts
+                    .get(&id)
+                    .map(|ip| ["--host".to_string(), ip.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("AUCTION_AUTH_DIR", &self.spec.auth_dir)
             .env("RUST_LOG", &self.spec.log_filter)
             .envs(self.spec.node_env.iter().map(|(k, v)| (k, v)))
@@ -470,7 +500,7 @@ impl LocalCluster {
 
     /// A client of this cluster with the given retry budget, and the operator token.
     pub fn client(&self, retry_budget: Duration) -> Client {
-        let mut client = Client::new(self.spec.client_addr(), retry_budget);
+        let mut client = Client::with_addresses(self.spec.client_addrs(), retry_budget);
         let auth = AuthDir::new(&self.spec.auth_dir);
         // Without it, start and close are refused, which says what went wrong.
         if let Ok(token) = auth.operator_token() {

@@ -15,11 +15,10 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::auction::Decision;
-use crate::authority::{Authority, AuthorityError};
+use crate::authority::{Authority, AuthorityError, Fenced};
 use crate::digest;
 use crate::host::wall_clock_ms;
 use crate::pb::{self, AuctionView, FromLeader, from_leader};
-use crate::process::Fenced;
 use crate::replication::{ChangeKind, ClockReading, ClusterState, ConnId, Member};
 use crate::spin::Spin;
 use crate::types::RequestId;
@@ -448,6 +447,7 @@ impl<A: Authority> Leader<A> {
                         Fenced::AlreadyGone => {
                             info!(node = %node.id, pid = node.pid, "process is gone");
                         }
+                        Fenced::Excluded => warn!(node = %node.id, "fenced (no longer a member)"),
                     }
                     engine::Event::Fenced { node }
                 }

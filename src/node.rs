@@ -19,13 +19,13 @@ use tracing::{debug, error, info, warn};
 use auction_core::role::{self, Ending, Next, Opening};
 
 use crate::auth::ClusterSecret;
-use crate::authority::{self, Authority, AuthorityError, Claimed, Vacancy};
+use crate::authority::{self, Authority, AuthorityError, Claimed, Fenced, Vacancy};
 use crate::backoff::Backoff;
 use crate::host::fill_random;
 use crate::leader::{self, LeaderHandle, Timing};
 use crate::limits::{self, Limits, MAX_MESSAGE_BYTES, Unproven};
 use crate::pb;
-use crate::process::{self, Fenced};
+use crate::process;
 use crate::replica::{self, Dial, FollowEnd, SharedState};
 use crate::replication::{ChangeKind, ClockReading, ClusterState, Generation, Member};
 use crate::server::{Admission, AuctionService, ReplicationService};
@@ -81,6 +81,10 @@ pub enum NodeError {
     Impostor { addr: SocketAddr, why: String },
     #[error("the leader refused this node: {0}")]
     Refused(String),
+    /// This node led, and the authority says another leads now: it stops rather than serve
+    /// from a deposed state (start it again to rejoin as a replica).
+    #[error("another node leads now: this node, which led, stops; start it again to rejoin")]
+    Deposed,
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -182,7 +186,7 @@ pub async fn run<A: Authority>(
                 }
             }
             Opening::LookForVacancy => match authority.vacancy().await? {
-                Vacancy::Free(listener) => {
+                Vacancy::Free { listener, epoch } => {
                     // Held while this process lives, so no later node founds beside it.
                     let _membership = authority.join().map_err(io("marking a member"))?;
                     let generation = new_generation().map_err(io("drawing a generation"))?;
@@ -196,6 +200,7 @@ pub async fn run<A: Authority>(
                         received,
                         cfg.duration,
                         generation,
+                        epoch,
                         Instant::now(),
                     );
                     info!(leader_addr = %cfg.leader_addr(), generation = %state.generation, "no member is alive: founding a new cluster");
@@ -221,6 +226,7 @@ pub async fn run<A: Authority>(
         };
         let dial = Dial {
             leader_addr,
+            local: cfg.host,
             secret: &cfg.secret,
             tls: cfg.tls.as_ref(),
             timing: cfg.timing,
@@ -313,7 +319,7 @@ async fn fence_leader(authority: &impl Authority, leader: &Member, why: &str) ->
             warn!(leader = %leader.id, "fenced the {why} leader");
             true
         }
-        Ok(Fenced::AlreadyGone) => true,
+        Ok(Fenced::AlreadyGone | Fenced::Excluded) => true,
         Err(e) => {
             warn!(leader = %leader.id, "could not fence the {why} leader: {e}");
             false
@@ -376,6 +382,17 @@ async fn lead<A: Authority>(
         shutdown.clone().wait(),
     );
     set_role(&role, Role::Leader(handle.clone()));
+    // The servers stop when the node is asked to, or when the leader task ends by itself: it
+    // was deposed, and this process must serve nothing more.
+    let ended = || {
+        let (shutdown, handle) = (shutdown.clone(), handle.clone());
+        async move {
+            tokio::select! {
+                () = shutdown.wait() => {}
+                () = handle.stopped() => {}
+            }
+        }
+    };
     let unproven = Unproven::default();
     // A replica needs one stream; a few more cover a reconnect racing the old stream's end.
     let replication = server(cfg)?
@@ -398,11 +415,11 @@ async fn lead<A: Authority>(
                 "replica",
                 Some((unproven, cfg.timing.timeout)),
             ),
-            shutdown.clone().wait(),
+            ended(),
         );
     let replication = tokio::spawn(replication);
     let client_listener = tokio::select! {
-        () = shutdown.clone().wait() => return Ok(()),
+        () = ended() => return deposed_unless(&shutdown),
         l = bind_client_port(cfg.client_addr()) => l?,
     };
     info!(client_addr = %cfg.client_addr(), "serving clients");
@@ -414,7 +431,7 @@ async fn lead<A: Authority>(
     server(cfg)?
         .max_concurrent_streams(Some(cfg.limits.max_streams))
         .add_service(
-            pb::auction_server::AuctionServer::new(AuctionService::new(handle, admission))
+            pb::auction_server::AuctionServer::new(AuctionService::new(handle.clone(), admission))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
@@ -424,14 +441,23 @@ async fn lead<A: Authority>(
                 "client",
                 None,
             ),
-            shutdown.wait(),
+            ended(),
         )
         .await?;
     match replication.await {
         Ok(r) => r?,
         Err(e) => warn!("replication server task failed: {e}"),
     }
-    Ok(())
+    deposed_unless(&shutdown)
+}
+
+/// How leading ended: asked to stop, or deposed ([`NodeError::Deposed`]).
+fn deposed_unless(shutdown: &Shutdown) -> Result<(), NodeError> {
+    if shutdown.fired() {
+        Ok(())
+    } else {
+        Err(NodeError::Deposed)
+    }
 }
 
 /// A server builder, with TLS if configured.

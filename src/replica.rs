@@ -12,11 +12,10 @@ use tonic::{Code, Status};
 use tracing::{info, warn};
 
 use crate::auth::ClusterSecret;
-use crate::authority::Authority;
+use crate::authority::{Authority, Fenced};
 use crate::handshake::Joining;
 use crate::leader::Timing;
 use crate::pb::{self, FromReplica, from_leader, from_replica};
-use crate::process::Fenced;
 pub use auction_core::follower::{Held, LeaderStream, Received, StreamError};
 
 use crate::replication::{Change, ClusterState, Generation, Member};
@@ -65,8 +64,11 @@ const SILENCE_CHECKS_PER_HEARTBEAT: u32 = 4;
 /// How a replica reaches and checks its leader.
 #[derive(Clone, Copy, Debug)]
 pub struct Dial<'a> {
-    /// The replica port.
+    /// The leader's replica port.
     pub leader_addr: SocketAddr,
+    /// This node's own address, which its connections come from (so that a packet filter
+    /// between hosts sees them as this host's).
+    pub local: std::net::IpAddr,
     /// What the leader must prove it holds, and what this replica proves with.
     pub secret: &'a ClusterSecret,
     /// TLS to dial with, or plain HTTP/2.
@@ -221,6 +223,7 @@ async fn handshake(
 > {
     let Dial {
         leader_addr,
+        local,
         secret,
         tls,
         timing,
@@ -230,7 +233,8 @@ async fn handshake(
     let endpoint = tls::endpoint(leader_addr, tls)
         .map_err(|e| FollowEnd::Unreachable(e.to_string()))?
         .connect_timeout(timing.timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .local_address(Some(local));
     let channel = endpoint
         .connect()
         .await
@@ -356,7 +360,7 @@ pub(crate) async fn fence_silent_leader(authority: &impl Authority, leader: Opti
     match leader {
         Some(l) => match authority.fence(&l).await {
             Ok(Fenced::Killed) => warn!(leader = %l.id, pid = l.pid, "fenced the silent leader"),
-            Ok(Fenced::AlreadyGone) => {}
+            Ok(Fenced::AlreadyGone | Fenced::Excluded) => {}
             Err(e) => warn!(leader = %l.id, "could not fence the silent leader: {e}"),
         },
         None => match authority.fence_holder().await {

@@ -148,18 +148,20 @@ pub fn takeover_changes(me: Member, state: &ClusterState, epoch: u64) -> Vec<Cha
 /// The state a new cluster starts from at `now`, its clock, and the changes of its first batch.
 /// A node that joined but outlived every member (`received`: its state and clock reading)
 /// keeps the state it received rather than lose it; otherwise the cluster, `generation`, starts
-/// empty and opens its first auction of `duration`.
+/// empty and opens its first auction of `duration`. `epoch` is the one the authority gave this
+/// founding (a received state's next epoch, if that is later).
 pub fn founding_state(
     me: Member,
     received: Option<(ClusterState, ClockReading)>,
     duration: AuctionLength,
     generation: Generation,
+    epoch: u64,
     now: Instant,
 ) -> (ClusterState, ClockReading, Vec<ChangeKind>) {
     match received {
         Some((state, clock)) => {
             // No member lives: every other member is dead.
-            let epoch = state.epoch + 1;
+            let epoch = epoch.max(state.epoch + 1);
             let mut initial = vec![ChangeKind::Join(me), ChangeKind::Lead { leader: me, epoch }];
             initial.extend(
                 state
@@ -171,7 +173,10 @@ pub fn founding_state(
             (state, resume(clock, now), initial)
         }
         None => (
-            ClusterState::founded(me, generation),
+            ClusterState {
+                epoch,
+                ..ClusterState::founded(me, generation)
+            },
             ClockReading {
                 clock: Millis(0),
                 at: now,
@@ -274,6 +279,7 @@ mod tests {
             None,
             AuctionLength::from_secs(5).unwrap(),
             Generation(4),
+            1,
             Instant::now(),
         );
         assert_eq!(state, ClusterState::founded(node(1), Generation(4)));
@@ -298,6 +304,7 @@ mod tests {
             Some((received, reading)),
             AuctionLength::from_secs(5).unwrap(),
             Generation(5),
+            1,
             t0 + Duration::from_millis(500),
         );
         assert_eq!(

@@ -38,7 +38,8 @@ struct Args {
     /// The bidder's name (letters, digits, '-', '_', '.'); needed to bid.
     #[arg(long)]
     id: Option<String>,
-    /// The cluster's client address, HOST:PORT; each address HOST resolves to is tried in turn.
+    /// The cluster's client address, HOST:PORT, or several, comma-separated (the nodes of a
+    /// cluster across hosts); each address given or resolved is tried in turn.
     #[arg(long, default_value = "127.0.0.1:5000")]
     server: String,
     /// How long to keep retrying (across failovers) before reporting an exception, in ms: at most

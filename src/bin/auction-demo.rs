@@ -3,7 +3,7 @@
 //! `--scenario seed` instead plays the original hand-in's 12-step scenario and prints the transcript.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
@@ -117,6 +117,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls: args.tls,
         node_env: Vec::new(),
         private_tmp: false,
+        hosts: BTreeMap::new(),
     };
     let client_bin = sibling_binary("auction-client")?;
     // A prompt only when a person types at a terminal and reads the same one; otherwise each

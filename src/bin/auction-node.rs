@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use auction::auth::AuthDir;
 use auction::authority::SingleHost;
 use auction::console;
+use auction::etcd::authority::EtcdAuthority;
+use auction::etcd::registry::{NodeRecord, Registry};
 use auction::leader::Timing;
 use auction::limits::Limits;
 use auction::node::{self, Config, Role, Shutdown};
@@ -39,9 +41,17 @@ struct Args {
     /// Port on which the leader serves replicas; holding it is being the leader.
     #[arg(long, default_value_t = 5400)]
     leader_port: u16,
-    /// Address every node binds and dials; all nodes of a cluster must use the same one.
+    /// Address every node binds and dials; all nodes of a cluster must use the same one. With
+    /// --etcd: this node's own address, where it binds both ports and from which it dials.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
+    /// Multi-host mode: etcd decides who leads and who is a member. The etcd client URLs,
+    /// comma-separated (http://HOST:2379,...).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Multi-host mode: the key prefix of this cluster in etcd, so several clusters share one.
+    #[arg(long, default_value = "auction", requires = "etcd")]
+    cluster: String,
     /// Length in seconds of the auction that a new cluster opens, and of `start` without SECS.
     #[arg(long, default_value_t = 120)]
     duration: u64,
@@ -157,10 +167,10 @@ fn start(args: &Args, cfg: Config) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg))
+        .block_on(run(cfg, args.etcd.clone(), args.cluster.clone()))
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<()> {
     let role = Arc::new(Mutex::new(Role::Starting));
     let (stop, shutdown) = Shutdown::new();
     // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
@@ -210,11 +220,27 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // How long a node asked to stop may take to leave: a leader answers what is in flight and
     // hands over, a member tells the leader it leaves; each waits at most the timeout.
     let patience = cfg.timing.timeout + Duration::from_secs(1);
-    // One host: leadership is the replica port, membership a member mark, fencing a pidfd.
-    let authority = Arc::new(SingleHost {
-        leader_addr: cfg.leader_addr(),
-    });
-    let mut node = tokio::spawn(node::run(cfg, authority, role, shutdown));
+    let mut node = if etcd.is_empty() {
+        // One host: leadership is the replica port, membership a member mark, fencing a pidfd.
+        let authority = Arc::new(SingleHost {
+            leader_addr: cfg.leader_addr(),
+        });
+        tokio::spawn(node::run(cfg, authority, role, shutdown))
+    } else {
+        // Several hosts: etcd decides who leads and who is a member.
+        let registry = Registry::new(&etcd, &cluster).context("--etcd")?;
+        let me = NodeRecord {
+            id: cfg.id.0,
+            replica: cfg.leader_addr(),
+            client: cfg.client_addr(),
+        };
+        let authority = Arc::new(EtcdAuthority::new(registry, me));
+        authority
+            .register()
+            .await
+            .context("registering this node in etcd")?;
+        tokio::spawn(node::run(cfg, authority, role, shutdown))
+    };
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,

@@ -9,4 +9,5 @@ pub mod api {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod authority;
 pub mod registry;

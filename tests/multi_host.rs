@@ -1,0 +1,106 @@
+//! Multi-host mode with a real etcd: each node on a loopback address of its own (127.0.0.x, in
+//! the host's namespace: these tests cut no traffic), etcd deciding who leads and who is a
+//! member, epochs that are etcd revisions.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use auction::auction::Decision;
+use auction::cluster::{Transcript, free_port, leader_of};
+use auction::etcd::registry::Registry;
+use auction::types::{Amount, BidderId};
+use auction_lab::etcd::{Etcd, EtcdSpec};
+use auction_lab::harness::{Harness, WAIT};
+
+/// A one-member etcd on 127.0.0.1, on ports that were free.
+async fn etcd() -> Etcd {
+    let mut spec = EtcdSpec::on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    spec.client_port = free_port().expect("a free port");
+    spec.peer_port = free_port().expect("a free port");
+    spec.as_hosts = false;
+    Etcd::start(spec, &Transcript::new(false))
+        .await
+        .expect("etcd starts (Debian's etcd-server)")
+}
+
+/// Nodes 1, 2 and 3 on 127.0.0.`base`+1.. (the test's own addresses), in cluster `name`.
+async fn cluster(etcd: &Etcd, name: &str, base: u8) -> Harness {
+    let mut spec = Harness::spec(&["--etcd", &etcd.client_urls().join(","), "--cluster", name]);
+    spec.hosts = (1..=3)
+        .map(|i| (i, IpAddr::V4(Ipv4Addr::new(127, 0, 0, base + i as u8))))
+        .collect::<BTreeMap<_, _>>();
+    Harness::start_with_spec(spec, &[1, 2, 3]).await
+}
+
+#[tokio::test]
+async fn killing_the_leader_loses_no_acknowledged_bid_and_a_member_takes_over_at_a_later_epoch() {
+    let etcd = etcd().await;
+    let mut h = cluster(&etcd, "kill-leader", 110).await;
+    let before = h.wait_leader(1).await;
+    assert_eq!(before.members.len(), 3, "{before:?}");
+    let mut client = h.cluster.client(WAIT);
+    let ann = BidderId::new("ann").unwrap();
+    for amount in 1..=5 {
+        let outcome = client
+            .bid(&ann, Amount::new(amount).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(outcome.decision, Decision::Ok(()));
+    }
+    h.cluster.kill(1).await;
+    // The next bid is answered by a new leader, which holds every acknowledged bid.
+    let outcome = client.bid(&ann, Amount::new(6).unwrap()).await.unwrap();
+    assert_eq!(outcome.decision, Decision::Ok(()));
+    let after = h
+        .wait_for(|s| leader_of(s) != 1 && s.members.len() == 2)
+        .await;
+    // Epochs are etcd revisions: the two admissions were written between the founding and the
+    // takeover, and etcd names the leader the cluster reports.
+    assert!(
+        after.epoch >= before.epoch + 3,
+        "{} then {}",
+        before.epoch,
+        after.epoch
+    );
+    let registry = Registry::new(&etcd.client_urls(), "kill-leader").unwrap();
+    let lead = registry
+        .leadership()
+        .await
+        .unwrap()
+        .expect("a leader in etcd");
+    assert_eq!(
+        (lead.leader.0, lead.epoch),
+        (leader_of(&after), after.epoch)
+    );
+    let members = registry.members().await.unwrap().ids;
+    assert_eq!(
+        members.len(),
+        2,
+        "the killed leader was dropped: {members:?}"
+    );
+    let view = client.result().await.unwrap();
+    assert_eq!(view.highest_amount(), Some(6));
+    // A node restarted in its place joins the new leader and gets the whole state.
+    h.start_member(1).await;
+    let whole = h.wait_for(|s| s.members.len() == 3).await;
+    assert_eq!(leader_of(&whole), leader_of(&after));
+    h.assert_no_panics();
+}
+
+#[tokio::test]
+async fn a_node_of_a_cluster_in_etcd_serves_clients_only_while_it_leads() {
+    let etcd = etcd().await;
+    let h = cluster(&etcd, "serving", 120).await;
+    let status = h.wait_leader(1).await;
+    assert_eq!(leader_of(&status), 1);
+    // Only the leader's address takes clients: the others' client ports are closed.
+    let addrs = h.cluster.spec.client_addrs();
+    for (i, addr) in addrs.iter().enumerate() {
+        let open =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await
+                .is_ok_and(|c| c.is_ok());
+        assert_eq!(open, i == 0, "client port of node {} at {addr}", i + 1);
+    }
+}
