@@ -21,7 +21,7 @@ async fn etcd() -> Etcd {
 }
 
 fn registry(etcd: &Etcd, cluster: &str) -> Registry {
-    Registry::new(&etcd.client_urls(), cluster).expect("valid endpoints")
+    Registry::new(&etcd.client_urls(), cluster, None).expect("valid endpoints")
 }
 
 #[tokio::test]
@@ -107,13 +107,13 @@ async fn nodes_register_where_they_serve() {
 #[tokio::test]
 async fn an_unreachable_etcd_is_an_error_not_a_hang() {
     let port = free_port().unwrap();
-    let r = Registry::new(&[format!("http://127.0.0.1:{port}")], "nowhere").unwrap();
+    let r = Registry::new(&[format!("http://127.0.0.1:{port}")], "nowhere", None).unwrap();
     assert!(matches!(
         r.leadership().await,
         Err(RegistryError::Unavailable(_))
     ));
     assert!(matches!(
-        Registry::new(&["not a url".to_string()], "x"),
+        Registry::new(&["not a url".to_string()], "x", None),
         Err(RegistryError::Endpoint { .. })
     ));
 }

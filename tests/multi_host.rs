@@ -63,7 +63,7 @@ async fn killing_the_leader_loses_no_acknowledged_bid_and_a_member_takes_over_at
         before.epoch,
         after.epoch
     );
-    let registry = Registry::new(&etcd.client_urls(), "kill-leader").unwrap();
+    let registry = Registry::new(&etcd.client_urls(), "kill-leader", None).unwrap();
     let lead = registry
         .leadership()
         .await

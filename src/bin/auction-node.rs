@@ -228,7 +228,7 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
         tokio::spawn(node::run(cfg, authority, role, shutdown))
     } else {
         // Several hosts: etcd decides who leads and who is a member.
-        let registry = Registry::new(&etcd, &cluster).context("--etcd")?;
+        let registry = Registry::new(&etcd, &cluster, Some(cfg.host)).context("--etcd")?;
         let me = NodeRecord {
             id: cfg.id.0,
             replica: cfg.leader_addr(),

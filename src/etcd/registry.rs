@@ -82,16 +82,26 @@ pub struct Registry {
 impl Registry {
     /// A registry of cluster `cluster` at the etcd `endpoints` (URLs such as
     /// `http://127.0.0.1:2379`); requests go to any endpoint that answers, each within
-    /// [`REQUEST_TIMEOUT`]. Connects lazily; must be called inside a Tokio runtime.
+    /// [`REQUEST_TIMEOUT`], from the address `local` if given (a node's own `--host`, so that
+    /// a packet filter between hosts sees its requests as that host's). Connects lazily; must
+    /// be called inside a Tokio runtime.
     ///
     /// # Errors
     /// [`RegistryError::Endpoint`] for an endpoint that is not a URL.
-    pub fn new(endpoints: &[String], cluster: &str) -> Result<Self, RegistryError> {
+    pub fn new(
+        endpoints: &[String],
+        cluster: &str,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, RegistryError> {
         let endpoints = endpoints
             .iter()
             .map(|e| {
                 Endpoint::from_shared(e.clone())
-                    .map(|ep| ep.connect_timeout(REQUEST_TIMEOUT).timeout(REQUEST_TIMEOUT))
+                    .map(|ep| {
+                        ep.connect_timeout(REQUEST_TIMEOUT)
+                            .timeout(REQUEST_TIMEOUT)
+                            .local_address(local)
+                    })
                     .map_err(|why| RegistryError::Endpoint {
                         endpoint: e.clone(),
                         why: why.to_string(),
