@@ -15,7 +15,8 @@
 //!   tokens; [`handshake`]: how a replica and its leader prove that they hold the cluster secret;
 //! - [`limits`]: connections, streams, message sizes and request rates a client may take;
 //! - [`process`]: node processes: identity, fencing by pidfd, port holders, the member marks;
-//! - [`etcd`]: the subset of etcd's API the multi-host mode speaks;
+//! - [`etcd`]: the multi-host mode's authority: etcd's API, the cluster's records, the
+//!   transactions that change them;
 //! - [`authority`]: who leads, who is a member, and fencing, behind one trait; its single-host
 //!   implementation;
 //! - [`spin`]: the leader's busy-polling after light activity (`--spin-us 0` turns it off);
