@@ -432,6 +432,7 @@ impl Client {
             } else {
                 left.min(CONNECT_TIMEOUT_PER_ADDRESS)
             };
+            let started = Instant::now();
             let endpoint = tls::client_endpoint(addr, self.tls.as_ref())
                 .map_err(|e| Status::invalid_argument(e.to_string()))?
                 .connect_timeout(limit)
@@ -447,10 +448,20 @@ impl Client {
                     continue;
                 }
             };
-            self.preferred = index;
             let mut unary = AuctionClient::new(channel);
             let (requests, rx) = mpsc::channel(16);
-            let replies = unary.session(ReceiverStream::new(rx)).await?.into_inner();
+            // A server that accepts connections but answers nothing (a paused node, across
+            // hosts) gets the same time as a connection, then the next address is tried.
+            let left = limit.saturating_sub(Instant::now().saturating_duration_since(started));
+            let opened = tokio::time::timeout(left, unary.session(ReceiverStream::new(rx))).await;
+            let replies = match opened {
+                Ok(opened) => opened?.into_inner(),
+                Err(_) => {
+                    failures.push(format!("{addr}: no answer within {limit:?}"));
+                    continue;
+                }
+            };
+            self.preferred = index;
             return Ok(Connection {
                 unary,
                 requests,

@@ -517,6 +517,12 @@ impl LocalCluster {
         client
     }
 
+    /// How long one status request of a wait may take: 500 ms per address a node may serve
+    /// clients on, since a paused node's address takes that long to give up on.
+    fn status_budget(&self) -> Duration {
+        Duration::from_millis(500) * u32::try_from(self.spec.client_addrs().len()).unwrap_or(1)
+    }
+
     /// The leader's status.
     ///
     /// # Errors
@@ -537,7 +543,7 @@ impl LocalCluster {
         mut pred: impl FnMut(&Status) -> bool,
     ) -> Result<Status, ClusterError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut client = self.client(Duration::from_millis(500));
+        let mut client = self.client(self.status_budget());
         loop {
             let last = match client.status().await {
                 Ok(s) if pred(&s) => return Ok(s),
@@ -603,7 +609,7 @@ impl LocalCluster {
         timeout: Duration,
     ) -> Result<Status, ClusterError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut client = self.client(Duration::from_millis(500));
+        let mut client = self.client(self.status_budget());
         loop {
             let mut pids = Vec::with_capacity(ids.len());
             for &id in ids {

@@ -7,11 +7,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use auction::auction::Decision;
+use auction::client::{Client, ClientError};
 use auction::cluster::{Transcript, free_port, leader_of};
 use auction::etcd::registry::Registry;
 use auction::types::{Amount, BidderId};
 use auction_lab::etcd::{Etcd, EtcdSpec};
 use auction_lab::harness::{Harness, WAIT};
+use rustix::process::Signal;
 
 /// A one-member etcd on 127.0.0.1, on ports that were free.
 async fn etcd() -> Etcd {
@@ -103,4 +105,41 @@ async fn a_node_of_a_cluster_in_etcd_serves_clients_only_while_it_leads() {
                 .is_ok_and(|c| c.is_ok());
         assert_eq!(open, i == 0, "client port of node {} at {addr}", i + 1);
     }
+}
+
+/// A leader paused past the timeout is replaced through etcd. Once it runs again it answers no
+/// read from its old state and commits nothing: its members have left it, and its first write
+/// to etcd tells it it was deposed, so it exits.
+#[tokio::test]
+async fn a_paused_leader_is_replaced_and_once_resumed_answers_nothing_and_exits() {
+    let etcd = etcd().await;
+    let mut h = cluster(&etcd, "pause-leader", 130).await;
+    let before = h.wait_leader(1).await;
+    let mut client = h.cluster.client(WAIT);
+    let ann = BidderId::new("ann").unwrap();
+    client.bid(&ann, Amount::new(1).unwrap()).await.unwrap();
+    h.cluster.signal(1, Signal::STOP).unwrap();
+    let after = h.wait_for(|s| leader_of(s) != 1).await;
+    assert!(after.epoch > before.epoch);
+    // A bid the new leader acknowledges, which the paused one never saw.
+    client.bid(&ann, Amount::new(2).unwrap()).await.unwrap();
+    h.cluster.signal(1, Signal::CONT).unwrap();
+    // Straight to the old leader's address: no answer from its old state (highest 1).
+    let old = h.cluster.spec.client_addrs()[0];
+    let mut direct = Client::new(old, Duration::from_secs(3));
+    match direct.result().await {
+        Ok(view) => assert_eq!(
+            view.highest_amount(),
+            Some(2),
+            "the deposed leader answered from its old state"
+        ),
+        Err(e) => assert!(matches!(e, ClientError::Exception { .. }), "{e}"),
+    }
+    h.wait_exited(1).await;
+    let status = h.cluster.node(1).unwrap().exit_status().expect("exited");
+    assert!(
+        !status.success(),
+        "a deposed leader exits with an error: {status:?}"
+    );
+    assert_eq!(client.result().await.unwrap().highest_amount(), Some(2));
 }
