@@ -408,10 +408,10 @@ impl<A: Authority> Leader<A> {
             Action::Reply { to, reply } => {
                 to.send(match reply {
                     engine::Reply::Decision(d, view) => {
-                        Reply::Decision(d, view::auction_view(&view, wall_now_ms))
+                        Reply::Decision(d, view::auction_view(view, wall_now_ms))
                     }
                     engine::Reply::Result(view) => {
-                        Reply::Result(view::auction_view(&view, wall_now_ms))
+                        Reply::Result(view::auction_view(view, wall_now_ms))
                     }
                 });
                 None
@@ -498,7 +498,7 @@ impl<A: Authority> Leader<A> {
             epoch: state.epoch,
             version: state.version,
             auction: Some(view::auction_view(
-                &state.machine.auction.observe(now),
+                state.machine.auction.observe(now),
                 wall_clock_ms(),
             )),
             digest: match detail {

@@ -182,21 +182,26 @@ impl TryFrom<v1::Decision> for auction::Decision {
     }
 }
 
-impl From<&View> for AuctionView {
-    fn from(v: &View) -> Self {
+impl From<View> for AuctionView {
+    fn from(v: View) -> Self {
+        let (highest_bid, highest_bidder) = v.highest.map_or((0, String::new()), |h| {
+            (h.amount.get(), h.bidder.into_string())
+        });
         Self {
             number: v.number,
             open: v.open,
             deadline_ms: v.deadline_ms,
-            highest_bid: v.highest.as_ref().map_or(0, |h| h.amount.get()),
-            highest_bidder: v
-                .highest
-                .as_ref()
-                .map(|h| h.bidder.as_str().to_owned())
-                .unwrap_or_default(),
+            highest_bid,
+            highest_bidder,
             bidders: v.bidders,
             now_ms: v.now_ms,
         }
+    }
+}
+
+impl From<&View> for AuctionView {
+    fn from(v: &View) -> Self {
+        v.clone().into()
     }
 }
 
@@ -568,7 +573,7 @@ mod tests {
             members: s.members.clone(),
             epoch: s.epoch,
             version: s.version,
-            auction: View::of(&s.machine.auction.observe(Millis(3_000)), 1_700_000_000_000),
+            auction: View::of(s.machine.auction.observe(Millis(3_000)), 1_700_000_000_000),
             digest: None,
         }
     }

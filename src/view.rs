@@ -30,7 +30,7 @@ pub struct View {
 impl View {
     /// What a reader observed (`o`, on the auction clock), with its deadline shown on the wall
     /// clock as `wall_now_ms` (Unix ms) plus the time left.
-    pub fn of(o: &Observation, wall_now_ms: u64) -> Self {
+    pub fn of(o: Observation, wall_now_ms: u64) -> Self {
         let deadline_ms = if o.deadline >= o.now {
             wall_now_ms.saturating_add(o.deadline.0 - o.now.0)
         } else {
@@ -40,7 +40,7 @@ impl View {
             number: o.number,
             open: o.open,
             deadline_ms,
-            highest: o.highest.clone(),
+            highest: o.highest,
             bidders: o.bidders,
             now_ms: wall_now_ms,
         }
@@ -93,9 +93,10 @@ impl Status {
     }
 }
 
-/// What a reader observed as the leader sends it: [`View::of`] on the wire.
-pub fn auction_view(o: &Observation, wall_now_ms: u64) -> pb::AuctionView {
-    (&View::of(o, wall_now_ms)).into()
+/// What a reader observed as the leader sends it: [`View::of`] on the wire. Moves the
+/// observation, so the leader copies no bidder's name for a reply.
+pub fn auction_view(o: Observation, wall_now_ms: u64) -> pb::AuctionView {
+    View::of(o, wall_now_ms).into()
 }
 
 /// The reply to a request that changes state: the decision, the refusal's reason in words (empty
@@ -145,11 +146,11 @@ mod tests {
         let a = &s.machine.auction;
         // 20 s into the auction, on a wall clock anywhere (even before 1970 + 60 s): 40 s left.
         for wall in [5_000, 1_800_000_000_000] {
-            let v = View::of(&a.observe(Millis(21_000)), wall);
+            let v = View::of(a.observe(Millis(21_000)), wall);
             assert!(v.open);
             assert_eq!((v.left_ms(), v.now_ms), (40_000, wall));
         }
-        let v = View::of(&a.observe(Millis(70_000)), 100_000);
+        let v = View::of(a.observe(Millis(70_000)), 100_000);
         assert!(!v.open);
         assert_eq!(v.deadline_ms, 91_000, "closed 9 s ago");
         assert_eq!(v.left_ms(), 0);
@@ -158,17 +159,17 @@ mod tests {
     #[test]
     fn a_view_on_the_wire_reads_back_the_same() {
         let s = started();
-        let wire = auction_view(&s.machine.auction.observe(Millis(21_000)), 5_000);
+        let wire = auction_view(s.machine.auction.observe(Millis(21_000)), 5_000);
         let back = View::try_from(wire).unwrap();
         assert_eq!(
             back,
-            View::of(&s.machine.auction.observe(Millis(21_000)), 5_000)
+            View::of(s.machine.auction.observe(Millis(21_000)), 5_000)
         );
     }
 
     #[test]
     fn a_refusal_is_sent_with_its_reason() {
-        let view = auction_view(&started().machine.auction.observe(Millis(2_000)), 0);
+        let view = auction_view(started().machine.auction.observe(Millis(2_000)), 0);
         let refused = decision_reply(&Err(Refusal::NoAuction), view.clone());
         assert_eq!(refused.reason, Refusal::NoAuction.to_string());
         assert_eq!(

@@ -672,13 +672,19 @@ impl<R> Engine<R> {
         if reads && auction.is_open(self.state.clock) && !auction.is_open(now) {
             self.queued_changes.push(ChangeKind::Tick);
         }
-        let membership_before = self.state.members.clone();
+        // Only joins, leaves and a new leader change the members: no copy of them per batch.
+        let membership_changes = self.queued_changes.iter().any(|k| {
+            matches!(
+                k,
+                ChangeKind::Join(_) | ChangeKind::Leave(_) | ChangeKind::Lead { .. }
+            )
+        });
         for kind in std::mem::take(&mut self.queued_changes) {
             let change = Change { at: now, kind };
             self.apply(&change);
             changes.push(change);
         }
-        if self.state.members != membership_before {
+        if membership_changes {
             self.actions
                 .push(Action::Members(self.state.members.clone()));
         }

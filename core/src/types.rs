@@ -110,6 +110,11 @@ impl BidderId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl FromStr for BidderId {

@@ -146,7 +146,7 @@ pub fn check_state(s: &ClusterState) {
     let back = ClusterState::try_from(decoded).expect("a reachable state is a valid snapshot");
     assert_eq!(&back, s, "the state changed on its way through a snapshot");
     assert_eq!(auction::digest::of(&back), auction::digest::of(s));
-    let _ = auction::view::auction_view(&s.machine.auction.observe(s.clock), 0);
+    let _ = auction::view::auction_view(s.machine.auction.observe(s.clock), 0);
     for m in &s.members {
         let _ = s.succession_rank(m.id);
     }
@@ -328,7 +328,7 @@ fn decide(id: Option<RequestId>, op: &Op, at: Millis) {
 fn check_decision(decision: &Decision, state: &ClusterState, now: Millis) {
     let reply = auction::view::decision_reply(
         decision,
-        auction::view::auction_view(&state.machine.auction.observe(now), 0),
+        auction::view::auction_view(state.machine.auction.observe(now), 0),
     );
     let decoded = pb::DecisionReply::decode(reply.encode_to_vec().as_slice())
         .expect("an encoded reply decodes");
