@@ -2,20 +2,14 @@
 //! transactions that compare the leader key's revision (the epoch), so at most one change wins
 //! per epoch, and a deposed leader learns it at its next write.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use auction::cluster::{Transcript, free_port};
 use auction::etcd::registry::{NodeRecord, Registry, RegistryError};
 use auction::types::NodeId;
-use auction_lab::etcd::{Etcd, EtcdSpec};
+use auction_lab::etcd::Etcd;
 
-/// A one-member etcd on 127.0.0.1, on ports that were free, in the host's own namespace.
+/// A one-member etcd on 127.0.0.1, on ports that were free.
 async fn etcd() -> Etcd {
-    let mut spec = EtcdSpec::on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-    spec.client_port = free_port().expect("a free port");
-    spec.peer_port = free_port().expect("a free port");
-    spec.as_hosts = false;
-    Etcd::start(spec, &Transcript::new(false))
+    Etcd::local(&Transcript::new(false))
         .await
         .expect("etcd starts (Debian's etcd-server)")
 }

@@ -8,20 +8,16 @@ use std::time::Duration;
 
 use auction::auction::Decision;
 use auction::client::{Client, ClientError};
-use auction::cluster::{Transcript, free_port, leader_of};
+use auction::cluster::{Transcript, leader_of};
 use auction::etcd::registry::Registry;
 use auction::types::{Amount, BidderId};
-use auction_lab::etcd::{Etcd, EtcdSpec};
+use auction_lab::etcd::Etcd;
 use auction_lab::harness::{Harness, WAIT};
 use rustix::process::Signal;
 
 /// A one-member etcd on 127.0.0.1, on ports that were free.
 async fn etcd() -> Etcd {
-    let mut spec = EtcdSpec::on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-    spec.client_port = free_port().expect("a free port");
-    spec.peer_port = free_port().expect("a free port");
-    spec.as_hosts = false;
-    Etcd::start(spec, &Transcript::new(false))
+    Etcd::local(&Transcript::new(false))
         .await
         .expect("etcd starts (Debian's etcd-server)")
 }

@@ -97,6 +97,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(50);
 
 impl Etcd {
+    /// One member on 127.0.0.1, on ports that were free, in the host's own network namespace
+    /// (nothing can be cut off from it): for tests of etcd's decisions, not of partitions.
+    ///
+    /// # Errors
+    /// As for [`Etcd::start`], or no port was free.
+    pub async fn local(transcript: &Transcript) -> io::Result<Self> {
+        let mut spec = EtcdSpec::on(&[IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)]);
+        spec.client_port = auction::cluster::free_port()?;
+        spec.peer_port = auction::cluster::free_port()?;
+        spec.as_hosts = false;
+        Self::start(spec, transcript).await
+    }
+
     /// Starts every member of `spec` and waits until each is healthy (it has a leader and
     /// answers a read), at most [`EtcdSpec::ready_timeout`]. Their output goes to `transcript`
     /// under `etcd-0`, `etcd-1`, …. Call it inside a tokio runtime, from a thread that lives as

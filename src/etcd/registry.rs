@@ -280,25 +280,38 @@ impl Registry {
         }
     }
 
+    /// Compares key `name`'s modification revision with `revision` (0: the key does not exist).
     fn compare_mod(&self, name: &str, revision: u64) -> Compare {
-        Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Mod as i32,
-            key: self.key(name),
-            target_union: Some(compare::TargetUnion::ModRevision(
-                i64::try_from(revision).unwrap_or(i64::MAX),
-            )),
-        }
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        self.compare(
+            name,
+            compare::CompareTarget::Mod,
+            compare::TargetUnion::ModRevision(revision),
+        )
     }
 
+    /// Compares key `name`'s creation revision with `revision` (0: the key does not exist).
     fn compare_create(&self, name: &str, revision: u64) -> Compare {
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        self.compare(
+            name,
+            compare::CompareTarget::Create,
+            compare::TargetUnion::CreateRevision(revision),
+        )
+    }
+
+    /// An equality compare of key `name`.
+    fn compare(
+        &self,
+        name: &str,
+        target: compare::CompareTarget,
+        value: compare::TargetUnion,
+    ) -> Compare {
         Compare {
             result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Create as i32,
+            target: target as i32,
             key: self.key(name),
-            target_union: Some(compare::TargetUnion::CreateRevision(
-                i64::try_from(revision).unwrap_or(i64::MAX),
-            )),
+            target_union: Some(value),
         }
     }
 }
