@@ -245,11 +245,12 @@ pub async fn run<A: Authority>(
             Next::Stop => return Ok(()),
             Next::Fail => return Err(failure(end, leader_addr)),
             Next::FenceLeader { leader, why } => {
-                if why == "lost" {
-                    warn!(leader = %leader.id, "lost the leader");
-                }
-                if let FollowEnd::Stale { why, .. } = &end {
-                    error!(leader = %leader.id, "refused the leader's state: {why}");
+                match &end {
+                    FollowEnd::Lost { .. } => warn!(leader = %leader.id, "lost the leader"),
+                    FollowEnd::Stale { why, .. } => {
+                        error!(leader = %leader.id, "refused the leader's state: {why}");
+                    }
+                    _ => {}
                 }
                 fence_leader(&*authority, &leader, why).await
             }
