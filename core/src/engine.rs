@@ -881,6 +881,22 @@ mod tests {
         assert!(e.state().has_member(&node(id)));
     }
 
+    /// Stream `conn` acknowledges message `seq`, having applied `version`, at `ms`.
+    fn ack(e: &mut Engine<u32>, clock: &Clock, conn: ConnId, seq: u64, version: u64, ms: u64) {
+        e.handle(Event::Ack { conn, seq, version }, clock.at(ms));
+    }
+
+    /// A client asks `request` at `ms`; its reply is tagged `tag`.
+    fn ask(e: &mut Engine<u32>, clock: &Clock, request: Request, tag: u32, ms: u64) {
+        e.handle(
+            Event::Request {
+                request,
+                reply: tag,
+            },
+            clock.at(ms),
+        );
+    }
+
     /// Every stream acknowledges everything sent on it (its last seq, the leader's version).
     fn ack_all(e: &mut Engine<u32>, clock: &Clock, ms: u64) {
         let version = e.state().version;
@@ -962,40 +978,20 @@ mod tests {
         let mut e = leader(&clock);
         join(&mut e, &clock, 10, 2, 20);
         join(&mut e, &clock, 20, 3, 30);
-        e.handle(
-            Event::Request {
-                request: bid(5),
-                reply: 1,
-            },
-            clock.at(30),
-        );
+        ask(&mut e, &clock, bid(5), 1, 30);
         e.advance(clock.at(30));
         let actions = e.take_actions();
         assert!(replies(&actions).is_empty(), "nobody acked yet");
         let version = e.state().version;
         let seqs = sent(&actions);
         assert_eq!(seqs.len(), 2, "the batch went to both members");
-        e.handle(
-            Event::Ack {
-                conn: seqs[0].0,
-                seq: seqs[0].1,
-                version,
-            },
-            clock.at(31),
-        );
+        ack(&mut e, &clock, seqs[0].0, seqs[0].1, version, 31);
         e.advance(clock.at(31));
         assert!(
             replies(&e.take_actions()).is_empty(),
             "one member of two acked"
         );
-        e.handle(
-            Event::Ack {
-                conn: seqs[1].0,
-                seq: seqs[1].1,
-                version,
-            },
-            clock.at(32),
-        );
+        ack(&mut e, &clock, seqs[1].0, seqs[1].1, version, 32);
         e.advance(clock.at(32));
         assert_eq!(replies(&e.take_actions()), [1], "both acked: answered");
     }
@@ -1015,76 +1011,36 @@ mod tests {
             clock.at(20),
         );
         e.take_actions();
-        e.handle(
-            Event::Request {
-                request: bid(5),
-                reply: 1,
-            },
-            clock.at(21),
-        );
+        ask(&mut e, &clock, bid(5), 1, 21);
         e.advance(clock.at(21));
         let actions = e.take_actions();
         let to_2 = sent(&actions).into_iter().find(|(c, _)| *c == 20).unwrap();
         let version = e.state().version;
-        e.handle(
-            Event::Ack {
-                conn: 20,
-                seq: to_2.1,
-                version,
-            },
-            clock.at(22),
-        );
+        ack(&mut e, &clock, 20, to_2.1, version, 22);
         e.advance(clock.at(22));
         assert_eq!(replies(&e.take_actions()), [1], "the only member acked");
         // Node 3 applies its snapshot: it is synced, the authority records it, and its Join is
         // the next change. From now on, a commit waits for it too.
-        e.handle(
-            Event::Ack {
-                conn: 30,
-                seq: 2,
-                version,
-            },
-            clock.at(23),
-        );
+        ack(&mut e, &clock, 30, 2, version, 23);
         assert!(
             matches!(e.take_actions().as_slice(), [Action::Admit { node: n }] if *n == node(3))
         );
         e.handle(Event::Admitted { node: node(3) }, clock.at(23));
-        e.handle(
-            Event::Request {
-                request: bid(6),
-                reply: 2,
-            },
-            clock.at(23),
-        );
+        ask(&mut e, &clock, bid(6), 2, 23);
         e.advance(clock.at(23));
         let actions = e.take_actions();
         assert!(e.state().has_member(&node(3)));
         let version = e.state().version;
         let seqs = sent(&actions);
         let seq_2 = seqs.iter().find(|(c, _)| *c == 20).unwrap().1;
-        e.handle(
-            Event::Ack {
-                conn: 20,
-                seq: seq_2,
-                version,
-            },
-            clock.at(24),
-        );
+        ack(&mut e, &clock, 20, seq_2, version, 24);
         e.advance(clock.at(24));
         assert!(
             replies(&e.take_actions()).is_empty(),
             "the joiner has not acked it"
         );
         let seq_3 = seqs.iter().find(|(c, _)| *c == 30).unwrap().1;
-        e.handle(
-            Event::Ack {
-                conn: 30,
-                seq: seq_3,
-                version,
-            },
-            clock.at(25),
-        );
+        ack(&mut e, &clock, 30, seq_3, version, 25);
         e.advance(clock.at(25));
         assert_eq!(replies(&e.take_actions()), [2]);
     }
@@ -1110,13 +1066,7 @@ mod tests {
             },
             clock.at(101),
         );
-        e.handle(
-            Event::Request {
-                request: bid(5),
-                reply: 1,
-            },
-            clock.at(101),
-        );
+        ask(&mut e, &clock, bid(5), 1, 101);
         e.advance(clock.at(101));
         let actions = e.take_actions();
         assert!(replies(&actions).is_empty());
@@ -1193,13 +1143,7 @@ mod tests {
         let opened = e.state().version;
         // The auction lasts an hour; an hour and a second later, a read.
         let late = 3_601_000;
-        e.handle(
-            Event::Request {
-                request: Request::Read,
-                reply: 1,
-            },
-            clock.at(late),
-        );
+        ask(&mut e, &clock, Request::Read, 1, late);
         e.advance(clock.at(late));
         let actions = e.take_actions();
         assert_eq!(e.state().version, opened + 1, "a clock tick was committed");
@@ -1212,13 +1156,7 @@ mod tests {
         });
         assert!(!view.expect("answered").open);
         // Once committed, the next read needs no new change.
-        e.handle(
-            Event::Request {
-                request: Request::Read,
-                reply: 2,
-            },
-            clock.at(late + 1),
-        );
+        ask(&mut e, &clock, Request::Read, 2, late + 1);
         e.advance(clock.at(late + 1));
         assert_eq!(e.state().version, opened + 1);
     }
@@ -1239,13 +1177,7 @@ mod tests {
     fn a_leader_without_followers_answers_at_once() {
         let clock = Clock(Instant::now());
         let mut e = leader(&clock);
-        e.handle(
-            Event::Request {
-                request: bid(5),
-                reply: 1,
-            },
-            clock.at(1),
-        );
+        ask(&mut e, &clock, bid(5), 1, 1);
         e.advance(clock.at(1));
         let actions = e.take_actions();
         assert_eq!(replies(&actions), [1]);
@@ -1293,14 +1225,7 @@ mod tests {
             clock.at(2),
         );
         let version = e.state().version;
-        e.handle(
-            Event::Ack {
-                conn: 22,
-                seq: 2,
-                version,
-            },
-            clock.at(2),
-        );
+        ack(&mut e, &clock, 22, 2, version, 2);
         e.handle(Event::Admitted { node: impostor }, clock.at(2));
         e.advance(clock.at(2));
         ack_all(&mut e, &clock, 3);
@@ -1313,23 +1238,11 @@ mod tests {
         let clock = Clock(Instant::now());
         let mut e = leader(&clock);
         join(&mut e, &clock, 0, 2, 20);
-        e.handle(
-            Event::Request {
-                request: bid(5),
-                reply: 1,
-            },
-            clock.at(1),
-        );
+        ask(&mut e, &clock, bid(5), 1, 1);
         e.advance(clock.at(1));
         let taken = e.take_actions();
         e.handle(Event::Stop, clock.at(2));
-        e.handle(
-            Event::Request {
-                request: bid(6),
-                reply: 2,
-            },
-            clock.at(2),
-        );
+        ask(&mut e, &clock, bid(6), 2, 2);
         e.advance(clock.at(2));
         let actions = e.take_actions();
         assert!(matches!(actions.as_slice(), [Action::Refuse { to: 2 }]));
@@ -1361,13 +1274,7 @@ mod tests {
         let mut e = leader(&clock);
         e.reads = Reads::Barrier;
         join(&mut e, &clock, 0, 2, 20);
-        e.handle(
-            Event::Request {
-                request: Request::Read,
-                reply: 1,
-            },
-            clock.at(1),
-        );
+        ask(&mut e, &clock, Request::Read, 1, 1);
         e.advance(clock.at(1));
         let actions = e.take_actions();
         assert!(replies(&actions).is_empty(), "not from memory");
@@ -1375,24 +1282,10 @@ mod tests {
         assert_eq!(barrier.len(), 1, "an empty append went out: {actions:?}");
         let version = e.state().version;
         // An ack of an earlier message does not pass the barrier.
-        e.handle(
-            Event::Ack {
-                conn: 20,
-                seq: barrier[0].1 - 1,
-                version,
-            },
-            clock.at(2),
-        );
+        ack(&mut e, &clock, 20, barrier[0].1 - 1, version, 2);
         e.advance(clock.at(2));
         assert!(replies(&e.take_actions()).is_empty());
-        e.handle(
-            Event::Ack {
-                conn: 20,
-                seq: barrier[0].1,
-                version,
-            },
-            clock.at(3),
-        );
+        ack(&mut e, &clock, 20, barrier[0].1, version, 3);
         e.advance(clock.at(3));
         assert_eq!(replies(&e.take_actions()), [1]);
     }
@@ -1410,14 +1303,7 @@ mod tests {
             clock.at(1),
         );
         let version = e.state().version;
-        e.handle(
-            Event::Ack {
-                conn: 20,
-                seq: 2,
-                version,
-            },
-            clock.at(1),
-        );
+        ack(&mut e, &clock, 20, 2, version, 1);
         e.advance(clock.at(1));
         assert!(!e.state().has_member(&node(2)), "not before it is recorded");
         e.handle(
@@ -1445,22 +1331,10 @@ mod tests {
         let clock = Clock(Instant::now());
         let mut e = leader(&clock);
         join(&mut e, &clock, 0, 2, 20);
-        e.handle(
-            Event::Request {
-                request: bid(5),
-                reply: 1,
-            },
-            clock.at(1),
-        );
+        ask(&mut e, &clock, bid(5), 1, 1);
         e.advance(clock.at(1));
         e.take_actions();
-        e.handle(
-            Event::Request {
-                request: bid(6),
-                reply: 2,
-            },
-            clock.at(2),
-        );
+        ask(&mut e, &clock, bid(6), 2, 2);
         e.handle(Event::Deposed, clock.at(2));
         e.advance(clock.at(2));
         let actions = e.take_actions();
@@ -1477,14 +1351,7 @@ mod tests {
         assert!(e.stopped());
         // Acks that come late change nothing.
         let version = e.state().version;
-        e.handle(
-            Event::Ack {
-                conn: 20,
-                seq: 99,
-                version,
-            },
-            clock.at(3),
-        );
+        ack(&mut e, &clock, 20, 99, version, 3);
         e.advance(clock.at(3));
         assert!(e.take_actions().is_empty());
     }
