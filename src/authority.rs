@@ -99,15 +99,17 @@ pub enum AuthorityError {
     /// Another node leads now: this one, which led, must stop at once.
     #[error("another node leads now")]
     Deposed,
-    #[error("{what}: {source}")]
+    /// `cause` is not a `#[source]`: the message already holds it, and an error chain would
+    /// print it twice.
+    #[error("{what}: {cause}")]
     Io {
         what: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> AuthorityError {
-    move |source| AuthorityError::Io { what, source }
+    move |cause| AuthorityError::Io { what, cause }
 }
 
 /// Leadership, membership and fencing, as one interface. Every method may be called from any

@@ -108,6 +108,6 @@ async fn an_unreachable_etcd_is_an_error_not_a_hang() {
     ));
     assert!(matches!(
         Registry::new(&["not a url".to_string()], "x", None),
-        Err(RegistryError::Endpoint { .. })
+        Err(RegistryError::Access(_))
     ));
 }

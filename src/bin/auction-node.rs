@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use auction::auth::AuthDir;
 use auction::authority::SingleHost;
 use auction::console;
+use auction::etcd::access::{EtcdAccess, EtcdArgs};
 use auction::etcd::authority::EtcdAuthority;
 use auction::etcd::registry::{NodeRecord, Registry};
 use auction::leader::Timing;
@@ -45,13 +46,8 @@ struct Args {
     /// --etcd: this node's own address, where it binds both ports and from which it dials.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
-    /// Multi-host mode: etcd decides who leads and who is a member. The etcd client URLs,
-    /// comma-separated (http://HOST:2379,...).
-    #[arg(long, value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// Multi-host mode: the key prefix of this cluster in etcd, so several clusters share one.
-    #[arg(long, default_value = "auction", requires = "etcd")]
-    cluster: String,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Length in seconds of the auction that a new cluster opens, and of `start` without SECS.
     #[arg(long, default_value_t = 120)]
     duration: u64,
@@ -140,7 +136,13 @@ fn config(args: &Args) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match config(&args).and_then(|cfg| start(&args, cfg)) {
+    // etcd's options first, so options that cannot work never create secrets.
+    let started = args
+        .etcd
+        .access()
+        .context("--etcd")
+        .and_then(|etcd| start(&args, config(&args)?, etcd));
+    match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -149,7 +151,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: &Args, cfg: Config) -> anyhow::Result<()> {
+fn start(args: &Args, cfg: Config, etcd: Option<EtcdAccess>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -167,10 +169,10 @@ fn start(args: &Args, cfg: Config) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg, args.etcd.clone(), args.cluster.clone()))
+        .block_on(run(cfg, etcd, args.etcd.cluster.clone()))
 }
 
-async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<()> {
+async fn run(cfg: Config, etcd: Option<EtcdAccess>, cluster: String) -> anyhow::Result<()> {
     let role = Arc::new(Mutex::new(Role::Starting));
     let (stop, shutdown) = Shutdown::new();
     // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
@@ -220,15 +222,9 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
     // How long a node asked to stop may take to leave: a leader answers what is in flight and
     // hands over, a member tells the leader it leaves; each waits at most the timeout.
     let patience = cfg.timing.timeout + Duration::from_secs(1);
-    let mut node = if etcd.is_empty() {
-        // One host: leadership is the replica port, membership a member mark, fencing a pidfd.
-        let authority = Arc::new(SingleHost {
-            leader_addr: cfg.leader_addr(),
-        });
-        tokio::spawn(node::run(cfg, authority, role, shutdown))
-    } else {
+    let mut node = if let Some(etcd) = etcd {
         // Several hosts: etcd decides who leads and who is a member.
-        let registry = Registry::new(&etcd, &cluster, Some(cfg.host)).context("--etcd")?;
+        let registry = Registry::connect(&etcd, &cluster, Some(cfg.host)).context("--etcd")?;
         let me = NodeRecord {
             id: cfg.id.0,
             replica: cfg.leader_addr(),
@@ -239,6 +235,12 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
             .register()
             .await
             .context("registering this node in etcd")?;
+        tokio::spawn(node::run(cfg, authority, role, shutdown))
+    } else {
+        // One host: leadership is the replica port, membership a member mark, fencing a pidfd.
+        let authority = Arc::new(SingleHost {
+            leader_addr: cfg.leader_addr(),
+        });
         tokio::spawn(node::run(cfg, authority, role, shutdown))
     };
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;

@@ -68,9 +68,9 @@ impl EtcdAuthority {
     async fn bind(&self) -> Result<TcpListener, AuthorityError> {
         TcpListener::bind(self.me.replica)
             .await
-            .map_err(|source| AuthorityError::Io {
+            .map_err(|cause| AuthorityError::Io {
                 what: "binding this node's replica port",
-                source,
+                cause,
             })
     }
 
@@ -96,7 +96,7 @@ fn etcd_error(e: RegistryError) -> AuthorityError {
         RegistryError::Deposed => AuthorityError::Deposed,
         other => AuthorityError::Io {
             what: "asking etcd",
-            source: io::Error::other(other.to_string()),
+            cause: io::Error::other(other.to_string()),
         },
     }
 }

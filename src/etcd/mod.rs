@@ -9,5 +9,6 @@ pub mod api {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod access;
 pub mod authority;
 pub mod registry;

@@ -14,15 +14,18 @@
 //! - a membership change ([`Registry::set_members`]) succeeds only while the writer's epoch is
 //!   the leader key's; otherwise the writer learns it was deposed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
+use super::access::{AccessError, Credentials, EtcdAccess, Token};
 use super::api::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, kv_client::KvClient,
-    request_op,
+    AuthenticateRequest, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, auth_client,
+    compare, kv_client::KvClient, request_op,
 };
 use crate::types::NodeId;
 
@@ -66,52 +69,111 @@ pub enum RegistryError {
     /// The writer's epoch is no longer the leader key's: another node leads.
     #[error("another node leads now")]
     Deposed,
-    /// A bad endpoint was given.
-    #[error("bad etcd endpoint {endpoint:?}: {why}")]
-    Endpoint { endpoint: String, why: String },
+    /// etcd refused this node's credentials, or asks for some and none were given.
+    #[error("etcd refused access: {0}")]
+    Denied(String),
+    /// The options to reach etcd are unusable.
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 /// The records of one cluster in etcd.
 #[derive(Clone, Debug)]
 pub struct Registry {
-    kv: KvClient<Channel>,
+    /// Sends [`Self::token`] with every request.
+    kv: KvClient<InterceptedService<Channel, Token>>,
+    /// Signs in with [`Credentials`], when given, for the token.
+    auth: Option<(auth_client::AuthClient<Channel>, Credentials)>,
+    token: Token,
     /// `CLUSTER/`, under which every key of the cluster lives.
     prefix: String,
 }
 
 impl Registry {
     /// A registry of cluster `cluster` at the etcd `endpoints` (URLs such as
-    /// `http://127.0.0.1:2379`); requests go to any endpoint that answers, each within
-    /// [`REQUEST_TIMEOUT`], from the address `local` if given (a node's own `--host`, so that
-    /// a packet filter between hosts sees its requests as that host's). Connects lazily; must
-    /// be called inside a Tokio runtime.
+    /// `http://127.0.0.1:2379`), over plain HTTP without a user: [`Self::connect`] with
+    /// [`EtcdAccess::plain`].
     ///
     /// # Errors
-    /// [`RegistryError::Endpoint`] for an endpoint that is not a URL.
+    /// As for [`Self::connect`].
     pub fn new(
         endpoints: &[String],
         cluster: &str,
-        local: Option<std::net::IpAddr>,
+        local: Option<IpAddr>,
     ) -> Result<Self, RegistryError> {
-        let endpoints = endpoints
-            .iter()
-            .map(|e| {
-                Endpoint::from_shared(e.clone())
-                    .map(|ep| {
-                        ep.connect_timeout(REQUEST_TIMEOUT)
-                            .timeout(REQUEST_TIMEOUT)
-                            .local_address(local)
-                    })
-                    .map_err(|why| RegistryError::Endpoint {
-                        endpoint: e.clone(),
-                        why: why.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        Self::connect(&EtcdAccess::plain(endpoints), cluster, local)
+    }
+
+    /// A registry of cluster `cluster` in the etcd that `access` reaches; requests go to any
+    /// endpoint that answers, each within [`REQUEST_TIMEOUT`], from the address `local` if given
+    /// (a node's own `--host`, so that a packet filter between hosts sees its requests as that
+    /// host's), signed in as `access`'s user if any. Connects lazily; must be called inside a
+    /// Tokio runtime.
+    ///
+    /// # Errors
+    /// [`RegistryError::Access`] for an endpoint that is not a URL or does not match the TLS
+    /// options.
+    pub fn connect(
+        access: &EtcdAccess,
+        cluster: &str,
+        local: Option<IpAddr>,
+    ) -> Result<Self, RegistryError> {
+        let channel = access.channel(local)?;
+        let token = Token::default();
         Ok(Self {
-            kv: KvClient::new(Channel::balance_list(endpoints.into_iter())),
+            kv: KvClient::with_interceptor(channel.clone(), token.clone()),
+            auth: access
+                .credentials
+                .clone()
+                .map(|c| (auth_client::AuthClient::new(channel), c)),
+            token,
             prefix: format!("{cluster}/"),
         })
+    }
+
+    /// Runs one KV request, signed in first if a user is configured and not yet signed in, and
+    /// once more after signing in again if etcd dropped the token (it expires when unused).
+    async fn call<T, F>(
+        &self,
+        request: impl Fn(KvClient<InterceptedService<Channel, Token>>) -> F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.auth.is_some() && !self.token.is_set() {
+            self.sign_in().await?;
+        }
+        match within(request(self.kv.clone())).await {
+            Err(RegistryError::Denied(why)) if self.auth.is_some() && stale_token(&why) => {
+                self.sign_in().await?;
+                within(request(self.kv.clone())).await
+            }
+            other => other,
+        }
+    }
+
+    /// Gets a token for the configured user.
+    async fn sign_in(&self) -> Result<(), RegistryError> {
+        let Some((client, credentials)) = &self.auth else {
+            return Ok(());
+        };
+        let reply = within(client.clone().authenticate(AuthenticateRequest {
+            name: credentials.user.clone(),
+            password: credentials.password.clone(),
+        }))
+        .await
+        .map_err(|e| match e {
+            RegistryError::Denied(why) => {
+                RegistryError::Denied(format!("user {}: {why}", credentials.user))
+            }
+            other => other,
+        })?;
+        let token = reply
+            .token
+            .parse()
+            .map_err(|_| malformed("auth token", &"not ASCII"))?;
+        self.token.set(token);
+        Ok(())
     }
 
     fn key(&self, name: &str) -> Vec<u8> {
@@ -124,12 +186,15 @@ impl Registry {
     /// [`RegistryError::Unavailable`].
     pub async fn register(&self, node: &NodeRecord) -> Result<(), RegistryError> {
         let value = serde_json::to_vec(node).map_err(|e| unavailable(&e))?;
-        let mut kv = self.kv.clone();
-        let put = kv.put(PutRequest {
+        let put = PutRequest {
             key: self.key(&format!("nodes/{}", node.id)),
             value,
-        });
-        within(put).await?;
+        };
+        self.call(|mut kv| {
+            let put = put.clone();
+            async move { kv.put(put).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -235,12 +300,16 @@ impl Registry {
     }
 
     async fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u64)>, RegistryError> {
-        let mut kv = self.kv.clone();
-        let range = kv.range(RangeRequest {
+        let range = RangeRequest {
             key: self.key(name),
             range_end: Vec::new(),
-        });
-        let reply = within(range).await?;
+        };
+        let reply = self
+            .call(|mut kv| {
+                let range = range.clone();
+                async move { kv.range(range).await }
+            })
+            .await?;
         Ok(reply.kvs.into_iter().next().map(|kv| {
             // A key's revisions are positive.
             (kv.value, u64::try_from(kv.mod_revision).unwrap_or(0))
@@ -253,13 +322,17 @@ impl Registry {
         compare: Vec<Compare>,
         success: Vec<RequestOp>,
     ) -> Result<Option<u64>, RegistryError> {
-        let mut kv = self.kv.clone();
-        let txn = kv.txn(TxnRequest {
+        let txn = TxnRequest {
             compare,
             success,
             failure: Vec::new(),
-        });
-        let reply = within(txn).await?;
+        };
+        let reply = self
+            .call(|mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         if !reply.succeeded {
             return Ok(None);
         }
@@ -322,11 +395,48 @@ async fn within<T>(
 ) -> Result<T, RegistryError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(Ok(reply)) => Ok(reply.into_inner()),
-        Ok(Err(status)) => Err(unavailable(&status.message())),
+        Ok(Err(status)) => Err(refusal(&status)),
         Err(_) => Err(RegistryError::Unavailable(format!(
             "no answer within {REQUEST_TIMEOUT:?}"
         ))),
     }
+}
+
+/// What a refused request means: a matter of access (credentials, permissions), or etcd not
+/// answering as it should.
+fn refusal(status: &tonic::Status) -> RegistryError {
+    let message = status.message();
+    let denied = matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    ) || message.contains("user name is empty")
+        || message.contains("authentication failed")
+        || message.contains("permission denied");
+    if denied {
+        RegistryError::Denied(if message.contains("user name is empty") {
+            format!(
+                "{message}: etcd has auth enabled; give --etcd-user and ${}",
+                super::access::PASSWORD_ENV
+            )
+        } else {
+            message.to_string()
+        })
+    } else {
+        // A transport error says little by itself; its causes say what failed (a refused
+        // connection, a TLS handshake).
+        let mut why = message.to_string();
+        let mut cause = std::error::Error::source(status);
+        while let Some(e) = cause {
+            why = format!("{why}: {e}");
+            cause = e.source();
+        }
+        RegistryError::Unavailable(why)
+    }
+}
+
+/// etcd forgot the token (it expires when unused, and on a restart): sign in again.
+fn stale_token(why: &str) -> bool {
+    why.contains("invalid auth token")
 }
 
 fn unavailable(e: &impl std::fmt::Display) -> RegistryError {
