@@ -99,6 +99,16 @@ pub enum AuthorityError {
     /// Another node leads now: this one, which led, must stop at once.
     #[error("another node leads now")]
     Deposed,
+    /// Asked to found a new cluster in place of one whose members are all dead, but its leader
+    /// still answers.
+    #[error(
+        "--new-cluster: node {leader}, the leader etcd names, still answers at {addr}; \
+         the cluster lives, so this node joins it instead of replacing it"
+    )]
+    LeaderAlive {
+        leader: crate::types::NodeId,
+        addr: SocketAddr,
+    },
     /// `cause` is not a `#[source]`: the message already holds it, and an error chain would
     /// print it twice.
     #[error("{what}: {cause}")]

@@ -48,6 +48,10 @@ struct Args {
     host: IpAddr,
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// Multi-host mode: found a new cluster in place of the one etcd names, whose members are
+    /// all dead (their state is lost with them). Refused while its leader still answers.
+    #[arg(long, requires = "etcd")]
+    new_cluster: bool,
     /// Length in seconds of the auction that a new cluster opens, and of `start` without SECS.
     #[arg(long, default_value_t = 120)]
     duration: u64,
@@ -169,10 +173,15 @@ fn start(args: &Args, cfg: Config, etcd: Option<EtcdAccess>) -> anyhow::Result<(
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg, etcd, args.etcd.cluster.clone()))
+        .block_on(run(cfg, etcd, args.etcd.cluster.clone(), args.new_cluster))
 }
 
-async fn run(cfg: Config, etcd: Option<EtcdAccess>, cluster: String) -> anyhow::Result<()> {
+async fn run(
+    cfg: Config,
+    etcd: Option<EtcdAccess>,
+    cluster: String,
+    new_cluster: bool,
+) -> anyhow::Result<()> {
     let role = Arc::new(Mutex::new(Role::Starting));
     let (stop, shutdown) = Shutdown::new();
     // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
@@ -230,7 +239,11 @@ async fn run(cfg: Config, etcd: Option<EtcdAccess>, cluster: String) -> anyhow::
             replica: cfg.leader_addr(),
             client: cfg.client_addr(),
         };
-        let authority = Arc::new(EtcdAuthority::new(registry, me));
+        let mut authority = EtcdAuthority::new(registry, me);
+        if new_cluster {
+            authority = authority.replacing_a_dead_cluster();
+        }
+        let authority = Arc::new(authority);
         authority
             .register()
             .await

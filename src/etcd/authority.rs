@@ -15,11 +15,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::warn;
 
-use super::registry::{NodeRecord, Registry, RegistryError};
+use super::registry::{Leadership, NodeRecord, REQUEST_TIMEOUT, Registry, RegistryError};
 use crate::authority::{
     Authority, AuthorityError, Claimed, Fenced, PeerRefusal, Probe, Reads, Vacancy,
 };
@@ -35,6 +37,9 @@ pub struct EtcdAuthority {
     /// The epoch this node leads, once it founded or took over; its membership changes compare
     /// it.
     leading: Mutex<Option<u64>>,
+    /// Set by `--new-cluster`, until this node first looks for a vacancy: the operator says every
+    /// member of the cluster etcd names is dead, so this node founds a new one in its place.
+    new_cluster: AtomicBool,
 }
 
 impl EtcdAuthority {
@@ -44,7 +49,45 @@ impl EtcdAuthority {
             registry,
             me,
             leading: Mutex::new(None),
+            new_cluster: AtomicBool::new(false),
         }
+    }
+
+    /// This node founds a new cluster in place of the one etcd names, whose members the
+    /// operator says are all dead (`auction-node --new-cluster`): their state is lost with them,
+    /// as Kafka's unclean leader election loses what the in-sync replicas held. Refused while the
+    /// old leader's replica port answers (see [`AuthorityError::LeaderAlive`]).
+    #[must_use]
+    pub fn replacing_a_dead_cluster(self) -> Self {
+        self.new_cluster.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Founds a new cluster in place of `lead`'s, if the operator asked for it and the old
+    /// leader does not answer: the epoch, or `None` when another change came first.
+    async fn replace_dead_cluster(&self, lead: Leadership) -> Result<Option<u64>, AuthorityError> {
+        if let Some(old) = self.registry.node(lead.leader).await.map_err(etcd_error)? {
+            let dial = TcpStream::connect(old.replica);
+            if let Ok(Ok(_)) = tokio::time::timeout(REQUEST_TIMEOUT, dial).await {
+                return Err(AuthorityError::LeaderAlive {
+                    leader: lead.leader,
+                    addr: old.replica,
+                });
+            }
+        }
+        let members = self.registry.members().await.map_err(etcd_error)?;
+        let epoch = self
+            .registry
+            .found_anew(NodeId(self.me.id), lead, &members)
+            .await
+            .map_err(etcd_error)?;
+        if let Some(epoch) = epoch {
+            warn!(
+                old_leader = %lead.leader, old_epoch = lead.epoch, ?members.ids, epoch,
+                "--new-cluster: replaced the dead cluster; the state its members held is lost"
+            );
+        }
+        Ok(epoch)
     }
 
     /// Records where this node serves, so that others can find it once it leads.
@@ -109,22 +152,21 @@ impl Authority for EtcdAuthority {
     const READS: Reads = Reads::Barrier;
 
     async fn vacancy(&self) -> Result<Vacancy, AuthorityError> {
-        if self
-            .registry
-            .leadership()
-            .await
-            .map_err(etcd_error)?
-            .is_some()
-        {
-            return Ok(Vacancy::Held);
-        }
-        let listener = self.bind().await?;
-        match self
-            .registry
-            .found(NodeId(self.me.id))
-            .await
-            .map_err(etcd_error)?
-        {
+        let lead = self.registry.leadership().await.map_err(etcd_error)?;
+        let replace = self.new_cluster.swap(false, Ordering::Relaxed);
+        let listener = match lead {
+            Some(_) if !replace => return Ok(Vacancy::Held),
+            _ => self.bind().await?,
+        };
+        let founded = match lead {
+            Some(lead) => self.replace_dead_cluster(lead).await?,
+            None => self
+                .registry
+                .found(NodeId(self.me.id))
+                .await
+                .map_err(etcd_error)?,
+        };
+        match founded {
             Some(epoch) => {
                 self.set_leading(epoch);
                 Ok(Vacancy::Free { listener, epoch })

@@ -285,6 +285,30 @@ impl Registry {
         self.txn(compare, success).await
     }
 
+    /// Founds a new cluster with `me` as its leader and only member in place of the one that
+    /// `lead` and `members` (read before) describe, whose every member the operator says is dead
+    /// (`auction-node --new-cluster`): succeeds only if both are unchanged. Returns the new
+    /// epoch, or `None` when another change came first.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`].
+    pub async fn found_anew(
+        &self,
+        me: NodeId,
+        lead: Leadership,
+        members: &Members,
+    ) -> Result<Option<u64>, RegistryError> {
+        let compare = vec![
+            self.compare_mod("leader", lead.epoch),
+            self.compare_mod("members", members.revision),
+        ];
+        let success = vec![
+            self.put("leader", me.to_string().into_bytes()),
+            self.put("members", ids_value(&[me])),
+        ];
+        self.txn(compare, success).await
+    }
+
     /// Writes the member list as the leader of `epoch`.
     ///
     /// # Errors
