@@ -240,7 +240,14 @@ fn check_ports(args: &Args, ids: &[u16]) -> anyhow::Result<()> {
     let held: Vec<String> = wanted
         .into_iter()
         .filter_map(|(addr, what)| {
-            port_problem(addr).map(|problem| format!("  {addr} ({what}) {problem}"))
+            // On one host every port is 127.0.0.1's; with --etcd each has its address.
+            let at = if args.etcd {
+                format!(" at {}", addr.ip())
+            } else {
+                String::new()
+            };
+            port_problem(addr)
+                .map(|problem| format!("  port {}{at} ({what}) {problem}", addr.port()))
         })
         .collect();
     if held.is_empty() {
