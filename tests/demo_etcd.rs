@@ -17,6 +17,7 @@ use auction::cluster::{Proc, Transcript};
 use auction_lab::harness::{DEMO, WAIT, wait_for_lines};
 use auction_lab::netns;
 use libtest_mimic::{Arguments, Failed, Trial};
+use rustix::process::Signal;
 use tokio::process::Command;
 
 fn main() -> ExitCode {
@@ -137,6 +138,14 @@ impl Drop for Demo {
             eprintln!("---- demo output ----");
             for line in self.out.lines() {
                 eprintln!("{line}");
+            }
+        }
+        // A failed test ends the demo as Ctrl-C would, so it removes its table and etcd's data
+        // (`Proc` would SIGKILL it, which leaves both behind).
+        if !self.proc.exited() && self.proc.signal(Signal::TERM).is_ok() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !self.proc.exited() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }

@@ -44,7 +44,8 @@ struct Args {
     /// The client port of the cluster.
     #[arg(long, default_value_t = 5000)]
     client_port: u16,
-    /// The replica port of the cluster; node ids count up from it, as in the original hand-in.
+    /// The replica port of the cluster; node ids count up from it, as in the original hand-in
+    /// (with --etcd, node ids are 1, 2, 3, …, and each node has the port at its own address).
     #[arg(long, default_value_t = 5400)]
     leader_port: u16,
     /// Length of the first auction, and of `start` without SECS, in seconds.
@@ -104,6 +105,8 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let ids = check_args(&args)?;
+    // A missing etcd is said first: it is what to install, whatever else is wrong.
+    let etcd_program = args.etcd.then(multi_host::etcd_program).transpose()?;
     check_ports(&args, &ids)?;
     let client_bin = sibling_binary("auction-client")?;
     // A prompt only when a person types at a terminal and reads the same one; otherwise each
@@ -114,14 +117,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let screen = Arc::new(Screen::new(terminal));
     let shown = screen.clone();
     let transcript = Transcript::showing(move |name, line| shown.show(name, line));
-    let etcd = if args.etcd {
-        say(
-            &transcript,
-            &format!("starting etcd at {}", multi_host::etcd_url()),
-        );
-        Some(DemoEtcd::start(&transcript).await?)
-    } else {
-        None
+    let etcd = match &etcd_program {
+        Some(program) => {
+            say(
+                &transcript,
+                &format!("starting etcd at {}", multi_host::etcd_url()),
+            );
+            Some(DemoEtcd::start(program, &transcript).await?)
+        }
+        None => None,
     };
     let mut node_args = vec!["--duration".into(), args.duration.to_string()];
     let mut hosts = BTreeMap::new();

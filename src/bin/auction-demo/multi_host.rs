@@ -38,6 +38,30 @@ pub fn node_ip(id: u16) -> Option<IpAddr> {
     (id >= 1 && last < 255).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
 }
 
+/// The `etcd` program in `PATH`, looked up before anything starts.
+///
+/// # Errors
+/// There is none: the message names Debian's package.
+pub fn etcd_program() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(missing_etcd)
+}
+
+/// The error when no etcd program is found.
+fn missing_etcd() -> anyhow::Error {
+    anyhow::anyhow!(
+        "auction-demo --etcd needs etcd, and no `etcd` program is in PATH: \
+         apt-get install {} (Debian's package)",
+        etcd_process::PACKAGE
+    )
+}
+
 /// The demo's etcd: one member, its data in a temporary directory removed when it is dropped
 /// (after the process is killed).
 pub struct DemoEtcd {
@@ -47,13 +71,13 @@ pub struct DemoEtcd {
 }
 
 impl DemoEtcd {
-    /// Starts etcd (`etcd` in `PATH`) and waits until it is healthy, at most 30 s; its log
+    /// Starts etcd (`program`, from [`etcd_program`]) and waits until it is healthy, at most 30 s; its log
     /// (errors only) goes to `transcript` under `etcd`.
     ///
     /// # Errors
     /// The etcd program is missing (the message names Debian's package), the directory could
     /// not be made, or etcd exited or was not healthy in time.
-    pub async fn start(transcript: &Transcript) -> anyhow::Result<Self> {
+    pub async fn start(program: &Path, transcript: &Transcript) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("auction-demo-etcd-")
             .permissions(std::fs::Permissions::from_mode(0o700))
@@ -66,7 +90,7 @@ impl DemoEtcd {
         let extra = ["--log-level=error".to_string()];
         let client = SocketAddr::from((ETCD_IP, ETCD_CLIENT_PORT));
         let member = Member {
-            program: Path::new("etcd"),
+            program,
             name: "etcd",
             data_dir: dir.path(),
             client,
@@ -79,11 +103,7 @@ impl DemoEtcd {
         };
         let proc = match member.spawn(member.command(), transcript) {
             Ok(proc) => proc,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "auction-demo --etcd needs etcd, and no `etcd` program is in PATH: \
-                 apt-get install {} (Debian's package)",
-                etcd_process::PACKAGE
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing_etcd()),
             Err(e) => return Err(e).context("starting etcd"),
         };
         let mut etcd = Self { proc, dir };
