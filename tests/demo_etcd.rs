@@ -220,6 +220,8 @@ async fn the_etcd_demo_fails_over_and_heals_a_partition() -> anyhow::Result<()> 
         nft_tables()?.contains(&table),
         "no table {table} while a node is cut off"
     );
+    demo.send("nodes").await?;
+    demo.wait_for(1, "cut off from everyone").await;
     let failover = demo.wait_for(2, "failover: node").await;
     let leader = new_leader(&failover).with_context(|| format!("no leader in {failover:?}"))?;
     demo.send("120").await?;

@@ -1190,7 +1190,13 @@ impl Demo<'_> {
                 None if is_stopped(pid) => "stopped".into(),
                 None => "running".into(),
             };
-            lines.push(format!("node {id}: pid {pid}, {state}"));
+            let place = match (&self.multi, self.cluster.spec.hosts.get(&id)) {
+                (Some(multi), Some(ip)) => {
+                    format!(" at {ip}{}", multi.network.describe_cut(id))
+                }
+                _ => String::new(),
+            };
+            lines.push(format!("node {id}{place}: pid {pid}, {state}"));
         }
         for line in lines {
             self.say(&line);

@@ -154,6 +154,7 @@ pub struct Network {
 }
 
 impl Network {
+    /// Nothing cut yet, between `nodes` (by id), etcd and this host's clients.
     pub fn new(nodes: BTreeMap<u16, IpAddr>) -> Self {
         Self {
             nodes,
@@ -220,6 +221,16 @@ impl Network {
         // Dropping it removes the table.
         self.partitions = None;
         std::mem::take(&mut self.cut).into_keys().collect()
+    }
+
+    /// How node `id` is cut off, for `nodes`: `, cut off from everyone`, `, cut off from etcd`,
+    /// or nothing.
+    pub fn describe_cut(&self, id: u16) -> &'static str {
+        match self.cut.get(&id) {
+            Some(true) => ", cut off from everyone",
+            Some(false) => ", cut off from etcd",
+            None => "",
+        }
     }
 
     /// Whether anything is cut now.
