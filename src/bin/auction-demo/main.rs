@@ -526,7 +526,8 @@ commands:
 
 /// More commands with --etcd.
 const HELP_ETCD: &str = "  \
-  partition [ID]  cut the leader, or node ID, off from everyone: the other nodes, etcd and
+  partition [ID]
+                cut the leader, or node ID, off from everyone: the other nodes, etcd and
                 this host's clients (needs root)
   partition [ID] etcd
                 cut it off from etcd only
