@@ -24,7 +24,9 @@
 //!   stream;
 //! - [`node`]: role switching and port ownership; [`console`]: the node's terminal;
 //! - [`client`] and [`input`]: the retrying client session and what a person types;
-//! - [`cluster`]: starting and breaking real node processes, for the demo and the tests.
+//! - [`cluster`]: starting and breaking real node processes, for the demo and the tests;
+//!   [`etcd_process`]: starting a real etcd server, for `auction-demo --etcd` and the lab;
+//!   [`netfilter`]: partitions between loopback addresses with nftables, for the same.
 //!
 //! The fault lab (`lab/`) and the benchmarks (`bench/`) are crates of their own that use this
 //! one.
@@ -40,11 +42,13 @@ pub mod console;
 pub mod digest;
 pub mod display;
 pub mod etcd;
+pub mod etcd_process;
 pub mod handshake;
 pub mod host;
 pub mod input;
 pub mod leader;
 pub mod limits;
+pub mod netfilter;
 pub mod node;
 pub mod pb;
 pub mod process;

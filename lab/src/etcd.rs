@@ -5,25 +5,24 @@
 //! also when the test panics (and by the kernel if the test process dies: see
 //! [`Proc::spawn`]).
 //!
-//! The lab speaks to etcd over its HTTP/JSON gateway (`/health`, `/v3/kv/*`,
-//! `/v3/maintenance/status`) with a few lines of HTTP/1.0 over a socket, so it needs no etcd
-//! client of its own; the product uses whatever client it likes.
+//! Each member's command line, start, health check and kill are the product's
+//! ([`auction::etcd_process`], which `auction-demo --etcd` uses too). The lab speaks to etcd over
+//! its HTTP/JSON gateway (`/health`, `/v3/kv/*`, `/v3/maintenance/status`) with that module's
+//! [`http`], so it needs no etcd client of its own; the nodes use theirs.
 //!
 //! Needs the `etcd` program (Debian's `etcd-server`; 3.4 or newer).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use auction::cluster::{Proc, Transcript};
+use auction::etcd_process::{http, kill_and_reap};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rustix::process::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::Command;
 
 /// How to start an etcd cluster.
 #[derive(Clone, Debug)]
@@ -89,9 +88,6 @@ struct Member {
 
 /// Tells clusters of one process apart.
 static NEXT_CLUSTER: AtomicU64 = AtomicU64::new(0);
-
-/// How long one HTTP request to a member may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a condition is polled.
 const POLL: Duration = Duration::from_millis(50);
@@ -263,11 +259,7 @@ impl Etcd {
     /// # Panics
     /// `i` is not a member.
     pub async fn healthy(&self, i: usize) -> bool {
-        match http(self.client_addr(i), "GET", "/health", None).await {
-            Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
-                .is_ok_and(|v| v["health"] == "true"),
-            Err(_) => false,
-        }
+        auction::etcd_process::healthy(self.client_addr(i)).await
     }
 
     /// Polls member `i` until it is healthy, at most `timeout`.
@@ -374,32 +366,26 @@ impl Etcd {
     /// Starts member `i`'s process on its data directory.
     fn spawn(&mut self, i: usize) -> io::Result<()> {
         let spec = &self.spec;
-        let peer_url = |a: IpAddr| format!("http://{}", SocketAddr::new(a, spec.peer_port));
+        let peer = |a: IpAddr| SocketAddr::new(a, spec.peer_port);
         let initial_cluster: Vec<String> = spec
             .members
             .iter()
             .enumerate()
-            .map(|(j, &a)| format!("{}={}", self.members[j].name, peer_url(a)))
+            .map(|(j, &a)| format!("{}=http://{}", self.members[j].name, peer(a)))
             .collect();
-        let member = &self.members[i];
-        let client_url = self.client_url(i);
-        let mut cmd = Command::new(&spec.program);
-        cmd.arg("--name")
-            .arg(&member.name)
-            .arg("--data-dir")
-            .arg(member.dir.path())
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url(spec.members[i])])
-            .args(["--initial-advertise-peer-urls", &peer_url(spec.members[i])])
-            .args(["--initial-cluster", &initial_cluster.join(",")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", &self.token])
-            .args(["--logger", "zap", "--log-outputs", "stderr"]);
-        if spec.no_fsync && supports_no_fsync(&spec.program) {
-            cmd.arg("--unsafe-no-fsync");
-        }
-        cmd.args(&spec.extra_args);
+        let initial_cluster = initial_cluster.join(",");
+        let member = auction::etcd_process::Member {
+            program: &spec.program,
+            name: &self.members[i].name,
+            data_dir: self.members[i].dir.path(),
+            client: self.client_addr(i),
+            peer: peer(spec.members[i]),
+            initial_cluster: &initial_cluster,
+            token: &self.token,
+            no_fsync: spec.no_fsync,
+            extra_args: &spec.extra_args,
+        };
+        let mut cmd = member.command();
         // Its peer connections bind no source address: without this they would leave from
         // 127.0.0.1, and a partition could not cut them.
         if let IpAddr::V4(addr) = spec.members[i]
@@ -407,20 +393,7 @@ impl Etcd {
         {
             crate::netns::as_host(cmd.as_std_mut(), addr)?;
         }
-        let proc = Proc::spawn(cmd, &member.name, &self.transcript).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "the etcd program ({}) is missing: apt-get install etcd-server \
-                         (Debian's package)",
-                        spec.program.display()
-                    ),
-                )
-            } else {
-                io::Error::new(e.kind(), format!("could not start {}: {e}", member.name))
-            }
-        })?;
+        let proc = member.spawn(cmd, &self.transcript)?;
         self.members[i].proc = Some(proc);
         Ok(())
     }
@@ -479,79 +452,5 @@ impl Drop for Etcd {
                 eprintln!("auction_lab::etcd: {}: {e}", member.name);
             }
         }
-    }
-}
-
-/// SIGKILLs `proc` (also when it is paused) and polls until it is reaped, at most `timeout`.
-fn kill_and_reap(proc: &mut Proc, timeout: Duration) -> io::Result<()> {
-    let deadline = Instant::now() + timeout;
-    if !proc.exited() {
-        proc.signal(Signal::KILL)?;
-    }
-    while !proc.exited() {
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{} (pid {}) outlived SIGKILL", proc.name(), proc.pid()),
-            ));
-        }
-        // Not inside a runtime's task necessarily (this runs from `Drop` too): a short blocking
-        // pause between two checks.
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
-}
-
-/// Whether `program` knows `--unsafe-no-fsync` (etcd 3.5 and newer), from its `--help`.
-fn supports_no_fsync(program: &Path) -> bool {
-    std::process::Command::new(program)
-        .arg("--help")
-        .output()
-        .is_ok_and(|out| {
-            String::from_utf8_lossy(&out.stdout).contains("--unsafe-no-fsync")
-                || String::from_utf8_lossy(&out.stderr).contains("--unsafe-no-fsync")
-        })
-}
-
-/// One HTTP/1.0 request to `addr` (HTTP/1.0, so the reply is neither chunked nor kept alive: it
-/// ends when the server closes), within [`REQUEST_TIMEOUT`]. Returns the body of a 200 reply.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> io::Result<String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let body = body.unwrap_or("");
-        let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await?;
-        Ok::<_, io::Error>(reply)
-    };
-    let reply = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{method} {path} on {addr}: no reply within {REQUEST_TIMEOUT:?}"),
-            )
-        })??;
-    let reply = String::from_utf8_lossy(&reply);
-    let (head, body) = reply
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::other(format!("{method} {path} on {addr}: not HTTP")))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status == "200" {
-        Ok(body.to_string())
-    } else {
-        Err(io::Error::other(format!(
-            "{method} {path} on {addr}: {status}: {body}"
-        )))
     }
 }

@@ -125,7 +125,7 @@ pub fn as_host(cmd: &mut Command, addr: Ipv4Addr) -> io::Result<()> {
     let mut hosts = HOSTS.lock().expect("hosts lock");
     if !hosts.contains(&addr) {
         let gid = host_gid(addr);
-        crate::partition::nft(
+        auction::netfilter::nft(
             &["-f", "-"],
             Some(&format!(
                 "table ip auction_lab_hosts {{\n  chain leave {{\n    \

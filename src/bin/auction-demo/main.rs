@@ -1,16 +1,19 @@
 //! `auction-demo`: a local cluster of real `auction-node` processes and an interactive
 //! `auction-client`, in one terminal, where killing or pausing the leader is a command.
 //! `--scenario seed` instead plays the original hand-in's 12-step scenario and prints the transcript.
+//! `--etcd` runs the cluster in multi-host mode, with an etcd of its own ([`multi_host`]).
+
+mod multi_host;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use auction::auth::AuthDir;
@@ -20,6 +23,7 @@ use auction::console;
 use auction::display::{describe_auction, describe_status};
 use auction::types::{AuctionLength, BidderId};
 use clap::{Parser, ValueEnum};
+use multi_host::{DemoEtcd, Network};
 use rustix::process::Signal;
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,7 +33,8 @@ use tokio::signal::unix::{SignalKind, signal};
 /// Type an amount to bid, `result` for the result (the winner once the auction is closed),
 /// `close` to end the auction now, `start [SECS]` to open the next one, or a demo command:
 /// `kill [ID]` (kill -9 the leader, or node ID), `stop [ID]` / `cont [ID]` (SIGSTOP the leader /
-/// SIGCONT the stopped node), `restart ID`, `nodes`, `status`, `help`, `quit`.
+/// SIGCONT the stopped node), `restart ID`, `nodes`, `status`, `help`, `quit`; with `--etcd`, also
+/// `partition [ID] [etcd]` and `heal`.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -39,7 +44,8 @@ struct Args {
     /// The client port of the cluster.
     #[arg(long, default_value_t = 5000)]
     client_port: u16,
-    /// The replica port of the cluster; node ids count up from it, as in the original hand-in.
+    /// The replica port of the cluster; node ids count up from it, as in the original hand-in
+    /// (with --etcd, node ids are 1, 2, 3, …, and each node has the port at its own address).
     #[arg(long, default_value_t = 5400)]
     leader_port: u16,
     /// Length of the first auction, and of `start` without SECS, in seconds.
@@ -58,8 +64,13 @@ struct Args {
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
     /// Play a scripted scenario instead of reading commands.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "etcd")]
     scenario: Option<Scenario>,
+    /// Multi-host mode on this machine: the demo starts an etcd (Debian's etcd-server) on
+    /// 127.0.0.10:2379 and nodes 1, 2, 3 on 127.0.0.11, .12 and .13, each with its own ports;
+    /// etcd decides who leads. Adds `partition [ID] [etcd]` and `heal` (which need root).
+    #[arg(long)]
+    etcd: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -94,12 +105,47 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let ids = check_args(&args)?;
-    check_ports(&args)?;
+    // A missing etcd is said first: it is what to install, whatever else is wrong.
+    let etcd_program = args.etcd.then(multi_host::etcd_program).transpose()?;
+    check_ports(&args, &ids)?;
+    let client_bin = sibling_binary("auction-client")?;
+    // A prompt only when a person types at a terminal and reads the same one; otherwise each
+    // command is echoed, so the output reads as a transcript.
+    let terminal = args.scenario.is_none()
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
+    let screen = Arc::new(Screen::new(terminal));
+    let shown = screen.clone();
+    let transcript = Transcript::showing(move |name, line| shown.show(name, line));
+    let etcd = match &etcd_program {
+        Some(program) => {
+            say(
+                &transcript,
+                &format!("starting etcd at {}", multi_host::etcd_url()),
+            );
+            Some(DemoEtcd::start(program, &transcript).await?)
+        }
+        None => None,
+    };
+    let mut node_args = vec!["--duration".into(), args.duration.to_string()];
+    let mut hosts = BTreeMap::new();
+    if etcd.is_some() {
+        node_args.extend([
+            "--etcd".into(),
+            multi_host::etcd_url(),
+            "--cluster".into(),
+            multi_host::CLUSTER.into(),
+        ]);
+        hosts = ids
+            .iter()
+            .filter_map(|&id| Some((id, multi_host::node_ip(id)?)))
+            .collect();
+    }
     let spec = Spec {
         node_bin: sibling_binary("auction-node")?,
         client_port: args.client_port,
         leader_port: args.leader_port,
-        node_args: vec!["--duration".into(), args.duration.to_string()],
+        node_args,
         log_filter: args.log.clone().unwrap_or_else(|| {
             match args.scenario {
                 Some(Scenario::Seed) => SEED_LOG,
@@ -117,21 +163,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls: args.tls,
         node_env: Vec::new(),
         private_tmp: false,
-        hosts: BTreeMap::new(),
+        hosts,
     };
-    let client_bin = sibling_binary("auction-client")?;
-    // A prompt only when a person types at a terminal and reads the same one; otherwise each
-    // command is echoed, so the output reads as a transcript.
-    let terminal = args.scenario.is_none()
-        && std::io::stdin().is_terminal()
-        && std::io::stdout().is_terminal();
-    let screen = Arc::new(Screen::new(terminal));
-    let shown = screen.clone();
-    let transcript = Transcript::showing(move |name, line| shown.show(name, line));
     let mut cluster = LocalCluster::new(spec, transcript.clone());
     let result = match args.scenario {
         Some(Scenario::Seed) => seed(&mut cluster, &client_bin).await,
-        None => interactive(&mut cluster, &client_bin, &args, &ids, screen).await,
+        None => interactive(&mut cluster, &client_bin, &args, &ids, screen, etcd).await,
     };
     for id in cluster.running() {
         cluster.kill(id).await;
@@ -153,6 +190,15 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<u16>> {
     }
     AuctionLength::from_secs(args.duration).context("--duration")?;
     BidderId::new(&args.id).context("--id")?;
+    if args.etcd {
+        // Node N on 127.0.0.(10 + N).
+        return (1..=args.nodes)
+            .map(|id| multi_host::node_ip(id).map(|_| id))
+            .collect::<Option<Vec<u16>>>()
+            .ok_or_else(|| {
+                anyhow!("with --etcd, node N runs on 127.0.0.(10 + N): --nodes 244 at most")
+            });
+    }
     (0..args.nodes)
         .map(|i| args.leader_port.checked_add(i))
         .collect::<Option<Vec<u16>>>()
@@ -167,16 +213,47 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<u16>> {
 
 /// Refuses ports that another process holds: the demo's nodes would be refused, and its
 /// commands would reach that process (another demo's cluster, say) instead.
-fn check_ports(args: &Args) -> anyhow::Result<()> {
-    let held: Vec<String> = [
-        (args.client_port, "--client-port"),
-        (args.leader_port, "--leader-port"),
-    ]
-    .into_iter()
-    .filter_map(|(port, option)| {
-        port_problem(port).map(|problem| format!("  port {port} ({option}) {problem}"))
-    })
-    .collect();
+fn check_ports(args: &Args, ids: &[u16]) -> anyhow::Result<()> {
+    let mut wanted: Vec<(SocketAddr, String)> = Vec::new();
+    let ips: Vec<IpAddr> = if args.etcd {
+        let etcd = IpAddr::V4(multi_host::ETCD_IP);
+        wanted.push((
+            SocketAddr::new(etcd, multi_host::ETCD_CLIENT_PORT),
+            "etcd's client port".into(),
+        ));
+        wanted.push((
+            SocketAddr::new(etcd, multi_host::ETCD_PEER_PORT),
+            "etcd's peer port".into(),
+        ));
+        ids.iter()
+            .filter_map(|&id| multi_host::node_ip(id))
+            .collect()
+    } else {
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    };
+    for ip in ips {
+        wanted.push((
+            SocketAddr::new(ip, args.client_port),
+            "--client-port".into(),
+        ));
+        wanted.push((
+            SocketAddr::new(ip, args.leader_port),
+            "--leader-port".into(),
+        ));
+    }
+    let held: Vec<String> = wanted
+        .into_iter()
+        .filter_map(|(addr, what)| {
+            // On one host every port is 127.0.0.1's; with --etcd each has its address.
+            let at = if args.etcd {
+                format!(" at {}", addr.ip())
+            } else {
+                String::new()
+            };
+            port_problem(addr)
+                .map(|problem| format!("  port {}{at} ({what}) {problem}", addr.port()))
+        })
+        .collect();
     if held.is_empty() {
         return Ok(());
     }
@@ -187,9 +264,9 @@ fn check_ports(args: &Args) -> anyhow::Result<()> {
     )
 }
 
-/// Why the nodes could not bind `port`, if they could not: who holds it.
-fn port_problem(port: u16) -> Option<String> {
-    let nodes = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+/// Why the nodes could not bind `nodes`, if they could not: who holds it.
+fn port_problem(nodes: SocketAddr) -> Option<String> {
+    let port = nodes.port();
     match std::net::TcpListener::bind(nodes) {
         Ok(_) => return None,
         Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
@@ -321,10 +398,17 @@ fn client_proc(
     name: &str,
 ) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(client_bin);
+    // Every node's address in multi-host mode: only the leader serves clients.
+    let servers: Vec<String> = cluster
+        .spec
+        .client_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     cmd.arg("--id")
         .arg(id)
         .arg("--server")
-        .arg(cluster.spec.client_addr().to_string())
+        .arg(servers.join(","))
         .args(cluster.spec.tls.then_some("--tls"))
         .env("AUCTION_AUTH_DIR", &cluster.spec.auth_dir);
     Proc::spawn(cmd, name, &cluster.transcript).context("starting auction-client")
@@ -440,12 +524,22 @@ commands:
   restart ID    start node ID again
   quit          end the demo and its nodes (also Ctrl-C or Ctrl-D)";
 
+/// More commands with --etcd.
+const HELP_ETCD: &str = "  \
+  partition [ID]
+                cut the leader, or node ID, off from everyone: the other nodes, etcd and
+                this host's clients (needs root)
+  partition [ID] etcd
+                cut it off from etcd only
+  heal          mend every cut; a node the cluster went on without is started again";
+
 async fn interactive(
     cluster: &mut LocalCluster,
     client_bin: &PathBuf,
     args: &Args,
     ids: &[u16],
     screen: Arc<Screen>,
+    etcd: Option<DemoEtcd>,
 ) -> anyhow::Result<()> {
     let t = cluster.transcript.clone();
     let names: Vec<String> = ids.iter().map(u16::to_string).collect();
@@ -472,14 +566,54 @@ async fn interactive(
         [] => String::new(),
         rest => format!(", {}", rest.join(", ")),
     };
-    for line in [
-        format!("nodes {} (leader){others} are up", names[0]),
+    let mut banner = vec![format!("nodes {} (leader){others} are up", names[0])];
+    if let Some(etcd) = &etcd {
+        let addrs: Vec<String> = cluster
+            .spec
+            .hosts
+            .values()
+            .map(ToString::to_string)
+            .collect();
+        let servers: Vec<String> = cluster
+            .spec
+            .client_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        banner.extend([
+            format!(
+                "multi-host mode: the nodes run at {}; etcd at {} decides who leads \
+                 (cluster {:?}; its data in {}, removed at the end)",
+                addrs.join(", "),
+                multi_host::etcd_url(),
+                multi_host::CLUSTER,
+                etcd.dir().display()
+            ),
+            format!(
+                "from another terminal: auction-client --server {}",
+                servers.join(",")
+            ),
+        ]);
+    }
+    banner.extend([
         auction,
         format!("to bid as {:?}, type an amount, for example 100", args.id),
         "close ends the auction now; result then shows the winner".into(),
         "start [SECS] opens the next auction; kill, stop and cont break the leader".into(),
-        "help lists every command; quit ends the demo".into(),
-    ] {
+    ]);
+    if etcd.is_some() {
+        banner.push(
+            "partition cuts the leader off from everyone (partition ID: node ID), heal mends it"
+                .into(),
+        );
+        if !rustix::process::geteuid().is_root() {
+            banner.push(
+                "partition and heal need root (nftables); everything else works without".into(),
+            );
+        }
+    }
+    banner.push("help lists every command; quit ends the demo".into());
+    for line in banner {
         say(&t, &line);
     }
     let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
@@ -491,6 +625,7 @@ async fn interactive(
             }
         }
     });
+    let cluster_hosts = cluster.spec.hosts.clone();
     let mut demo = Demo {
         operator: cluster.client(DEFAULT_RETRY_BUDGET),
         cluster,
@@ -502,6 +637,11 @@ async fn interactive(
         reported: HashSet::new(),
         stopped: Vec::new(),
         leader: Some(ids[0]),
+        multi: etcd.map(|etcd| MultiHost {
+            network: Network::new(cluster_hosts),
+            etcd,
+            rejoining: BTreeMap::new(),
+        }),
     };
     // Each of these ends the demo and, with it, every process it started. Until now they
     // ended it at once, and its nodes with it (see `Proc::spawn`).
@@ -603,7 +743,23 @@ struct Demo<'a> {
     stopped: Vec<(u16, u32)>,
     /// The leader as last seen, for `kill` while the leader cannot answer.
     leader: Option<u16>,
+    /// With --etcd: etcd and the network.
+    multi: Option<MultiHost>,
 }
+
+/// What the demo adds with --etcd.
+struct MultiHost {
+    /// Killed when the demo ends (dropped).
+    etcd: DemoEtcd,
+    /// The cuts; its table is removed when the demo ends (dropped).
+    network: Network,
+    /// Nodes that were cut off until `heal`, with when that grace ends: one that exits by then
+    /// (the cluster went on without it, and it learns so from etcd) is started again.
+    rejoining: BTreeMap<u16, Instant>,
+}
+
+/// How long after `heal` a node that was cut off is started again when it exits.
+const REJOIN_GRACE: Duration = Duration::from_secs(30);
 
 impl Demo<'_> {
     fn say(&self, line: &str) {
@@ -634,6 +790,12 @@ impl Demo<'_> {
         }
         for line in news {
             self.say(&line);
+        }
+        self.rejoin();
+        if let Some(multi) = &mut self.multi
+            && let Some(status) = multi.etcd.exit_status()
+        {
+            bail!("etcd {}; its log above says why", ended(status));
         }
         if let Some(status) = self.client.exit_status() {
             bail!("the client {}; its output above says why", ended(status));
@@ -682,6 +844,9 @@ impl Demo<'_> {
         let rest: Vec<&str> = words.collect();
         match command.as_str() {
             "quit" | "exit" => return Ok(false),
+            "help" | "?" if self.multi.is_some() => {
+                self.say(&HELP.replace("  quit", &format!("{HELP_ETCD}\n  quit")));
+            }
             "help" | "?" => self.say(HELP),
             "nodes" => self.nodes(),
             "status" => match self.cluster.status(Duration::from_secs(2)).await {
@@ -689,6 +854,8 @@ impl Demo<'_> {
                 Err(e) => self.say(&format!("no answer: {e}")),
             },
             "close" | "start" => self.operate(line).await,
+            "partition" => self.partition(&rest).await,
+            "heal" => self.heal(),
             "kill" | "stop" | "cont" | "restart" => match target(&command, &rest) {
                 Err(why) => self.say(&why),
                 Ok(id) => match command.as_str() {
@@ -724,7 +891,13 @@ impl Demo<'_> {
 
     /// The leader's id, asked now, or as last seen when it cannot answer.
     async fn leader(&mut self) -> Option<u16> {
-        if let Ok(s) = self.cluster.status(Duration::from_millis(300)).await {
+        // Long enough to try every address past a cut-off node's (multi-host mode).
+        let budget = if self.multi.is_some() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(300)
+        };
+        if let Ok(s) = self.cluster.status(budget).await {
             self.leader = Some(leader_of(&s));
         }
         self.leader
@@ -774,10 +947,149 @@ impl Demo<'_> {
         let Some(pid) = self.running(id) else {
             return;
         };
+        let leads = self.leads(id).await;
         self.say(&format!("kill -9 node {id} (pid {pid})"));
         self.killed.insert(pid);
         self.reported.insert(pid);
+        self.not_rejoining(id);
         self.cluster.kill(id).await;
+        if leads {
+            self.watch_failover(id);
+        }
+    }
+
+    /// Whether node `id` leads, as the leader says now or as last seen.
+    async fn leads(&mut self, id: u16) -> bool {
+        self.leader().await == Some(id)
+    }
+
+    /// Tells, in the background, which node leads once another than `old` does (within 30 s).
+    fn watch_failover(&self, old: u16) {
+        let t = self.t.clone();
+        let spec = self.cluster.spec.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        tokio::spawn(async move {
+            // A client of its own: it neither starts nor kills nodes.
+            let cluster = LocalCluster::new(spec, t.clone());
+            while tokio::time::Instant::now() < deadline {
+                // A new session each time, which tries every address again (a cut-off node's
+                // takes its connect timeout), rather than the one that answered last.
+                if let Ok(s) = cluster.status(Duration::from_secs(2)).await
+                    && leader_of(&s) != old
+                {
+                    let new = leader_of(&s);
+                    return say(
+                        &t,
+                        &format!(
+                            "failover: node {new} leads now, in place of node {old} (epoch {})",
+                            s.epoch
+                        ),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            say(
+                &t,
+                &format!("no other node took over from node {old} within 30 s"),
+            );
+        });
+    }
+
+    /// `partition [ID] [etcd]`: cuts the leader, or node ID, off from everyone, or from etcd.
+    async fn partition(&mut self, rest: &[&str]) {
+        if self.multi.is_none() {
+            return self.say("partition and heal need the multi-host demo: auction-demo --etcd");
+        }
+        let (id, etcd_only) = match rest {
+            [] => (None, false),
+            [word] if word.eq_ignore_ascii_case("etcd") => (None, true),
+            [id] => (Some(*id), false),
+            [id, word] if word.eq_ignore_ascii_case("etcd") => (Some(*id), true),
+            _ => return self.say("type partition [ID] [etcd]; help says more"),
+        };
+        let id = match id.map(str::parse::<u16>) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => return self.say("node ids are numbers, like 2: partition 2"),
+        };
+        let Some(id) = self.or_leader(id, "partition").await else {
+            return;
+        };
+        let leads = self.leads(id).await;
+        let Some(multi) = &mut self.multi else {
+            return;
+        };
+        let said = multi.network.partition(id, etcd_only);
+        multi.rejoining.remove(&id);
+        match said {
+            Ok(line) => {
+                self.say(&line);
+                if leads && !etcd_only {
+                    self.say(&format!(
+                        "node {id} led: the others stop hearing it, and one takes over through etcd"
+                    ));
+                    self.watch_failover(id);
+                }
+            }
+            Err(why) => self.say(&why),
+        }
+    }
+
+    /// `heal`: mends every cut; the nodes that were cut off and then exit are started again.
+    fn heal(&mut self) {
+        let Some(multi) = &mut self.multi else {
+            return self.say("partition and heal need the multi-host demo: auction-demo --etcd");
+        };
+        if !multi.network.is_cut() {
+            return self.say("nothing is cut");
+        }
+        let cut = multi.network.heal();
+        let until = Instant::now() + REJOIN_GRACE;
+        for &id in &cut {
+            multi.rejoining.insert(id, until);
+        }
+        let ids: Vec<String> = cut.iter().map(u16::to_string).collect();
+        self.say(&format!(
+            "healed: packets flow again (table inet {} removed); a node that was cut off ({}) \
+             and that the cluster went on without exits once it hears etcd, and the demo starts \
+             it again to rejoin",
+            Network::table(),
+            ids.join(", ")
+        ));
+        self.rejoin();
+    }
+
+    /// Starts again each node that was cut off until `heal` and has exited since.
+    fn rejoin(&mut self) {
+        let Some(multi) = &mut self.multi else {
+            return;
+        };
+        let now = Instant::now();
+        multi.rejoining.retain(|_, until| *until > now);
+        let mut gone = Vec::new();
+        for &id in multi.rejoining.keys() {
+            if self.cluster.node(id).is_none_or(Proc::exited) {
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            if let Some(multi) = &mut self.multi {
+                multi.rejoining.remove(&id);
+            }
+            self.say(&format!(
+                "starting node {id} again, which was cut off: it rejoins the cluster"
+            ));
+            if let Err(e) = self.cluster.start(id) {
+                self.say(&format!("cannot start node {id}: {e}"));
+            }
+        }
+    }
+
+    /// Node `id` is no longer started again automatically after a heal.
+    fn not_rejoining(&mut self, id: u16) {
+        if let Some(multi) = &mut self.multi {
+            multi.rejoining.remove(&id);
+        }
     }
 
     async fn stop(&mut self, id: Option<u16>) {
@@ -787,6 +1099,8 @@ impl Demo<'_> {
         let Some(pid) = self.running(id) else {
             return;
         };
+        let leads = self.leads(id).await;
+        self.not_rejoining(id);
         match self.cluster.signal(id, Signal::STOP) {
             Ok(()) => {
                 self.say(&format!(
@@ -794,6 +1108,9 @@ impl Demo<'_> {
                 ));
                 self.stopped.retain(|&(i, _)| i != id);
                 self.stopped.push((id, pid));
+                if leads {
+                    self.watch_failover(id);
+                }
             }
             Err(e) => self.say(&format!("cannot stop node {id}: {e}")),
         }
@@ -838,6 +1155,14 @@ impl Demo<'_> {
         let Some(id) = id else {
             return self.say("restart which node? restart ID");
         };
+        if self.multi.is_some() && !self.cluster.spec.hosts.contains_key(&id) {
+            let ids: Vec<String> = self.cluster.spec.hosts.keys().map(u16::to_string).collect();
+            return self.say(&format!(
+                "the demo runs no node {id}; its nodes are {}",
+                ids.join(", ")
+            ));
+        }
+        self.not_rejoining(id);
         if let Some(node) = self.cluster.node(id)
             && !node.exited()
         {
@@ -866,7 +1191,13 @@ impl Demo<'_> {
                 None if is_stopped(pid) => "stopped".into(),
                 None => "running".into(),
             };
-            lines.push(format!("node {id}: pid {pid}, {state}"));
+            let place = match (&self.multi, self.cluster.spec.hosts.get(&id)) {
+                (Some(multi), Some(ip)) => {
+                    format!(" at {ip}{}", multi.network.describe_cut(id))
+                }
+                _ => String::new(),
+            };
+            lines.push(format!("node {id}{place}: pid {pid}, {state}"));
         }
         for line in lines {
             self.say(&line);
