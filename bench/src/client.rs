@@ -149,14 +149,7 @@ impl AuctionBidder {
         } else {
             self.excluding = !self.excluding;
         }
-        let mut servers: Vec<SocketAddr> = (self.servers.iter().copied())
-            .filter(|a| Some(*a) != self.suspect)
-            .collect();
-        if let Some(suspect) = self.suspect
-            && (!self.excluding || servers.is_empty())
-        {
-            servers.push(suspect);
-        }
+        let servers = session_addresses(&self.servers, self.suspect, self.excluding);
         self.client = Client::with_addresses(servers, self.patience.budget);
         self.client.set_token(self.name.clone(), self.token.clone());
         // xorshift64: a number in [0, 1) for the jitter.
@@ -166,6 +159,24 @@ impl AuctionBidder {
         let fraction = (self.seed >> 11) as f64 / (1u64 << 53) as f64;
         self.attempt = self.patience.attempt.mul_f64(0.5 + fraction / 2.0);
     }
+}
+
+/// The addresses a new session dials, in order: `servers` without `suspect`, then the suspect
+/// last unless `excluding` it (it stays when it is the only address).
+fn session_addresses(
+    servers: &[SocketAddr],
+    suspect: Option<SocketAddr>,
+    excluding: bool,
+) -> Vec<SocketAddr> {
+    let mut next: Vec<SocketAddr> = (servers.iter().copied())
+        .filter(|a| Some(*a) != suspect)
+        .collect();
+    if let Some(suspect) = suspect
+        && (!excluding || next.is_empty())
+    {
+        next.push(suspect);
+    }
+    next
 }
 
 impl Bidder for AuctionBidder {
@@ -197,5 +208,58 @@ impl Bidder for AuctionBidder {
     async fn read(&mut self) -> anyhow::Result<()> {
         self.client.result().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, last], 5000))
+    }
+
+    #[test]
+    fn a_session_after_silence_leaves_the_suspect_out_or_dials_it_last() {
+        let all = [addr(31), addr(32), addr(33)];
+        assert_eq!(session_addresses(&all, None, true), all);
+        assert_eq!(
+            session_addresses(&all, Some(addr(31)), true),
+            [addr(32), addr(33)]
+        );
+        assert_eq!(
+            session_addresses(&all, Some(addr(32)), false),
+            [addr(31), addr(33), addr(32)]
+        );
+        // One address: it is dialled, suspect or not.
+        assert_eq!(
+            session_addresses(&[addr(1)], Some(addr(1)), true),
+            [addr(1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_alternate_without_and_with_the_address_that_fell_silent() {
+        let all = [addr(31), addr(32), addr(33)];
+        let patience = Patience {
+            attempt: Duration::from_millis(500),
+            budget: Duration::from_secs(30),
+        };
+        let mut bidder = AuctionBidder::new(&all, "ann", patience).unwrap();
+        // Answered at .31, then silent: the next session leaves it out.
+        bidder.answered = Some(addr(31));
+        bidder.give_up();
+        assert_eq!(bidder.suspect, Some(addr(31)));
+        assert!(bidder.excluding);
+        assert_eq!(bidder.client.server(), Some(addr(32)));
+        // Nothing answered that one: the next dials every address, the suspect last.
+        bidder.give_up();
+        assert!(!bidder.excluding);
+        assert_eq!(bidder.client.server(), Some(addr(32)));
+        // Nothing answered again: without the suspect once more.
+        bidder.give_up();
+        assert!(bidder.excluding);
+        // Each session after a silent one waits half to all of the attempt time.
+        assert!(bidder.attempt >= patience.attempt / 2 && bidder.attempt <= patience.attempt);
     }
 }
