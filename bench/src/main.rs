@@ -210,6 +210,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
     }
+    if args.memory && (args.multi_host || args.failover.is_some()) {
+        bail!("--memory starts a single-host cluster of its own: no --multi-host or --failover");
+    }
     if args.memory {
         if args.sessions == 0 || args.bids == 0 {
             bail!("--sessions and --bids must be at least 1");

@@ -165,7 +165,8 @@ async fn the_bench_measures_multi_host_failover_after_a_partition() {
 #[tokio::test]
 async fn options_that_cannot_work_are_refused_before_anything_starts() {
     // Each is refused before anything is connected to: no Redis or etcd needed.
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
+        (&["--memory", "--multi-host"], "--memory"),
         (&["--multi-host", "--target", "redis"], "--target auction"),
         (
             &["--multi-host", "--server", "127.0.0.1:1"],
