@@ -1,10 +1,11 @@
 //! Leader failover times under load. One measurement for every system: clients keep bidding, the
 //! leader is taken down, and the time runs from the fault to the first acknowledged bid that a
-//! client sent after it. The auction runs as a cluster this process starts; Redis (with
-//! Sentinel) and etcd run as clusters someone else starts and restarts (see
-//! [`ExternalFailoverSpec`]).
+//! client sent after it. The auction runs as a cluster this process starts, on one host or in
+//! multi-host mode with an etcd of its own ([`MultiHost`]), where the leader can also be cut off
+//! by a partition ([`FaultMode::Partition`]); Redis (with Sentinel) and etcd run as clusters
+//! someone else starts and restarts (see [`ExternalFailoverSpec`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,10 +16,13 @@ use tokio::time::Instant;
 
 use super::client::{AuctionBidder, Bidder, Patience};
 use super::etcd::{EtcdBidder, EtcdCluster};
+use super::multihost::{MultiHost, NODES};
 use super::redis::{Primary, RedisBidder, RedisCluster, Wait};
 use auction::cluster::LocalCluster;
 use auction::process::Fenced;
+use auction_lab::etcd::Etcd;
 use auction_lab::nemesis::percentile;
+use auction_lab::partition::Partitions;
 
 /// How the leader is taken down in a failover measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -28,6 +32,10 @@ pub enum FaultMode {
     Kill,
     /// SIGSTOP: replicas must notice the silence and fence it.
     Stop,
+    /// The leader is cut off by packet filters from the other nodes, from etcd and from the
+    /// clients (multi-host mode only, in a private network namespace): its members must notice
+    /// the silence and take over through etcd.
+    Partition,
 }
 
 /// A failover measurement against a cluster this process starts.
@@ -39,6 +47,13 @@ pub struct FailoverSpec {
     pub mode: FaultMode,
     /// Extra `auction-node` arguments (timing).
     pub node_args: Vec<String>,
+    /// Multi-host mode ([`MultiHost`]): one local etcd, each node on its own address. Always
+    /// with [`FaultMode::Partition`], which needs the private network namespace
+    /// ([`auction_lab::netns::enter_private`]).
+    pub multi_host: bool,
+    /// How long a client waits for one attempt at a bid before it gives it up and starts a new
+    /// session at the next address.
+    pub attempt: Duration,
 }
 
 /// A cluster someone else runs, whose leader a failover run kills -9.
@@ -158,34 +173,70 @@ where
     }
 }
 
-/// Starts a three-node cluster, loads it with contended bids, and takes its leader down
-/// `spec.faults` times, one fault at a time, restarting the dead node after each.
+/// Starts a three-node cluster (on one host, or in multi-host mode with its etcd), loads it
+/// with contended bids, and takes its leader down `spec.faults` times, one fault at a time,
+/// bringing the old leader back after each.
 ///
 /// # Errors
-/// The cluster could not be started or did not heal between faults.
+/// The cluster could not be started or did not heal between faults; with
+/// [`FaultMode::Partition`], the packet filters could not be written (not in a private network
+/// namespace, or no `nft`).
 pub async fn failover(spec: &FailoverSpec) -> anyhow::Result<FailoverReport> {
     use auction::cluster::{Spec, Transcript};
 
-    let mut cluster_spec = Spec::on_free_ports(&spec.node_bin)?;
-    cluster_spec.node_args = spec.node_args.clone();
-    cluster_spec
-        .node_args
-        .extend(["--duration".into(), "36000".into()]);
-    let mut cluster = AuctionCluster(LocalCluster::new(cluster_spec, Transcript::new(false)));
-    cluster
-        .0
-        .start_nodes(&AuctionCluster::NODES, PATIENCE)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let server = cluster.0.spec.client_addr();
+    let partition = spec.mode == FaultMode::Partition;
+    let multi_host = spec.multi_host || partition;
+    let mut cluster = if multi_host {
+        // Before the cluster, so a namespace that cannot take packet filters fails at once.
+        let partitions = if partition {
+            Some(Partitions::new().context("the packet filters of the partitions")?)
+        } else {
+            None
+        };
+        let MultiHost { nodes, etcd } =
+            MultiHost::start(&spec.node_bin, &spec.node_args, partition, PATIENCE).await?;
+        AuctionCluster {
+            nodes,
+            etcd: Some(etcd),
+            partitions,
+        }
+    } else {
+        let mut cluster_spec = Spec::on_free_ports(&spec.node_bin)?;
+        cluster_spec.node_args = spec.node_args.clone();
+        cluster_spec
+            .node_args
+            .extend(["--duration".into(), "36000".into()]);
+        let mut nodes = LocalCluster::new(cluster_spec, Transcript::new(false));
+        nodes
+            .start_nodes(&NODES, PATIENCE)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        AuctionCluster {
+            nodes,
+            etcd: None,
+            partitions: None,
+        }
+    };
+    let servers = cluster.nodes.spec.client_addrs();
     let bidders = (0..spec.clients)
-        .map(|i| AuctionBidder::new(server, &format!("bench{i}"), PATIENCE_PER_BID))
+        .map(|i| {
+            let patience = Patience {
+                attempt: spec.attempt,
+                budget: BID_BUDGET,
+            };
+            AuctionBidder::new(&servers, &format!("bench{i}"), patience)
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let times = measure(&mut cluster, bidders, spec.faults, spec.mode).await;
-    for id in cluster.0.running() {
-        cluster.0.kill(id).await;
+    for id in cluster.nodes.running() {
+        cluster.nodes.kill(id).await;
     }
-    Ok(report("auction", spec.mode, times?))
+    let target = if multi_host {
+        "auction-multi-host"
+    } else {
+        "auction"
+    };
+    Ok(report(target, spec.mode, times?))
 }
 
 /// Loads a Redis or etcd cluster with contended bids and kills its leader `spec.faults` times,
@@ -344,11 +395,29 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The auction's three nodes, started here.
-struct AuctionCluster(LocalCluster);
+/// The auction's three nodes, started here, on one host or on several (with their etcd).
+struct AuctionCluster {
+    nodes: LocalCluster,
+    /// Multi-host mode: the etcd that decides who leads, kept as long as the nodes.
+    etcd: Option<Etcd>,
+    /// With [`FaultMode::Partition`]: the packet filters that cut the leader off.
+    partitions: Option<Partitions>,
+}
 
 impl AuctionCluster {
-    const NODES: [u16; 3] = [5400, 5401, 5402];
+    /// Every address the leader could reach or be reached from, but its own: the other nodes',
+    /// etcd's, and 127.0.0.1, where this process's clients dial from.
+    fn all_but(&self, leader: u16) -> Vec<IpAddr> {
+        let mut others: Vec<IpAddr> = (self.nodes.spec.hosts.iter())
+            .filter(|&(&id, _)| id != leader)
+            .map(|(_, &ip)| ip)
+            .collect();
+        others.extend(self.etcd.iter().flat_map(Etcd::addrs));
+        others.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        others.sort();
+        others.dedup();
+        others
+    }
 }
 
 impl FaultTarget for AuctionCluster {
@@ -356,8 +425,8 @@ impl FaultTarget for AuctionCluster {
 
     async fn whole(&mut self, patience: Duration) -> anyhow::Result<u16> {
         let healthy = self
-            .0
-            .wait_members(&Self::NODES, patience)
+            .nodes
+            .wait_members(&NODES, patience)
             .await
             .map_err(anyhow::Error::msg)?;
         Ok(auction::cluster::leader_of(&healthy))
@@ -366,22 +435,48 @@ impl FaultTarget for AuctionCluster {
     async fn fault(&mut self, leader: &u16, mode: FaultMode) -> anyhow::Result<Instant> {
         let at = Instant::now();
         match mode {
-            FaultMode::Kill => self.0.kill(*leader).await,
-            FaultMode::Stop => self.0.signal(*leader, rustix::process::Signal::STOP)?,
+            FaultMode::Kill => self.nodes.kill(*leader).await,
+            FaultMode::Stop => self.nodes.signal(*leader, rustix::process::Signal::STOP)?,
+            FaultMode::Partition => {
+                let others = self.all_but(*leader);
+                let me = *self
+                    .nodes
+                    .spec
+                    .hosts
+                    .get(leader)
+                    .context("a partition needs the nodes on addresses of their own")?;
+                self.partitions
+                    .as_mut()
+                    .context("no packet filters to cut the leader off with")?
+                    .cut(&[me], &others)
+                    .with_context(|| format!("cutting {me} off"))?;
+                // From the moment the cut is in force: a bid sent while `nft` ran may still
+                // have been answered by the old leader.
+                return Ok(Instant::now());
+            }
         }
         Ok(at)
     }
 
     async fn restore(&mut self, leader: u16, patience: Duration) -> anyhow::Result<()> {
-        // A stopped leader has been fenced (killed); bring the node back either way.
-        let deadline = Instant::now() + patience;
-        while self.0.node(leader).is_some_and(|p| !p.exited()) {
-            if Instant::now() >= deadline {
-                bail!("node {leader} was not fenced");
+        if self.etcd.is_some() {
+            // Across hosts nothing kills a deposed leader: it has been replaced, and it exits
+            // only once it hears so. Killed here, so it restarts at once, then the network heals.
+            self.nodes.kill(leader).await;
+            if let Some(partitions) = &mut self.partitions {
+                partitions.heal().context("healing the partition")?;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        } else {
+            // A stopped leader has been fenced (killed); bring the node back either way.
+            let deadline = Instant::now() + patience;
+            while self.nodes.node(leader).is_some_and(|p| !p.exited()) {
+                if Instant::now() >= deadline {
+                    bail!("node {leader} was not fenced");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        Ok(self.0.start(leader)?)
+        Ok(self.nodes.start(leader)?)
     }
 }
 

@@ -15,6 +15,7 @@ mod echo;
 mod etcd;
 mod failover;
 mod memory;
+mod multihost;
 pub mod proto;
 mod redis;
 mod resp;
@@ -26,6 +27,7 @@ pub use failover::{
     failover_external,
 };
 pub use memory::{MemoryReport, MemorySpec, memory};
+pub use multihost::MultiHost;
 
 /// What is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +55,10 @@ const KEY_BIDDER: &[u8] = b"auction/bidder";
 /// The store cannot be reached.
 pub async fn prepare(spec: &LoadSpec) -> anyhow::Result<()> {
     match spec.target {
-        Target::Redis => redis::reset(spec.server).await,
+        Target::Redis => redis::reset(spec.server()?).await,
         Target::Etcd => {
             let endpoint =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", spec.server))?;
+                tonic::transport::Endpoint::from_shared(format!("http://{}", spec.server()?))?;
             etcd::reset(endpoint.connect().await?).await
         }
         Target::Auction | Target::EchoUnary | Target::EchoStream => Ok(()),
@@ -76,7 +78,10 @@ pub enum Workload {
 /// How to load the server.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    pub server: std::net::SocketAddr,
+    /// Where to send requests: the one server of the echo service, Redis or etcd; for the
+    /// auction, every address a node may serve clients on (one on one host; each node's in
+    /// multi-host mode, where only the leader's answers).
+    pub servers: Vec<std::net::SocketAddr>,
     pub clients: usize,
     pub duration: Duration,
     /// Total requests per second for an open loop; `None` for a closed loop.
@@ -86,6 +91,19 @@ pub struct LoadSpec {
     pub workload: Workload,
     /// How long clients keep retrying one request before it counts as an error.
     pub retry_budget: Duration,
+}
+
+impl LoadSpec {
+    /// The first of [`LoadSpec::servers`]: the only one, for any target but the auction.
+    ///
+    /// # Errors
+    /// There is none.
+    pub fn server(&self) -> anyhow::Result<std::net::SocketAddr> {
+        self.servers
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("no server address to load"))
+    }
 }
 
 /// Counters shared with whoever shows progress.
@@ -122,13 +140,13 @@ pub struct LoadReport {
 /// The clients could not be made (a server address that makes no URI).
 pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> anyhow::Result<LoadReport> {
     let patience = Patience::within(spec.retry_budget);
-    let server = spec.server;
+    let server = spec.server()?;
     // Unique per run: each auction client registers its name with a token of its own.
     let name = |i: usize| format!("bench{}-{i}", std::process::id());
     let n = spec.clients;
     Ok(match spec.target {
         Target::Auction => {
-            let clients = each(n, |i| AuctionBidder::new(server, &name(i), patience))?;
+            let clients = each(n, |i| AuctionBidder::new(&spec.servers, &name(i), patience))?;
             drive(spec, progress, clients).await
         }
         Target::EchoUnary => {

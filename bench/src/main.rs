@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use auction_bench::{
-    External, ExternalFailoverSpec, FailoverSpec, FaultMode, LoadSpec, MemorySpec, Progress,
-    Target, Workload, failover, failover_external, memory, prepare, run, serve_echo,
+    External, ExternalFailoverSpec, FailoverSpec, FaultMode, LoadSpec, MemorySpec, MultiHost,
+    Progress, Target, Workload, failover, failover_external, memory, prepare, run, serve_echo,
 };
 use clap::{Parser, ValueEnum};
 
@@ -39,11 +39,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Redis: every Sentinel knows the others, names the same primary, and sees it and every
 /// replica up, and every replica is online on the primary. For etcd: every member names the same
 /// leader. bench/compare.sh restarts each server with its original command line.
+///
+/// With --multi-host, the auction runs in multi-host mode instead: one local etcd and three
+/// nodes, each on its own loopback address (127.0.0.31 to .33), started by the bench, for a
+/// load run (without --server) or a failover run. --failover partition is multi-host only: it
+/// cuts the leader off from the other nodes, etcd and the clients with nftables, inside a
+/// network namespace of the bench's own (it needs root; the host's network is never touched).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The cluster's client address [default: 127.0.0.1:5000]. With --failover and --target
-    /// etcd: every member's client address, comma-separated.
+    /// The cluster's client address [default: 127.0.0.1:5000]. For the auction in multi-host
+    /// mode: every node's client address, comma-separated. With --failover and --target etcd:
+    /// every member's client address, comma-separated.
     #[arg(long, value_name = "HOST:PORT")]
     server: Option<String>,
     /// With --failover and --target redis: the Sentinels' addresses, comma-separated.
@@ -76,6 +83,11 @@ struct Args {
     /// redis or etcd: kill -9 the leader of that running cluster instead (see above).
     #[arg(long, value_enum)]
     failover: Option<FaultArg>,
+    /// The auction in multi-host mode, started by the bench: one local etcd, three nodes on
+    /// addresses of their own. Without --server, it is what a load run loads; with --failover,
+    /// what loses its leader.
+    #[arg(long)]
+    multi_host: bool,
     /// Instead of loading --server: start a 3-node cluster, send --bids bids from --sessions
     /// distinct sessions and bidders, and report the leader's resident memory as they go in.
     #[arg(long)]
@@ -86,14 +98,20 @@ struct Args {
     /// Distinct sessions (and bidders) with --memory.
     #[arg(long, default_value_t = 10_000)]
     sessions: u64,
+    /// With --failover of the auction: how long a client waits for one attempt at a bid before
+    /// it gives it up and starts a new session at the next address, in ms (a client of a leader
+    /// that a partition cut off gets no error, only silence). Redis and etcd clients give up
+    /// after 500 ms.
+    #[arg(long, default_value_t = 500)]
+    attempt_ms: u64,
     /// How many leader failures with --failover (a few suffice for Redis and etcd, whose
     /// clusters take seconds to fail over and to heal).
     #[arg(long, default_value_t = 20)]
     faults: usize,
-    /// The nodes' --timeout-ms with --failover of the auction.
+    /// The nodes' --timeout-ms with --failover of the auction, and with --multi-host.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
-    /// The nodes' --heartbeat-ms with --failover of the auction.
+    /// The nodes' --heartbeat-ms with --failover of the auction, and with --multi-host.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     /// How long a request may be retried before it counts as an error, in ms.
@@ -106,8 +124,12 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum FaultArg {
+    /// kill -9 of the leader.
     Kill,
+    /// SIGSTOP of the leader.
     Stop,
+    /// The leader cut off from the other nodes, etcd and the clients (multi-host only; root).
+    Partition,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -131,6 +153,14 @@ enum WorkloadArg {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // A network namespace of the bench's own, before any thread exists (only the calling thread
+    // moves): the partitions' packet filters are written there, never in the host's.
+    if args.failover == Some(FaultArg::Partition)
+        && let Err(e) = auction_lab::netns::enter_private()
+    {
+        eprintln!("error: --failover partition needs a network namespace of its own: {e}");
+        return ExitCode::FAILURE;
+    }
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,6 +210,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
     }
+    if args.memory && (args.multi_host || args.failover.is_some()) {
+        bail!("--memory starts a single-host cluster of its own: no --multi-host or --failover");
+    }
     if args.memory {
         if args.sessions == 0 || args.bids == 0 {
             bail!("--sessions and --bids must be at least 1");
@@ -196,6 +229,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.sentinels.is_some() && !matches!(args.target, TargetArg::Redis) {
         bail!("--sentinels goes with --target redis");
     }
+    let multi_host = args.multi_host || args.failover == Some(FaultArg::Partition);
+    if multi_host && !matches!(args.target, TargetArg::Auction) {
+        bail!("--multi-host and --failover partition go with --target auction");
+    }
+    if args.multi_host && args.server.is_some() {
+        bail!(
+            "--multi-host starts its own cluster: give it no --server (to load a multi-host \
+             cluster that runs already, give --server every node's client address instead)"
+        );
+    }
+    if args.attempt_ms == 0 {
+        bail!("--attempt-ms must be at least 1");
+    }
     if let Some(mode) = args.failover {
         let report = match args.target {
             TargetArg::Auction => {
@@ -206,7 +252,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                     mode: match mode {
                         FaultArg::Kill => FaultMode::Kill,
                         FaultArg::Stop => FaultMode::Stop,
+                        FaultArg::Partition => FaultMode::Partition,
                     },
+                    multi_host,
+                    attempt: Duration::from_millis(args.attempt_ms),
                     node_args: vec![
                         "--timeout-ms".into(),
                         args.timeout_ms.to_string(),
@@ -255,9 +304,32 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number");
     }
-    let server = args.server.as_deref().unwrap_or("127.0.0.1:5000");
+    // In multi-host mode, a cluster of the bench's own, kept until the run ends.
+    let cluster = if args.multi_host {
+        let node_args = [
+            "--timeout-ms".into(),
+            args.timeout_ms.to_string(),
+            "--heartbeat-ms".into(),
+            args.heartbeat_ms.to_string(),
+        ];
+        let cluster = MultiHost::start(&node_bin()?, &node_args, false, Duration::from_secs(60))
+            .await
+            .context("starting the multi-host cluster")?;
+        Some(cluster)
+    } else {
+        None
+    };
+    let servers = match (&cluster, args.server.as_deref()) {
+        (Some(cluster), _) => cluster.client_addrs(),
+        (None, Some(list)) if matches!(args.target, TargetArg::Auction) => {
+            addresses(list).context("--server")?
+        }
+        (None, server) => {
+            vec![auction::client::resolve(server.unwrap_or("127.0.0.1:5000")).context("--server")?]
+        }
+    };
     let spec = LoadSpec {
-        server: auction::client::resolve(server).context("--server")?,
+        servers,
         clients: args.clients,
         duration: Duration::from_secs(args.secs),
         rate: args.rate,

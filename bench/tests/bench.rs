@@ -101,9 +101,81 @@ async fn the_bench_measures_the_echo_floor() {
 }
 
 #[tokio::test]
-async fn failover_of_redis_or_etcd_needs_their_addresses_and_a_kill() {
+async fn the_bench_loads_a_multi_host_cluster_of_its_own() {
+    let r = bench(&["--multi-host", "--clients", "4", "--secs", "1", "--json"]).await;
+    assert_answered(&r);
+}
+
+/// The failover times of the multi-host cluster, after each fault: `faults` of them, each the
+/// time from the fault to the first acknowledged bid sent after it.
+async fn multi_host_failover(mode: &str, faults: usize, extra: &[&str]) -> Vec<f64> {
+    let faults_arg = faults.to_string();
+    let mut args = vec![
+        "--failover",
+        mode,
+        "--faults",
+        &faults_arg,
+        "--clients",
+        "4",
+        "--json",
+    ];
+    args.extend(extra);
+    let r = bench(&args).await;
+    assert_eq!(r["target"], "auction-multi-host", "{r}");
+    assert_eq!(r["mode"], mode, "{r}");
+    assert_eq!(r["faults"], faults, "{r}");
+    let times: Vec<f64> = r["times_ms"]
+        .as_array()
+        .expect("times_ms")
+        .iter()
+        .map(|t| t.as_f64().expect("a time in ms"))
+        .collect();
+    assert_eq!(times.len(), faults, "{r}");
+    times
+}
+
+/// A kill -9 closes the leader's connections: its members take over at once, well before the
+/// node timeout (1000 ms by default) that a silent leader would need.
+#[tokio::test]
+async fn the_bench_measures_multi_host_failover_after_a_kill() {
+    let times = multi_host_failover("kill", 2, &["--multi-host"]).await;
+    for t in times {
+        assert!(t > 0.0 && t < 1000.0, "{t} ms");
+    }
+}
+
+/// A partition leaves the leader running and silent: its members take over only once they have
+/// heard nothing for the node timeout, so no failover can be measured shorter than the timeout
+/// less one heartbeat (the last one before the cut may have come a heartbeat early). A cut that
+/// cut nothing would measure a bid's latency instead. Runs in a network namespace of the
+/// bench's own (root, `nft`, `ip` and `etcd` are needed: without them this fails).
+#[tokio::test]
+async fn the_bench_measures_multi_host_failover_after_a_partition() {
+    let times = multi_host_failover(
+        "partition",
+        2,
+        &["--timeout-ms", "600", "--heartbeat-ms", "100"],
+    )
+    .await;
+    for t in times {
+        assert!((500.0..10_000.0).contains(&t), "{t} ms");
+    }
+}
+
+#[tokio::test]
+async fn options_that_cannot_work_are_refused_before_anything_starts() {
     // Each is refused before anything is connected to: no Redis or etcd needed.
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 9] = [
+        (&["--memory", "--multi-host"], "--memory"),
+        (&["--multi-host", "--target", "redis"], "--target auction"),
+        (
+            &["--multi-host", "--server", "127.0.0.1:1"],
+            "give it no --server",
+        ),
+        (
+            &["--multi-host", "--failover", "kill", "--attempt-ms", "0"],
+            "--attempt-ms",
+        ),
         (&["--failover", "kill", "--target", "redis"], "--sentinels"),
         (
             &[
