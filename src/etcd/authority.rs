@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tracing::warn;
 
 use super::registry::{NodeRecord, Registry, RegistryError};
 use crate::authority::{
@@ -101,6 +102,22 @@ fn etcd_error(e: RegistryError) -> AuthorityError {
     }
 }
 
+/// `None` when etcd is out of reach (logged): the caller cannot tell now and asks again later,
+/// rather than ending the node. Other errors (a malformed record) stay errors.
+///
+/// # Errors
+/// What is not etcd being out of reach.
+fn out_of_reach<T>(reply: Result<T, RegistryError>) -> Result<Option<T>, AuthorityError> {
+    match reply {
+        Ok(t) => Ok(Some(t)),
+        Err(RegistryError::Unavailable(why)) => {
+            warn!("etcd is out of reach ({why}); trying again later");
+            Ok(None)
+        }
+        Err(e) => Err(etcd_error(e)),
+    }
+}
+
 impl Authority for EtcdAuthority {
     /// Membership is the member list in etcd, which the leader writes.
     type Membership = ();
@@ -108,40 +125,58 @@ impl Authority for EtcdAuthority {
     /// A deposed leader's process may live on: reads go through the members.
     const READS: Reads = Reads::Barrier;
 
+    /// With etcd out of reach, whether a member lives cannot be told: [`Vacancy::Unknown`],
+    /// and the node asks again later.
     async fn vacancy(&self) -> Result<Vacancy, AuthorityError> {
-        if self
-            .registry
-            .leadership()
-            .await
-            .map_err(etcd_error)?
-            .is_some()
-        {
+        let Some(lead) = out_of_reach(self.registry.leadership().await)? else {
+            return Ok(Vacancy::Unknown);
+        };
+        if lead.is_some() {
             return Ok(Vacancy::Held);
         }
         let listener = self.bind().await?;
-        match self
-            .registry
-            .found(NodeId(self.me.id))
-            .await
-            .map_err(etcd_error)?
-        {
-            Some(epoch) => {
+        match out_of_reach(self.registry.found(NodeId(self.me.id)).await)? {
+            Some(Some(epoch)) => {
                 self.set_leading(epoch);
                 Ok(Vacancy::Free { listener, epoch })
             }
             // Another node founded first.
-            None => Ok(Vacancy::Held),
+            Some(None) => Ok(Vacancy::Held),
+            None => Ok(Vacancy::Unknown),
         }
     }
 
+    /// With etcd out of reach this member cannot take over now: `None`, and it tries again
+    /// (docs/design.md and DESIGN.md, "Multi-host mode": while etcd is unreachable the members
+    /// cannot change; a takeover waits for etcd, it never ends the node). A takeover whose
+    /// answer was lost on the way is recognised at the next claim: the leader key names this
+    /// node at an epoch after the one it followed, which only its own takeover writes.
     async fn claim(&self, state: &ClusterState) -> Result<Option<Claimed>, AuthorityError> {
+        let me = NodeId(self.me.id);
         let listener = self.bind().await?;
-        let members = self.registry.members().await.map_err(etcd_error)?;
-        let won = self
+        let Some(lead) = out_of_reach(self.registry.leadership().await)? else {
+            return Ok(None);
+        };
+        if let Some(lead) = lead
+            && lead.leader == me
+            && lead.epoch > state.epoch
+        {
+            self.set_leading(lead.epoch);
+            return Ok(Some(Claimed {
+                listener,
+                epoch: lead.epoch,
+            }));
+        }
+        let Some(members) = out_of_reach(self.registry.members().await)? else {
+            return Ok(None);
+        };
+        let taken = self
             .registry
-            .take_over(NodeId(self.me.id), state.epoch, state.leader.id, &members)
-            .await
-            .map_err(etcd_error)?;
+            .take_over(me, state.epoch, state.leader.id, &members)
+            .await;
+        let Some(won) = out_of_reach(taken)? else {
+            return Ok(None);
+        };
         Ok(won.map(|epoch| {
             self.set_leading(epoch);
             Claimed { listener, epoch }
@@ -152,12 +187,13 @@ impl Authority for EtcdAuthority {
         Ok(())
     }
 
+    /// With etcd out of reach, no leader is known: `None`, and the node asks again later.
     async fn leader_addr(&self) -> Result<Option<SocketAddr>, AuthorityError> {
-        let Some(lead) = self.registry.leadership().await.map_err(etcd_error)? else {
+        let Some(Some(lead)) = out_of_reach(self.registry.leadership().await)? else {
             return Ok(None);
         };
-        let node = self.registry.node(lead.leader).await.map_err(etcd_error)?;
-        Ok(node.map(|n| n.replica))
+        let node = out_of_reach(self.registry.node(lead.leader).await)?;
+        Ok(node.flatten().map(|n| n.replica))
     }
 
     async fn superseded(&self, state: &ClusterState) -> bool {
@@ -217,5 +253,41 @@ impl Authority for EtcdAuthority {
 
     fn check_holder(&self) -> Result<(), AuthorityError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::Generation;
+
+    /// A node whose etcd is out of reach (nothing listens at the endpoint) waits: it neither
+    /// takes over nor founds, and it does not end (docs/design.md, "Multi-host mode").
+    #[tokio::test]
+    async fn with_etcd_out_of_reach_a_node_cannot_claim_or_found_and_asks_again() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let registry = Registry::new(&[format!("http://{closed}")], "t", None).unwrap();
+        let me = NodeRecord {
+            id: 2,
+            replica: "127.0.0.1:0".parse().unwrap(),
+            client: "127.0.0.1:0".parse().unwrap(),
+        };
+        let authority = EtcdAuthority::new(registry, me);
+        let leader = Member {
+            id: NodeId(1),
+            pid: 1,
+            start_time: 1,
+        };
+        let state = ClusterState::founded(leader, Generation(1));
+        assert!(authority.claim(&state).await.unwrap().is_none());
+        assert!(authority.leader_addr().await.unwrap().is_none());
+        assert!(matches!(
+            authority.vacancy().await.unwrap(),
+            Vacancy::Unknown
+        ));
+        assert!(authority.leading().is_none());
     }
 }
