@@ -97,6 +97,14 @@ fn main() -> ExitCode {
             "a_node_removed_while_cut_off_never_leads_and_rejoins_with_a_state_sync",
             a_node_removed_while_cut_off_never_leads_and_rejoins_with_a_state_sync,
         ),
+        trial(
+            "a_leader_cut_off_from_its_members_but_not_from_etcd_removes_them_and_goes_on",
+            a_leader_cut_off_from_its_members_but_not_from_etcd_removes_them_and_goes_on,
+        ),
+        trial(
+            "a_replica_cut_off_from_the_nodes_but_not_from_etcd_is_removed_and_cannot_depose_the_leader",
+            a_replica_cut_off_from_the_nodes_but_not_from_etcd_is_removed_and_cannot_depose_the_leader,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }
@@ -225,6 +233,33 @@ impl Lab {
             assert!(
                 Instant::now() < deadline,
                 "etcd's members are {got:?}, not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until etcd's member list is the leader's, and etcd names that leader: a member the
+    /// leader counts that etcd does not list could never take over, and one etcd lists that the
+    /// leader does not count could take over without the state.
+    async fn wait_etcd_agrees(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = Client::with_addresses(self.h.cluster.spec.client_addrs(), WAIT)
+                .status()
+                .await
+                .expect("the leader answers status");
+            let mut etcd = self.etcd_members().await;
+            etcd.sort_unstable();
+            let lead = self.etcd_leader().await;
+            let leader = (leader_of(&status), status.epoch);
+            if etcd == member_ids(&status) && lead == Some(leader) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd lists members {etcd:?} and leader {lead:?}; the leader {leader:?} counts \
+                 {:?}",
+                member_ids(&status)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -445,6 +480,7 @@ impl Workload {
             panic!("the history is not linearizable:\n{v}");
         }
         lab.h.assert_no_panics();
+        lab.wait_etcd_agrees().await;
     }
 }
 
@@ -902,5 +938,65 @@ async fn a_node_removed_while_cut_off_never_leads_and_rejoins_with_a_state_sync(
     lab.wait_etcd_members(&[2, 3]).await;
     w.acked_after(w.now(), SERVE_AGAIN, "after the rejoin")
         .await;
+    w.finish(&lab).await;
+}
+
+/// Node 1, the leader, loses its members but not etcd. It removes them after the timeout and
+/// goes on alone; they, which wait for a working leader to remove them before they claim
+/// (`auction_core::follower::silence_limit`), find themselves unlisted and cannot take over.
+/// Once healed, both rejoin with a state sync.
+async fn a_leader_cut_off_from_its_members_but_not_from_etcd_removes_them_and_goes_on() {
+    let mut lab = Lab::start(11, "leader-cut-from-members", 1).await;
+    let w = Workload::start(&lab, 2).await;
+    let before = lab
+        .wait_for("three members", |s| member_ids(s) == [1, 2, 3])
+        .await;
+    let t = w.now();
+    lab.cuts.cut(&[lab.ip(1)], &lab.ips(&[2, 3])).expect("cut");
+    lab.wait_for("node 1 alone", |s| member_ids(s) == [1]).await;
+    w.acked_after(t, SERVE_AGAIN, "leader cut from its members")
+        .await;
+    lab.wait_etcd_members(&[1]).await;
+    cut_off_for_a_while(&mut lab, &w, 2).await;
+    assert_eq!(lab.etcd_leader().await, Some((1, before.epoch)));
+    assert_eq!(lab.h.cluster.running(), [1, 2, 3]);
+    lab.cuts.heal().expect("heal");
+    lab.h
+        .cluster
+        .wait_members(&[2, 3], WAIT)
+        .await
+        .expect("both rejoin");
+    w.acked_after(w.now(), SERVE_AGAIN, "after the heal").await;
+    w.finish(&lab).await;
+}
+
+/// Node 3, a replica, loses the other nodes but not etcd. The leader removes it after the
+/// timeout and goes on; node 3, which waits for a working leader to remove it before it claims,
+/// finds itself unlisted and cannot depose the leader. Once healed, it rejoins with a state
+/// sync.
+async fn a_replica_cut_off_from_the_nodes_but_not_from_etcd_is_removed_and_cannot_depose_the_leader()
+ {
+    let mut lab = Lab::start(12, "replica-cut-from-nodes", 1).await;
+    let w = Workload::start(&lab, 2).await;
+    let before = lab
+        .wait_for("three members", |s| member_ids(s) == [1, 2, 3])
+        .await;
+    let t = w.now();
+    lab.cuts.cut(&[lab.ip(3)], &lab.ips(&[1, 2])).expect("cut");
+    lab.wait_for("node 3 removed", |s| {
+        leader_of(s) == 1 && member_ids(s) == [1, 2]
+    })
+    .await;
+    w.acked_after(t, SERVE_AGAIN, "replica cut from the nodes")
+        .await;
+    lab.wait_etcd_members(&[1, 2]).await;
+    cut_off_for_a_while(&mut lab, &w, 3).await;
+    assert_eq!(lab.etcd_leader().await, Some((1, before.epoch)));
+    assert_eq!(lab.h.cluster.running(), [1, 2, 3]);
+    let synced = lab.lines_of(3, "received the full state");
+    lab.cuts.heal().expect("heal");
+    lab.h.wait_member(3).await;
+    assert!(lab.lines_of(3, "received the full state") > synced);
+    w.acked_after(w.now(), SERVE_AGAIN, "after the heal").await;
     w.finish(&lab).await;
 }
