@@ -234,7 +234,13 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
             replica: cfg.leader_addr(),
             client: cfg.client_addr(),
         };
-        let authority = Arc::new(EtcdAuthority::new(registry, me));
+        // A member takes over from a later leader it could not follow only once that leader,
+        // working, would have removed it.
+        let patience = auction_core::follower::silence_limit(
+            &cfg.timing,
+            auction_core::engine::Reads::Barrier,
+        );
+        let authority = Arc::new(EtcdAuthority::new(registry, me).with_patience(patience));
         authority
             .register()
             .await

@@ -15,12 +15,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use super::registry::{NodeRecord, Registry, RegistryError};
+use super::registry::{Leadership, NodeRecord, Registry, RegistryError};
 use crate::authority::{
     Authority, AuthorityError, Claimed, Fenced, PeerRefusal, Probe, Reads, Vacancy,
 };
@@ -36,6 +36,13 @@ pub struct EtcdAuthority {
     /// The epoch this node leads, once it founded or took over; its membership changes compare
     /// it.
     leading: Mutex<Option<u64>>,
+    /// The latest leadership this node was sent to follow ([`Authority::leader_addr`]), and
+    /// when first: a member whose state is older may take over from it once it has failed to
+    /// follow it for [`EtcdAuthority::patience`].
+    sent_to: Mutex<Option<(Leadership, Instant)>>,
+    /// How long a member tries to follow a leader of a later epoch than its state's before it
+    /// may take over from it: long enough for a leader that works to have removed it.
+    patience: Duration,
 }
 
 impl EtcdAuthority {
@@ -45,6 +52,40 @@ impl EtcdAuthority {
             registry,
             me,
             leading: Mutex::new(None),
+            sent_to: Mutex::new(None),
+            patience: Duration::ZERO,
+        }
+    }
+
+    /// How long a member tries to follow a leader it never got the state of before it may take
+    /// over from it (see [`Authority::claim`]); give it
+    /// `auction_core::follower::silence_limit(timing, Reads::Barrier)`. Zero unless set.
+    #[must_use]
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// The leadership this member may take over from: the one its state follows, or a later
+    /// one (`lead`, now in etcd) whose leader this node was sent to and has failed to follow for
+    /// the patience, since its state is still older.
+    ///
+    /// Taking over from a later epoch it never followed is safe for a member etcd still lists:
+    /// a member is removed from etcd before any leader drops it, and re-added only once it holds
+    /// that leader's state, so every leader since its state's epoch counts it as a member and
+    /// could commit nothing without its ack, which it never gave (DESIGN.md, "Multi-host mode":
+    /// the winner holds every committed change). Without it, a successor that won etcd and died
+    /// before any member took its state left the members waiting for a leader that would never
+    /// answer (found by tests/multi_host_faults.rs).
+    fn takes_over_from(&self, state: &ClusterState, lead: Leadership) -> (u64, NodeId) {
+        let sent_to = *self.sent_to.lock().expect("sent-to lock poisoned");
+        match sent_to {
+            Some((sent, since))
+                if lead.epoch > state.epoch && sent == lead && since.elapsed() >= self.patience =>
+            {
+                (lead.epoch, lead.leader)
+            }
+            _ => (state.epoch, state.leader.id),
         }
     }
 
@@ -167,13 +208,14 @@ impl Authority for EtcdAuthority {
                 epoch: lead.epoch,
             }));
         }
+        let (epoch, old) = match lead {
+            Some(lead) => self.takes_over_from(state, lead),
+            None => (state.epoch, state.leader.id),
+        };
         let Some(members) = out_of_reach(self.registry.members().await)? else {
             return Ok(None);
         };
-        let taken = self
-            .registry
-            .take_over(me, state.epoch, state.leader.id, &members)
-            .await;
+        let taken = self.registry.take_over(me, epoch, old, &members).await;
         let Some(won) = out_of_reach(taken)? else {
             return Ok(None);
         };
@@ -193,14 +235,21 @@ impl Authority for EtcdAuthority {
             return Ok(None);
         };
         let node = out_of_reach(self.registry.node(lead.leader).await)?;
+        let mut sent_to = self.sent_to.lock().expect("sent-to lock poisoned");
+        if sent_to.is_none_or(|(sent, _)| sent != lead) {
+            *sent_to = Some((lead, Instant::now()));
+        }
         Ok(node.flatten().map(|n| n.replica))
     }
 
+    /// Another node took the lead since `state`'s epoch, and this node has not yet been sent to
+    /// follow it in vain (a member whose state is older may take over from a leader it could
+    /// not follow: see [`Authority::claim`]).
     async fn superseded(&self, state: &ClusterState) -> bool {
-        matches!(
-            self.registry.leadership().await,
-            Ok(Some(lead)) if lead.epoch != state.epoch
-        )
+        let Ok(Some(lead)) = self.registry.leadership().await else {
+            return false;
+        };
+        lead.epoch != state.epoch && self.takes_over_from(state, lead).0 == state.epoch
     }
 
     async fn admit(&self, node: &Member) -> Result<(), AuthorityError> {
@@ -289,5 +338,56 @@ mod tests {
             Vacancy::Unknown
         ));
         assert!(authority.leading().is_none());
+    }
+
+    /// A member takes over from a leader of a later epoch than its state's only after it was
+    /// sent to follow that very leader, and failed to for the patience.
+    #[tokio::test]
+    async fn a_member_takes_over_from_a_later_leader_only_after_failing_to_follow_it() {
+        let registry = Registry::new(&["http://127.0.0.1:9".to_string()], "t", None).unwrap();
+        let me = NodeRecord {
+            id: 3,
+            replica: "127.0.0.1:0".parse().unwrap(),
+            client: "127.0.0.1:0".parse().unwrap(),
+        };
+        let old = Member {
+            id: NodeId(1),
+            pid: 1,
+            start_time: 1,
+        };
+        let state = ClusterState::founded(old, Generation(1));
+        let later = Leadership {
+            leader: NodeId(2),
+            epoch: state.epoch + 5,
+        };
+        let followed = (state.epoch, NodeId(1));
+        let patient =
+            EtcdAuthority::new(registry.clone(), me).with_patience(Duration::from_secs(3600));
+        assert_eq!(
+            patient.takes_over_from(&state, later),
+            followed,
+            "never sent to it"
+        );
+        *patient.sent_to.lock().unwrap() = Some((later, Instant::now()));
+        assert_eq!(
+            patient.takes_over_from(&state, later),
+            followed,
+            "not for long"
+        );
+        let hasty = EtcdAuthority::new(registry, me);
+        *hasty.sent_to.lock().unwrap() = Some((later, Instant::now()));
+        assert_eq!(
+            hasty.takes_over_from(&state, later),
+            (later.epoch, NodeId(2))
+        );
+        let other = Leadership {
+            epoch: later.epoch + 1,
+            ..later
+        };
+        assert_eq!(
+            hasty.takes_over_from(&state, other),
+            followed,
+            "sent to another"
+        );
     }
 }
