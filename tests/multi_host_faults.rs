@@ -105,6 +105,10 @@ fn main() -> ExitCode {
             "a_replica_cut_off_from_the_nodes_but_not_from_etcd_is_removed_and_cannot_depose_the_leader",
             a_replica_cut_off_from_the_nodes_but_not_from_etcd_is_removed_and_cannot_depose_the_leader,
         ),
+        trial(
+            "a_successor_that_dies_before_any_member_took_its_state_is_replaced",
+            a_successor_that_dies_before_any_member_took_its_state_is_replaced,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit_code()
 }
@@ -998,5 +1002,45 @@ async fn a_replica_cut_off_from_the_nodes_but_not_from_etcd_is_removed_and_canno
     lab.h.wait_member(3).await;
     assert!(lab.lines_of(3, "received the full state") > synced);
     w.acked_after(w.now(), SERVE_AGAIN, "after the heal").await;
+    w.finish(&lab).await;
+}
+
+/// Node 1 dies; node 2 wins the takeover in etcd but dies before node 3, cut off from it, took
+/// its state. Node 3, which never followed epoch 2's leader, takes over from it once it has
+/// tried to follow it long enough (it is still listed in etcd, so that leader could commit
+/// nothing without it), and serves alone with every acknowledged bid.
+async fn a_successor_that_dies_before_any_member_took_its_state_is_replaced() {
+    let mut lab = Lab::start(13, "successor-dies", 1).await;
+    let w = Workload::start(&lab, 2).await;
+    let before = lab
+        .wait_for("three members", |s| member_ids(s) == [1, 2, 3])
+        .await;
+    lab.cuts.cut(&[lab.ip(3)], &lab.ips(&[2])).expect("cut");
+    let t = w.now();
+    lab.h.cluster.kill(1).await;
+    // Node 2 wins in etcd; it dies at once, long before it would remove node 3 (absent for a
+    // timeout).
+    let deadline = Instant::now() + WAIT;
+    let won = loop {
+        if let Some((2, epoch)) = lab.etcd_leader().await {
+            break epoch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 did not take over in etcd"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    lab.h.cluster.kill(2).await;
+    assert!(won > before.epoch);
+    let after = lab.wait_new_leader(2, won, &[3]).await;
+    assert_eq!(leader_of(&after), 3);
+    w.acked_after(
+        t,
+        SERVE_AGAIN,
+        "kill -9 leader, then its successor before anyone followed it",
+    )
+    .await;
+    lab.cuts.heal().expect("heal");
     w.finish(&lab).await;
 }
