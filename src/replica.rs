@@ -112,6 +112,15 @@ pub async fn follow<A: Authority>(
     let mut tick = tokio::time::interval(timing.heartbeat / SILENCE_CHECKS_PER_HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // A member waits for a working leader to remove it first where a fence only excludes
+    // (auction_core::follower::silence_limit); a joiner, which never takes over, the timeout.
+    let silence_limit = |member: bool| {
+        if member {
+            auction_core::follower::silence_limit(&timing, A::READS)
+        } else {
+            timing.timeout
+        }
+    };
     loop {
         let leader = stream.leader();
         let message = tokio::select! {
@@ -147,7 +156,7 @@ pub async fn follow<A: Authority>(
                 if late_by > timing.heartbeat {
                     info!(?late_by, "this replica was stalled; restarting the leader's clock");
                     last_heard = now;
-                } else if now.saturating_duration_since(last_heard) > timing.timeout {
+                } else if now.saturating_duration_since(last_heard) > silence_limit(member) {
                     if member {
                         // Fenced while this stream is still open, so a leader that was only
                         // slow never sees it end and fences this replica in return.

@@ -3,13 +3,34 @@
 //! reads each message from the wire, hands it to [`LeaderStream::take`] with the time it
 //! arrived, and acknowledges the state it returns.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-use crate::engine::Append;
+use crate::engine::{Append, Reads, Timing};
 use crate::replication::{ChangeKind, ClockReading, ClusterState, Member};
 use crate::types::Millis;
+
+/// How long a member hears nothing from its leader before it gives up on it: fences it and
+/// claims the lead.
+///
+/// Where a fence stops the leader's process ([`Reads::Local`]: one host, SIGKILL), the timeout.
+/// Where a fence only excludes ([`Reads::Barrier`]: etcd, across hosts), a member cut off from
+/// a leader that still works races that leader's removal of it in etcd, and at the timeout it
+/// wins: a replica cut off from the other nodes but not from etcd would depose a leader that
+/// serves with its other members, and lead alone (found by `tests/multi_host_faults.rs`). The
+/// leader removes a member whose oldest unacknowledged message is older than the timeout,
+/// checked at each heartbeat, so by the timeout plus two heartbeats and an etcd write. So such a
+/// member waits longer: half a timeout more (at least four heartbeats), by when a leader that
+/// works has removed it, and its takeover, which needs etcd to list it, fails
+/// (docs/design.md and DESIGN.md, "Multi-host mode": only a listed member takes over). A
+/// leader that is really gone is replaced that much later.
+pub fn silence_limit(timing: &Timing, reads: Reads) -> Duration {
+    match reads {
+        Reads::Local => timing.timeout,
+        Reads::Barrier => timing.timeout + (timing.timeout / 2).max(timing.heartbeat * 4),
+    }
+}
 
 /// What a replica holds: the replicated state, and the latest reading of its leader's auction
 /// clock, from which it resumes the clock if it takes over.
@@ -172,6 +193,32 @@ impl LeaderStream {
                 clock.observe(reading, now);
                 Ok(state)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Across hosts a member gives up on its leader only after a leader that works would have
+    /// removed it (the timeout, plus two heartbeats for its check); on one host, at the timeout.
+    #[test]
+    fn across_hosts_a_member_gives_up_on_its_leader_after_the_leader_would_have_removed_it() {
+        let ms = Duration::from_millis;
+        for (heartbeat, timeout) in [(50, 800), (100, 1_000), (200, 500), (10, 100)] {
+            let timing = Timing {
+                heartbeat: ms(heartbeat),
+                timeout: ms(timeout),
+                spin: Duration::ZERO,
+            };
+            assert_eq!(silence_limit(&timing, Reads::Local), timing.timeout);
+            let removed_by = timing.timeout + 2 * timing.heartbeat;
+            let limit = silence_limit(&timing, Reads::Barrier);
+            assert!(
+                limit >= removed_by + timing.heartbeat,
+                "{timing:?}: gives up at {limit:?}, removed by {removed_by:?}"
+            );
         }
     }
 }

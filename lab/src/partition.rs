@@ -15,7 +15,8 @@
 //! applies to this one.
 
 use std::io;
-use std::ops::{Deref, DerefMut};
+use std::net::IpAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The packet filters of one test: the pairs of addresses between which packets are dropped.
@@ -46,6 +47,33 @@ impl Partitions {
         auction::netfilter::Partitions::new(format!("auction_lab_{}_{n}", std::process::id()))
             .map(Self)
     }
+
+    // The three that change the cuts are forwarded rather than reached through `DerefMut`, so a
+    // call may borrow the owner of this value for its arguments (`lab.cuts.cut(&[lab.ip(1)], ..)`).
+
+    /// [`auction::netfilter::Partitions::cut`].
+    ///
+    /// # Errors
+    /// As for it.
+    pub fn cut<A: Into<IpAddr> + Copy>(&mut self, a: &[A], b: &[A]) -> io::Result<()> {
+        self.0.cut(a, b)
+    }
+
+    /// [`auction::netfilter::Partitions::cut_one_way`].
+    ///
+    /// # Errors
+    /// As for it.
+    pub fn cut_one_way<A: Into<IpAddr> + Copy>(&mut self, from: &[A], to: &[A]) -> io::Result<()> {
+        self.0.cut_one_way(from, to)
+    }
+
+    /// [`auction::netfilter::Partitions::heal`].
+    ///
+    /// # Errors
+    /// As for it.
+    pub fn heal(&mut self) -> io::Result<()> {
+        self.0.heal()
+    }
 }
 
 impl Deref for Partitions {
@@ -53,11 +81,5 @@ impl Deref for Partitions {
 
     fn deref(&self) -> &Self::Target {
         &self.0
-    }
-}
-
-impl DerefMut for Partitions {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
     }
 }

@@ -239,7 +239,13 @@ async fn run(
             replica: cfg.leader_addr(),
             client: cfg.client_addr(),
         };
-        let mut authority = EtcdAuthority::new(registry, me);
+        // A member takes over from a later leader it could not follow only once that leader,
+        // working, would have removed it.
+        let patience = auction_core::follower::silence_limit(
+            &cfg.timing,
+            auction_core::engine::Reads::Barrier,
+        );
+        let mut authority = EtcdAuthority::new(registry, me).with_patience(patience);
         if new_cluster {
             authority = authority.replacing_a_dead_cluster();
         }

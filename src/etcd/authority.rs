@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
@@ -37,6 +37,13 @@ pub struct EtcdAuthority {
     /// The epoch this node leads, once it founded or took over; its membership changes compare
     /// it.
     leading: Mutex<Option<u64>>,
+    /// The latest leadership this node was sent to follow ([`Authority::leader_addr`]), and
+    /// when first: a member whose state is older may take over from it once it has failed to
+    /// follow it for [`EtcdAuthority::patience`].
+    sent_to: Mutex<Option<(Leadership, Instant)>>,
+    /// How long a member tries to follow a leader of a later epoch than its state's before it
+    /// may take over from it: long enough for a leader that works to have removed it.
+    patience: Duration,
     /// Set by `--new-cluster`, until this node first looks for a vacancy: the operator says every
     /// member of the cluster etcd names is dead, so this node founds a new one in its place.
     new_cluster: AtomicBool,
@@ -49,8 +56,19 @@ impl EtcdAuthority {
             registry,
             me,
             leading: Mutex::new(None),
+            sent_to: Mutex::new(None),
+            patience: Duration::ZERO,
             new_cluster: AtomicBool::new(false),
         }
+    }
+
+    /// How long a member tries to follow a leader it never got the state of before it may take
+    /// over from it (see [`Authority::claim`]); give it
+    /// `auction_core::follower::silence_limit(timing, Reads::Barrier)`. Zero unless set.
+    #[must_use]
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// This node founds a new cluster in place of the one etcd names, whose members the
@@ -88,6 +106,29 @@ impl EtcdAuthority {
             );
         }
         Ok(epoch)
+    }
+
+    /// The leadership this member may take over from: the one its state follows, or a later
+    /// one (`lead`, now in etcd) whose leader this node was sent to and has failed to follow for
+    /// the patience, since its state is still older.
+    ///
+    /// Taking over from a later epoch it never followed is safe for a member etcd still lists:
+    /// a member is removed from etcd before any leader drops it, and re-added only once it holds
+    /// that leader's state, so every leader since its state's epoch counts it as a member and
+    /// could commit nothing without its ack, which it never gave (DESIGN.md, "Multi-host mode":
+    /// the winner holds every committed change). Without it, a successor that won etcd and died
+    /// before any member took its state left the members waiting for a leader that would never
+    /// answer (found by tests/multi_host_faults.rs).
+    fn takes_over_from(&self, state: &ClusterState, lead: Leadership) -> (u64, NodeId) {
+        let sent_to = *self.sent_to.lock().expect("sent-to lock poisoned");
+        match sent_to {
+            Some((sent, since))
+                if lead.epoch > state.epoch && sent == lead && since.elapsed() >= self.patience =>
+            {
+                (lead.epoch, lead.leader)
+            }
+            _ => (state.epoch, state.leader.id),
+        }
     }
 
     /// Records where this node serves, so that others can find it once it leads.
@@ -144,6 +185,22 @@ fn etcd_error(e: RegistryError) -> AuthorityError {
     }
 }
 
+/// `None` when etcd is out of reach (logged): the caller cannot tell now and asks again later,
+/// rather than ending the node. Other errors (a malformed record) stay errors.
+///
+/// # Errors
+/// What is not etcd being out of reach.
+fn out_of_reach<T>(reply: Result<T, RegistryError>) -> Result<Option<T>, AuthorityError> {
+    match reply {
+        Ok(t) => Ok(Some(t)),
+        Err(RegistryError::Unavailable(why)) => {
+            warn!("etcd is out of reach ({why}); trying again later");
+            Ok(None)
+        }
+        Err(e) => Err(etcd_error(e)),
+    }
+}
+
 impl Authority for EtcdAuthority {
     /// Membership is the member list in etcd, which the leader writes.
     type Membership = ();
@@ -151,39 +208,64 @@ impl Authority for EtcdAuthority {
     /// A deposed leader's process may live on: reads go through the members.
     const READS: Reads = Reads::Barrier;
 
+    /// With etcd out of reach, whether a member lives cannot be told: [`Vacancy::Unknown`],
+    /// and the node asks again later.
     async fn vacancy(&self) -> Result<Vacancy, AuthorityError> {
-        let lead = self.registry.leadership().await.map_err(etcd_error)?;
+        let Some(lead) = out_of_reach(self.registry.leadership().await)? else {
+            return Ok(Vacancy::Unknown);
+        };
         let replace = self.new_cluster.swap(false, Ordering::Relaxed);
         let listener = match lead {
             Some(_) if !replace => return Ok(Vacancy::Held),
             _ => self.bind().await?,
         };
         let founded = match lead {
-            Some(lead) => self.replace_dead_cluster(lead).await?,
-            None => self
-                .registry
-                .found(NodeId(self.me.id))
-                .await
-                .map_err(etcd_error)?,
+            Some(lead) => Some(self.replace_dead_cluster(lead).await?),
+            None => out_of_reach(self.registry.found(NodeId(self.me.id)).await)?,
         };
         match founded {
-            Some(epoch) => {
+            Some(Some(epoch)) => {
                 self.set_leading(epoch);
                 Ok(Vacancy::Free { listener, epoch })
             }
             // Another node founded first.
-            None => Ok(Vacancy::Held),
+            Some(None) => Ok(Vacancy::Held),
+            None => Ok(Vacancy::Unknown),
         }
     }
 
+    /// With etcd out of reach this member cannot take over now: `None`, and it tries again
+    /// (docs/design.md and DESIGN.md, "Multi-host mode": while etcd is unreachable the members
+    /// cannot change; a takeover waits for etcd, it never ends the node). A takeover whose
+    /// answer was lost on the way is recognised at the next claim: the leader key names this
+    /// node at an epoch after the one it followed, which only its own takeover writes.
     async fn claim(&self, state: &ClusterState) -> Result<Option<Claimed>, AuthorityError> {
+        let me = NodeId(self.me.id);
         let listener = self.bind().await?;
-        let members = self.registry.members().await.map_err(etcd_error)?;
-        let won = self
-            .registry
-            .take_over(NodeId(self.me.id), state.epoch, state.leader.id, &members)
-            .await
-            .map_err(etcd_error)?;
+        let Some(lead) = out_of_reach(self.registry.leadership().await)? else {
+            return Ok(None);
+        };
+        if let Some(lead) = lead
+            && lead.leader == me
+            && lead.epoch > state.epoch
+        {
+            self.set_leading(lead.epoch);
+            return Ok(Some(Claimed {
+                listener,
+                epoch: lead.epoch,
+            }));
+        }
+        let (epoch, old) = match lead {
+            Some(lead) => self.takes_over_from(state, lead),
+            None => (state.epoch, state.leader.id),
+        };
+        let Some(members) = out_of_reach(self.registry.members().await)? else {
+            return Ok(None);
+        };
+        let taken = self.registry.take_over(me, epoch, old, &members).await;
+        let Some(won) = out_of_reach(taken)? else {
+            return Ok(None);
+        };
         Ok(won.map(|epoch| {
             self.set_leading(epoch);
             Claimed { listener, epoch }
@@ -194,19 +276,27 @@ impl Authority for EtcdAuthority {
         Ok(())
     }
 
+    /// With etcd out of reach, no leader is known: `None`, and the node asks again later.
     async fn leader_addr(&self) -> Result<Option<SocketAddr>, AuthorityError> {
-        let Some(lead) = self.registry.leadership().await.map_err(etcd_error)? else {
+        let Some(Some(lead)) = out_of_reach(self.registry.leadership().await)? else {
             return Ok(None);
         };
-        let node = self.registry.node(lead.leader).await.map_err(etcd_error)?;
-        Ok(node.map(|n| n.replica))
+        let node = out_of_reach(self.registry.node(lead.leader).await)?;
+        let mut sent_to = self.sent_to.lock().expect("sent-to lock poisoned");
+        if sent_to.is_none_or(|(sent, _)| sent != lead) {
+            *sent_to = Some((lead, Instant::now()));
+        }
+        Ok(node.flatten().map(|n| n.replica))
     }
 
+    /// Another node took the lead since `state`'s epoch, and this node has not yet been sent to
+    /// follow it in vain (a member whose state is older may take over from a leader it could
+    /// not follow: see [`Authority::claim`]).
     async fn superseded(&self, state: &ClusterState) -> bool {
-        matches!(
-            self.registry.leadership().await,
-            Ok(Some(lead)) if lead.epoch != state.epoch
-        )
+        let Ok(Some(lead)) = self.registry.leadership().await else {
+            return false;
+        };
+        lead.epoch != state.epoch && self.takes_over_from(state, lead).0 == state.epoch
     }
 
     async fn admit(&self, node: &Member) -> Result<(), AuthorityError> {
@@ -259,5 +349,92 @@ impl Authority for EtcdAuthority {
 
     fn check_holder(&self) -> Result<(), AuthorityError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::Generation;
+
+    /// A node whose etcd is out of reach (nothing listens at the endpoint) waits: it neither
+    /// takes over nor founds, and it does not end (docs/design.md, "Multi-host mode").
+    #[tokio::test]
+    async fn with_etcd_out_of_reach_a_node_cannot_claim_or_found_and_asks_again() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let registry = Registry::new(&[format!("http://{closed}")], "t", None).unwrap();
+        let me = NodeRecord {
+            id: 2,
+            replica: "127.0.0.1:0".parse().unwrap(),
+            client: "127.0.0.1:0".parse().unwrap(),
+        };
+        let authority = EtcdAuthority::new(registry, me);
+        let leader = Member {
+            id: NodeId(1),
+            pid: 1,
+            start_time: 1,
+        };
+        let state = ClusterState::founded(leader, Generation(1));
+        assert!(authority.claim(&state).await.unwrap().is_none());
+        assert!(authority.leader_addr().await.unwrap().is_none());
+        assert!(matches!(
+            authority.vacancy().await.unwrap(),
+            Vacancy::Unknown
+        ));
+        assert!(authority.leading().is_none());
+    }
+
+    /// A member takes over from a leader of a later epoch than its state's only after it was
+    /// sent to follow that very leader, and failed to for the patience.
+    #[tokio::test]
+    async fn a_member_takes_over_from_a_later_leader_only_after_failing_to_follow_it() {
+        let registry = Registry::new(&["http://127.0.0.1:9".to_string()], "t", None).unwrap();
+        let me = NodeRecord {
+            id: 3,
+            replica: "127.0.0.1:0".parse().unwrap(),
+            client: "127.0.0.1:0".parse().unwrap(),
+        };
+        let old = Member {
+            id: NodeId(1),
+            pid: 1,
+            start_time: 1,
+        };
+        let state = ClusterState::founded(old, Generation(1));
+        let later = Leadership {
+            leader: NodeId(2),
+            epoch: state.epoch + 5,
+        };
+        let followed = (state.epoch, NodeId(1));
+        let patient =
+            EtcdAuthority::new(registry.clone(), me).with_patience(Duration::from_secs(3600));
+        assert_eq!(
+            patient.takes_over_from(&state, later),
+            followed,
+            "never sent to it"
+        );
+        *patient.sent_to.lock().unwrap() = Some((later, Instant::now()));
+        assert_eq!(
+            patient.takes_over_from(&state, later),
+            followed,
+            "not for long"
+        );
+        let hasty = EtcdAuthority::new(registry, me);
+        *hasty.sent_to.lock().unwrap() = Some((later, Instant::now()));
+        assert_eq!(
+            hasty.takes_over_from(&state, later),
+            (later.epoch, NodeId(2))
+        );
+        let other = Leadership {
+            epoch: later.epoch + 1,
+            ..later
+        };
+        assert_eq!(
+            hasty.takes_over_from(&state, other),
+            followed,
+            "sent to another"
+        );
     }
 }
