@@ -16,6 +16,7 @@ use auction::etcd::registry::{NodeRecord, Registry};
 use auction::leader::Timing;
 use auction::limits::Limits;
 use auction::node::{self, Config, Role, Shutdown};
+use auction::server::Directory;
 use auction::types::{AuctionLength, NodeId};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -174,7 +175,7 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
     let role = Arc::new(Mutex::new(Role::Starting));
     let (stop, shutdown) = Shutdown::new();
     // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
     // Every line is read as bytes, so one that is not UTF-8 (Latin-1 text, half a character
     // left by a backspace) is reported and skipped rather than ending the terminal.
     std::thread::spawn(move || {
@@ -192,31 +193,6 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
             }
         }
     });
-    let terminal_role = role.clone();
-    let duration = cfg.duration;
-    tokio::spawn(async move {
-        while let Some(line) = lines.recv().await {
-            let mut out = std::io::stdout();
-            let Ok(line) = line else {
-                use std::io::Write;
-                let _ = writeln!(out, "ignored a line that is not UTF-8 text");
-                continue;
-            };
-            let result = match console::parse(line.trim_end_matches(['\n', '\r'])) {
-                Ok(Some(command)) => {
-                    console::execute(command, &terminal_role, duration, &mut out).await
-                }
-                Ok(None) => Ok(()),
-                Err(message) => {
-                    use std::io::Write;
-                    writeln!(out, "{message}")
-                }
-            };
-            if result.is_err() {
-                break;
-            }
-        }
-    });
     // How long a node asked to stop may take to leave: a leader answers what is in flight and
     // hands over, a member tells the leader it leaves; each waits at most the timeout.
     let patience = cfg.timing.timeout + Duration::from_secs(1);
@@ -225,6 +201,8 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
         let authority = Arc::new(SingleHost {
             leader_addr: cfg.leader_addr(),
         });
+        let directory = Directory::new(authority.clone(), cfg.id, cfg.client_addr());
+        terminal(lines, role.clone(), cfg.duration, directory);
         tokio::spawn(node::run(cfg, authority, role, shutdown))
     } else {
         // Several hosts: etcd decides who leads and who is a member.
@@ -239,6 +217,8 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
             .register()
             .await
             .context("registering this node in etcd")?;
+        let directory = Directory::new(authority.clone(), cfg.id, cfg.client_addr());
+        terminal(lines, role.clone(), cfg.duration, directory);
         tokio::spawn(node::run(cfg, authority, role, shutdown))
     };
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
@@ -257,4 +237,36 @@ async fn run(cfg: Config, etcd: Vec<String>, cluster: String) -> anyhow::Result<
         }
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
+}
+
+/// Answers the terminal's commands, one per line of `lines`, about the node's `role`.
+fn terminal(
+    mut lines: tokio::sync::mpsc::UnboundedReceiver<Result<String, ()>>,
+    role: Arc<Mutex<Role>>,
+    duration: AuctionLength,
+    directory: Directory,
+) {
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let mut out = std::io::stdout();
+            let Ok(line) = line else {
+                use std::io::Write;
+                let _ = writeln!(out, "ignored a line that is not UTF-8 text");
+                continue;
+            };
+            let result = match console::parse(line.trim_end_matches(['\n', '\r'])) {
+                Ok(Some(command)) => {
+                    console::execute(command, &role, duration, &directory, &mut out).await
+                }
+                Ok(None) => Ok(()),
+                Err(message) => {
+                    use std::io::Write;
+                    writeln!(out, "{message}")
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+    });
 }

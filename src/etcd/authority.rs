@@ -12,16 +12,17 @@
 //!
 //! Failure detection stays on the nodes' heartbeats: etcd only decides who won.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
 use super::registry::{NodeRecord, Registry, RegistryError};
 use crate::authority::{
-    Authority, AuthorityError, Claimed, Fenced, PeerRefusal, Probe, Reads, Vacancy,
+    Authority, AuthorityError, Claimed, Fenced, Mode, PeerRefusal, Probe, Reads, Vacancy,
 };
 use crate::replication::{ClusterState, Member};
 use crate::types::NodeId;
@@ -35,6 +36,8 @@ pub struct EtcdAuthority {
     /// The epoch this node leads, once it founded or took over; its membership changes compare
     /// it.
     leading: Mutex<Option<u64>>,
+    /// Other nodes' records, as last read from etcd and when.
+    records: Mutex<HashMap<NodeId, (NodeRecord, Instant)>>,
 }
 
 impl EtcdAuthority {
@@ -44,6 +47,7 @@ impl EtcdAuthority {
             registry,
             me,
             leading: Mutex::new(None),
+            records: Mutex::new(HashMap::new()),
         }
     }
 
@@ -58,6 +62,11 @@ impl EtcdAuthority {
     fn leading(&self) -> Option<u64> {
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         *self.leading.lock().expect("epoch lock poisoned")
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (NodeRecord, Instant)>> {
+        // Invariant: no code panics while holding this lock, so it is never poisoned.
+        self.records.lock().expect("records lock poisoned")
     }
 
     fn set_leading(&self, epoch: u64) {
@@ -218,4 +227,31 @@ impl Authority for EtcdAuthority {
     fn check_holder(&self) -> Result<(), AuthorityError> {
         Ok(())
     }
+
+    const MODE: Mode = Mode::MultiHost;
+
+    /// The node's record in etcd (`PREFIX/nodes/ID`), kept for [`RECORD_TTL`]: a node writes
+    /// it when it starts, so it changes only when a node starts again elsewhere.
+    async fn client_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        if node.0 == self.me.id {
+            return Some(self.me.client);
+        }
+        let now = Instant::now();
+        if let Some((record, at)) = self.records().get(&node)
+            && now.duration_since(*at) < RECORD_TTL
+        {
+            return Some(record.client);
+        }
+        let record = self.registry.node(node).await.ok().flatten()?;
+        self.records().insert(node, (record, now));
+        Some(record.client)
+    }
+
+    async fn leadership(&self) -> Option<(NodeId, u64)> {
+        let lead = self.registry.leadership().await.ok().flatten()?;
+        Some((lead.leader, lead.epoch))
+    }
 }
+
+/// How long a node record read from etcd is used before it is read again.
+pub const RECORD_TTL: Duration = Duration::from_secs(1);
