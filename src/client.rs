@@ -452,7 +452,11 @@ impl Client {
             Request::Status { leader } => {
                 let s = conn.unary.status(StatusRequest {}).await?.into_inner();
                 if *leader && s.answered_by.is_some() && s.answered_by != s.leader {
-                    return Err(not_the_leader(&s));
+                    let redirect = not_the_leader(&s);
+                    if leader_hint(&redirect).is_none() {
+                        self.next_address();
+                    }
+                    return Err(redirect);
                 }
                 return Ok(Answer::Status(s));
             }
@@ -462,9 +466,8 @@ impl Client {
             Ok(session) => session,
             Err(refused) => {
                 let refused = refused.clone();
-                // A node that names no leader: the next address is tried first next time.
-                if leader_hint(&refused).is_none() && !self.servers.is_empty() {
-                    self.preferred = (self.preferred + 1) % self.servers.len();
+                if leader_hint(&refused).is_none() {
+                    self.next_address();
                 }
                 return Err(refused);
             }
@@ -588,6 +591,13 @@ impl Client {
 }
 
 impl Client {
+    /// A node that answered names no leader: the next address given is dialled first next time.
+    fn next_address(&mut self) {
+        if !self.servers.is_empty() {
+            self.preferred = (self.preferred + 1) % self.servers.len();
+        }
+    }
+
     /// The leader a node named did not answer (`index` is `None` for it): the addresses given
     /// are dialled from now on, until a node names a leader again.
     fn forget_redirect(&mut self, index: Option<usize>) {

@@ -1,6 +1,8 @@
 //! One node: founds a cluster, follows a leader or takes over, as the rules of
 //! [`auction_core::role`] decide, asking the [`Authority`] who leads; while it leads, it serves
-//! the replica and client ports.
+//! the replica and client ports. Across hosts ([`Mode::MultiHost`]) it serves its own client
+//! port for its whole life instead: as the leader while it leads, otherwise redirecting clients
+//! to the leader (and answering a status from the state it holds).
 //!
 //! Only members, which hold every committed change, ever take over; a node that is not a member
 //! founds a new cluster only when the authority says nobody leads and no member lives.

@@ -36,7 +36,8 @@ struct Args {
     /// hand-in's commands use.
     #[arg(long, alias = "port")]
     id: u16,
-    /// Port on which the leader serves clients.
+    /// Port on which the leader serves clients. With --etcd: every node serves clients there,
+    /// on its --host, and one that does not lead names the leader to the client.
     #[arg(long, default_value_t = 5000)]
     client_port: u16,
     /// Port on which the leader serves replicas; holding it is being the leader.

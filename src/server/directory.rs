@@ -70,6 +70,7 @@ impl Directory {
         }
     }
 
+    /// One host or several.
     pub fn mode(&self) -> Mode {
         self.mode
     }

@@ -3,6 +3,7 @@
 //! [`admission`] validates client requests, [`session`] serves a client's session stream, and
 //! the replica port runs the leader's half of [`crate::handshake`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,13 +74,13 @@ impl AuctionService {
     }
 
     /// The leader task that serves a request now, or the redirect to the leader.
-    async fn leader(&self) -> Result<LeaderHandle, Status> {
+    async fn leader(&self) -> Result<Cow<'_, LeaderHandle>, Status> {
         let role = match &self.target {
-            Target::Leader(h) => return Ok(h.clone()),
+            Target::Leader(h) => return Ok(Cow::Borrowed(h)),
             Target::Node(role) => current(role),
         };
         match role {
-            Role::Leader(h) => Ok(h),
+            Role::Leader(h) => Ok(Cow::Owned(h)),
             Role::Replica { state, .. } => {
                 let followed = held(&state).map(|h| h.state.leader.id);
                 Err(self.directory.redirect(followed).await)
@@ -210,7 +211,7 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         req: GrpcRequest<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let leader = self.leader().await?;
+        let leader = self.leader().await?.into_owned();
         let replies = session::serve(req.into_inner(), leader, self.admission.clone());
         Ok(Response::new(replies))
     }
