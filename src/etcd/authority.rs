@@ -231,27 +231,40 @@ impl Authority for EtcdAuthority {
     const MODE: Mode = Mode::MultiHost;
 
     /// The node's record in etcd (`PREFIX/nodes/ID`), kept for [`RECORD_TTL`]: a node writes
-    /// it when it starts, so it changes only when a node starts again elsewhere.
+    /// it when it starts, so it changes only when a node starts again elsewhere. While etcd
+    /// does not answer within [`LOOKUP_TIMEOUT`], the record last read, however old.
     async fn client_addr(&self, node: NodeId) -> Option<SocketAddr> {
         if node.0 == self.me.id {
             return Some(self.me.client);
         }
         let now = Instant::now();
-        if let Some((record, at)) = self.records().get(&node)
-            && now.duration_since(*at) < RECORD_TTL
+        let cached = self.records().get(&node).copied();
+        if let Some((record, at)) = cached
+            && now.duration_since(at) < RECORD_TTL
         {
             return Some(record.client);
         }
-        let record = self.registry.node(node).await.ok().flatten()?;
-        self.records().insert(node, (record, now));
-        Some(record.client)
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.registry.node(node)).await {
+            Ok(Ok(Some(record))) => {
+                self.records().insert(node, (record, now));
+                Some(record.client)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(_)) | Err(_) => cached.map(|(record, _)| record.client),
+        }
     }
 
+    /// The leader key, if etcd answers within [`LOOKUP_TIMEOUT`].
     async fn leadership(&self) -> Option<(NodeId, u64)> {
-        let lead = self.registry.leadership().await.ok().flatten()?;
+        let read = tokio::time::timeout(LOOKUP_TIMEOUT, self.registry.leadership()).await;
+        let lead = read.ok()?.ok()??;
         Some((lead.leader, lead.epoch))
     }
 }
 
 /// How long a node record read from etcd is used before it is read again.
 pub const RECORD_TTL: Duration = Duration::from_secs(1);
+
+/// How long a look-up for clients (a status, a redirect) waits for etcd: a status must not
+/// wait for an etcd that is cut off, so it shows what is known instead.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
