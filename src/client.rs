@@ -790,6 +790,40 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_does_not_lead_names_the_leader_and_a_status_from_it_counts_as_a_redirect() {
+        let mut redirect = Status::unavailable("node 2 does not lead");
+        assert_eq!(leader_hint(&redirect), None);
+        redirect
+            .metadata_mut()
+            .insert(pb::LEADER_METADATA, "127.0.0.5:5000".parse().unwrap());
+        assert_eq!(leader_hint(&redirect), "127.0.0.5:5000".parse().ok());
+        let mut garbage = Status::unavailable("");
+        garbage
+            .metadata_mut()
+            .insert(pb::LEADER_METADATA, "not an address".parse().unwrap());
+        assert_eq!(leader_hint(&garbage), None);
+        let node = |id| pb::NodeIdentity {
+            id,
+            pid: 1,
+            start_time: 1,
+        };
+        let from_replica = StatusReply {
+            leader: Some(node(1)),
+            answered_by: Some(node(2)),
+            leader_address: "127.0.0.5:5000".into(),
+            ..StatusReply::default()
+        };
+        let status = not_the_leader(&from_replica);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(leader_hint(&status), "127.0.0.5:5000".parse().ok());
+        let unknown = StatusReply {
+            leader_address: String::new(),
+            ..from_replica
+        };
+        assert_eq!(leader_hint(&not_the_leader(&unknown)), None);
+    }
+
+    #[test]
     fn sessions_differ_and_are_never_zero() {
         let a = random_session();
         let b = random_session();
