@@ -21,7 +21,9 @@ use tracing::warn;
 
 use crate::process::{self, Listener, MemberMark};
 use crate::replication::{ClusterState, Member};
+use crate::types::NodeId;
 
+pub use crate::view::Mode;
 pub use auction_core::engine::{Probe, Reads};
 
 /// What a node that is not a member found when it looked for a place to lead.
@@ -212,6 +214,24 @@ pub trait Authority: Send + Sync + 'static {
     /// # Errors
     /// [`AuthorityError::Squatter`], naming it.
     fn check_holder(&self) -> Result<(), AuthorityError>;
+
+    /// How this authority's cluster is laid out: one host, or several.
+    const MODE: Mode;
+
+    /// Where node `node` serves clients, as the authority records it: `None` when it records
+    /// no address for it, or cannot be asked now (on one host it records none: every node
+    /// serves the one client address).
+    fn client_addr(&self, node: NodeId) -> impl Future<Output = Option<SocketAddr>> + Send {
+        let _ = node;
+        std::future::ready(None)
+    }
+
+    /// Who leads as the authority records it, and since which epoch: `None` when nobody does,
+    /// when it cannot be asked now, or when the authority records no identity (on one host,
+    /// leading is holding a port).
+    fn leadership(&self) -> impl Future<Output = Option<(NodeId, u64)>> + Send {
+        std::future::ready(None)
+    }
 }
 
 /// The authority of nodes on one host: the replica port, member marks and pidfds.
@@ -346,6 +366,8 @@ impl Authority for SingleHost {
     fn check_holder(&self) -> Result<(), AuthorityError> {
         check_port_holder(self.leader_addr)
     }
+
+    const MODE: Mode = Mode::SingleHost;
 }
 
 /// Fails when `addr`, which this node could not bind and where nothing answered as a node, is

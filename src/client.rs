@@ -17,6 +17,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::auction::Decision;
 use crate::backoff::Backoff;
+use crate::etcd::registry::{Registry, RegistryError};
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, ResultRequest, SessionReply, SessionRequest,
     StartRequest, StatusReply, StatusRequest, WireError, auction_client::AuctionClient,
@@ -119,11 +120,22 @@ pub struct Outcome {
 }
 
 /// A client session with the cluster at one well-known address (which a host name may resolve
-/// to several addresses for).
+/// to several addresses for), at any of several nodes' addresses (across hosts), or at the
+/// addresses etcd records.
+///
+/// Across hosts, a node that does not lead answers with the leader's client address
+/// ([`pb::LEADER_METADATA`]); the client sends the request there again, with the same request
+/// id, and dials that address first from then on.
 #[derive(Debug)]
 pub struct Client {
     /// The addresses to dial, tried in turn from `preferred` on.
     servers: Vec<SocketAddr>,
+    /// The leader's client address, as the last node that does not lead named it: dialled first
+    /// until a connection to it fails.
+    redirect: Option<SocketAddr>,
+    /// Where to read the leader's and the members' client addresses before each connection,
+    /// when given instead of (or besides) addresses.
+    etcd: Option<Registry>,
     /// The index in `servers` of the address that last connected, tried first.
     preferred: usize,
     retry_budget: Duration,
@@ -149,7 +161,11 @@ pub struct Client {
 /// What a client asks the leader.
 enum Request {
     Session(session_request::Op),
-    Status,
+    /// The status; `leader`: the leader's own (a node that does not lead answers with its own
+    /// view, which then counts as a redirect to the leader).
+    Status {
+        leader: bool,
+    },
 }
 
 /// What the leader answered.
@@ -161,7 +177,17 @@ enum Answer {
 /// One connection to the leader with a session stream open on it.
 #[derive(Debug)]
 struct Connection {
+    /// The address it was made to.
+    addr: SocketAddr,
     unary: AuctionClient<Channel>,
+    /// The session stream, or why the node refused to open one: across hosts, a node that
+    /// does not lead refuses it, naming the leader, yet answers a status.
+    session: Result<Session, Status>,
+}
+
+/// A session stream: the requests sent, and the replies.
+#[derive(Debug)]
+struct Session {
     requests: mpsc::Sender<SessionRequest>,
     replies: Streaming<SessionReply>,
 }
@@ -176,6 +202,8 @@ impl Client {
     pub fn with_addresses(servers: Vec<SocketAddr>, retry_budget: Duration) -> Self {
         Self {
             servers,
+            redirect: None,
+            etcd: None,
             preferred: 0,
             retry_budget,
             session: random_session(),
@@ -187,6 +215,14 @@ impl Client {
             operator_token: None,
             tls: None,
         }
+    }
+
+    /// A client that reads where the nodes serve clients from `registry` (the cluster's records
+    /// in etcd) before each connection: the leader first, then the members in succession order.
+    pub fn with_etcd(registry: Registry, retry_budget: Duration) -> Self {
+        let mut client = Self::with_addresses(Vec::new(), retry_budget);
+        client.etcd = Some(registry);
+        client
     }
 
     /// Dials with TLS, trusting the nodes' certificate.
@@ -216,9 +252,15 @@ impl Client {
         self.session
     }
 
-    /// The address dialled first: the one that last connected, else the first one given.
+    /// The address of the open connection, else the one dialled first: the leader's that a
+    /// node named, the one that last connected, or the first one given.
     pub fn server(&self) -> Option<SocketAddr> {
-        self.servers.get(self.preferred).copied()
+        match &self.conn {
+            Some(c) => Some(c.addr),
+            None => self
+                .redirect
+                .or_else(|| self.servers.get(self.preferred).copied()),
+        }
     }
 
     /// How many attempts the last request took: more than one means it was retried, for
@@ -303,13 +345,28 @@ impl Client {
     }
 
     /// The cluster as the leader sees it (without the state digest, which only a node's own
-    /// terminal gets).
+    /// terminal gets). A node that does not lead answers from the state it holds; its answer
+    /// names the leader, whom this asks again.
     ///
     /// # Errors
     /// [`ClientError::Exception`] when no leader answered in time;
     /// [`ClientError::Malformed`] when the answer is not a valid status.
     pub async fn status(&mut self) -> Result<view::Status, ClientError> {
-        match self.retrying(&Request::Status).await? {
+        self.status_of(true).await
+    }
+
+    /// The cluster as the first node that answers sees it: the leader, or (across hosts) a node
+    /// that does not lead, from the state it holds ([`view::Status::answered_by`]).
+    ///
+    /// # Errors
+    /// [`ClientError::Exception`] when no node answered in time;
+    /// [`ClientError::Malformed`] when the answer is not a valid status.
+    pub async fn node_status(&mut self) -> Result<view::Status, ClientError> {
+        self.status_of(false).await
+    }
+
+    async fn status_of(&mut self, leader: bool) -> Result<view::Status, ClientError> {
+        match self.retrying(&Request::Status { leader }).await? {
             Answer::Status(s) => Ok(view::Status::try_from(s)?),
             Answer::Session(other) => {
                 Err(ClientError::Invalid(format!("unexpected reply {other:?}")))
@@ -362,7 +419,13 @@ impl Client {
                 Ok(Err(status)) if !retryable(&status) => {
                     return Err(ClientError::Invalid(status_text(&status)));
                 }
-                Ok(Err(status)) => status_text(&status),
+                Ok(Err(status)) => {
+                    // A node that does not lead names the leader: dial it next.
+                    if let Some(leader) = leader_hint(&status) {
+                        self.redirect = Some(leader);
+                    }
+                    status_text(&status)
+                }
                 Err(_) => "timed out".to_string(),
             };
             self.conn = None;
@@ -386,19 +449,37 @@ impl Client {
         let tag = self.tag;
         let conn = self.conn.as_mut().expect("connected above");
         let op = match request {
-            Request::Status => {
-                let s = conn.unary.status(StatusRequest {}).await?;
-                return Ok(Answer::Status(s.into_inner()));
+            Request::Status { leader } => {
+                let s = conn.unary.status(StatusRequest {}).await?.into_inner();
+                if *leader && s.answered_by.is_some() && s.answered_by != s.leader {
+                    let redirect = not_the_leader(&s);
+                    if leader_hint(&redirect).is_none() {
+                        self.next_address();
+                    }
+                    return Err(redirect);
+                }
+                return Ok(Answer::Status(s));
             }
             Request::Session(op) => op.clone(),
         };
+        let session = match &mut conn.session {
+            Ok(session) => session,
+            Err(refused) => {
+                let refused = refused.clone();
+                if leader_hint(&refused).is_none() {
+                    self.next_address();
+                }
+                return Err(refused);
+            }
+        };
         let message = SessionRequest { tag, op: Some(op) };
-        conn.requests
+        session
+            .requests
             .send(message)
             .await
             .map_err(|_| Status::unavailable("the session stream is closed"))?;
         loop {
-            let reply = conn
+            let reply = session
                 .replies
                 .message()
                 .await?
@@ -421,11 +502,33 @@ impl Client {
     /// and opens a session stream there.
     async fn connect(&mut self, timeout: Duration) -> Result<Connection, Status> {
         let deadline = Instant::now() + timeout;
-        let count = self.servers.len();
         let mut failures = Vec::new();
+        if let Some(registry) = &self.etcd {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, addresses_from_etcd(registry)).await {
+                Ok(Ok(addrs)) if !addrs.is_empty() => {
+                    self.servers = addrs;
+                    self.preferred = 0;
+                }
+                Ok(Ok(_)) => failures.push("etcd records no leader and no member yet".into()),
+                Ok(Err(e)) => failures.push(e.to_string()),
+                Err(_) => failures.push(format!("etcd: no answer within {timeout:?}")),
+            }
+        }
+        // The leader a node named first, then the addresses given, from the last that worked.
+        let count = self.servers.len();
+        let mut order: Vec<(Option<usize>, SocketAddr)> = Vec::with_capacity(count + 1);
+        if let Some(leader) = self.redirect {
+            order.push((None, leader));
+        }
         for i in 0..count {
             let index = (self.preferred + i) % count;
-            let addr = self.servers[index];
+            if Some(self.servers[index]) != self.redirect {
+                order.push((Some(index), self.servers[index]));
+            }
+        }
+        let count = order.len();
+        for (i, (index, addr)) in order.into_iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             let limit = if i + 1 == count {
                 left
@@ -441,10 +544,12 @@ impl Client {
                 Ok(Ok(channel)) => channel,
                 Ok(Err(e)) => {
                     failures.push(format!("{addr}: {}", error_chain(&e)));
+                    self.forget_redirect(index);
                     continue;
                 }
                 Err(_) => {
                     failures.push(format!("{addr}: timed out after {limit:?}"));
+                    self.forget_redirect(index);
                     continue;
                 }
             };
@@ -454,18 +559,27 @@ impl Client {
             // hosts) gets the same time as a connection, then the next address is tried.
             let left = limit.saturating_sub(Instant::now().saturating_duration_since(started));
             let opened = tokio::time::timeout(left, unary.session(ReceiverStream::new(rx))).await;
-            let replies = match opened {
-                Ok(opened) => opened?.into_inner(),
+            let session = match opened {
+                Ok(Ok(replies)) => Ok(Session {
+                    requests,
+                    replies: replies.into_inner(),
+                }),
+                // The node answers but does not lead: it still answers a status.
+                Ok(Err(refused)) if refused.code() == Code::Unavailable => Err(refused),
+                Ok(Err(status)) => return Err(status),
                 Err(_) => {
                     failures.push(format!("{addr}: no answer within {limit:?}"));
+                    self.forget_redirect(index);
                     continue;
                 }
             };
-            self.preferred = index;
+            if let Some(index) = index {
+                self.preferred = index;
+            }
             return Ok(Connection {
+                addr,
                 unary,
-                requests,
-                replies,
+                session,
             });
         }
         Err(Status::unavailable(if failures.is_empty() {
@@ -474,6 +588,73 @@ impl Client {
             format!("cannot connect to {}", failures.join("; "))
         }))
     }
+}
+
+impl Client {
+    /// A node that answered names no leader: the next address given is dialled first next time.
+    fn next_address(&mut self) {
+        if !self.servers.is_empty() {
+            self.preferred = (self.preferred + 1) % self.servers.len();
+        }
+    }
+
+    /// The leader a node named did not answer (`index` is `None` for it): the addresses given
+    /// are dialled from now on, until a node names a leader again.
+    fn forget_redirect(&mut self, index: Option<usize>) {
+        if index.is_none() {
+            self.redirect = None;
+        }
+    }
+}
+
+/// Where the cluster's nodes serve clients, as its records in etcd say: the leader first, then
+/// the other members in succession order (a node with no record is left out).
+///
+/// # Errors
+/// etcd cannot be reached or holds malformed records.
+pub async fn addresses_from_etcd(registry: &Registry) -> Result<Vec<SocketAddr>, RegistryError> {
+    let mut ids = Vec::new();
+    if let Some(lead) = registry.leadership().await? {
+        ids.push(lead.leader);
+    }
+    for id in registry.members().await?.ids {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let mut addrs = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(record) = registry.node(id).await?
+            && !addrs.contains(&record.client)
+        {
+            addrs.push(record.client);
+        }
+    }
+    Ok(addrs)
+}
+
+/// The leader's client address that a node that does not lead named in its refusal.
+fn leader_hint(status: &Status) -> Option<SocketAddr> {
+    status
+        .metadata()
+        .get(pb::LEADER_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A status answered by a node that does not lead, when the leader's was asked for: a redirect
+/// to the leader it names, if it names its address.
+fn not_the_leader(s: &StatusReply) -> Status {
+    let who = s.answered_by.as_ref().map_or(0, |m| m.id);
+    let mut status = Status::unavailable(format!("node {who} answered, and does not lead"));
+    if let Ok(addr) = s.leader_address.parse::<SocketAddr>()
+        && let Ok(value) = tonic::metadata::MetadataValue::try_from(addr.to_string())
+    {
+        status.metadata_mut().insert(pb::LEADER_METADATA, value);
+    }
+    status
 }
 
 /// An error and its sources, as one line: "transport error: ... : Connection refused".
@@ -606,6 +787,40 @@ mod tests {
             })),
             Err(ClientError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_node_that_does_not_lead_names_the_leader_and_a_status_from_it_counts_as_a_redirect() {
+        let mut redirect = Status::unavailable("node 2 does not lead");
+        assert_eq!(leader_hint(&redirect), None);
+        redirect
+            .metadata_mut()
+            .insert(pb::LEADER_METADATA, "127.0.0.5:5000".parse().unwrap());
+        assert_eq!(leader_hint(&redirect), "127.0.0.5:5000".parse().ok());
+        let mut garbage = Status::unavailable("");
+        garbage
+            .metadata_mut()
+            .insert(pb::LEADER_METADATA, "not an address".parse().unwrap());
+        assert_eq!(leader_hint(&garbage), None);
+        let node = |id| pb::NodeIdentity {
+            id,
+            pid: 1,
+            start_time: 1,
+        };
+        let from_replica = StatusReply {
+            leader: Some(node(1)),
+            answered_by: Some(node(2)),
+            leader_address: "127.0.0.5:5000".into(),
+            ..StatusReply::default()
+        };
+        let status = not_the_leader(&from_replica);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(leader_hint(&status), "127.0.0.5:5000".parse().ok());
+        let unknown = StatusReply {
+            leader_address: String::new(),
+            ..from_replica
+        };
+        assert_eq!(leader_hint(&not_the_leader(&unknown)), None);
     }
 
     #[test]

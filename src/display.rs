@@ -40,8 +40,18 @@ pub fn describe_status(s: &Status) -> String {
         .digest
         .map(|d| format!(", digest {d:016x}"))
         .unwrap_or_default();
+    let layout = describe_layout(s)
+        .map(|l| format!("; {l}"))
+        .unwrap_or_default();
+    let answered = match s.answered_by {
+        Some(m) if !s.from_leader() => format!(
+            "; answered by node {}, which does not lead, from the state it holds",
+            m.id
+        ),
+        _ => String::new(),
+    };
     format!(
-        "leader {}, next in line [{}], epoch {}, version {}{digest}; {}",
+        "leader {}, next in line [{}], epoch {}, version {}{digest}; {}{layout}{answered}",
         s.leader.id,
         queue.join(", "),
         s.epoch,
@@ -50,12 +60,31 @@ pub fn describe_status(s: &Status) -> String {
     )
 }
 
+/// Where the cluster serves clients, in words: the mode, the leader's client address and the
+/// members' in succession order (`?` where not known); `None` when the status does not say.
+pub fn describe_layout(s: &Status) -> Option<String> {
+    let mode = s.mode?;
+    let at = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
+    let members: Vec<String> = s
+        .members_with_addrs()
+        .map(|(m, a)| format!("{} at {}", m.id, at(a)))
+        .collect();
+    Some(format!(
+        "{}: leader {} at {}, members in succession order [{}]",
+        mode.name(),
+        s.leader.id,
+        at(s.leader_addr),
+        members.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auction::Bid;
     use crate::replication::Member;
     use crate::types::{Amount, BidderId, NodeId};
+    use crate::view::Mode;
 
     fn open_auction() -> View {
         View {
@@ -103,6 +132,10 @@ mod tests {
             version: 17,
             auction: open_auction(),
             digest: None,
+            mode: None,
+            leader_addr: None,
+            member_addrs: Vec::new(),
+            answered_by: None,
         };
         assert_eq!(
             describe_status(&s),
@@ -111,5 +144,21 @@ mod tests {
         );
         s.digest = Some(0xabc);
         assert!(describe_status(&s).contains("version 17, digest 0000000000000abc; auction 2"));
+        let addr = |last: u8| Some(std::net::SocketAddr::from(([127, 0, 0, last], 5000)));
+        s.mode = Some(Mode::MultiHost);
+        s.leader_addr = addr(2);
+        s.member_addrs = vec![addr(2), None, addr(1)];
+        s.answered_by = Some(node(5402));
+        s.digest = None;
+        assert_eq!(
+            describe_status(&s),
+            "leader 5401, next in line [5402, 5400], epoch 3, version 17; \
+             auction 2 is open: no bids yet; closes in 10 s; \
+             multi-host: leader 5401 at 127.0.0.2:5000, members in succession order \
+             [5401 at 127.0.0.2:5000, 5402 at ?, 5400 at 127.0.0.1:5000]; \
+             answered by node 5402, which does not lead, from the state it holds"
+        );
+        s.answered_by = Some(s.leader);
+        assert!(describe_status(&s).ends_with("5400 at 127.0.0.1:5000]"));
     }
 }

@@ -505,6 +505,8 @@ impl<A: Authority> Leader<A> {
                 Detail::Summary => 0,
                 Detail::WithDigest => digest::of(state),
             },
+            // Where the nodes serve clients: the client port's service fills it in.
+            ..Default::default()
         }
     }
 }

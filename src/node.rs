@@ -1,6 +1,8 @@
 //! One node: founds a cluster, follows a leader or takes over, as the rules of
 //! [`auction_core::role`] decide, asking the [`Authority`] who leads; while it leads, it serves
-//! the replica and client ports.
+//! the replica and client ports. Across hosts ([`Mode::MultiHost`]) it serves its own client
+//! port for its whole life instead: as the leader while it leads, otherwise redirecting clients
+//! to the leader (and answering a status from the state it holds).
 //!
 //! Only members, which hold every committed change, ever take over; a node that is not a member
 //! founds a new cluster only when the authority says nobody leads and no member lives.
@@ -19,7 +21,7 @@ use tracing::{debug, error, info, warn};
 use auction_core::role::{self, Ending, Next, Opening};
 
 use crate::auth::ClusterSecret;
-use crate::authority::{self, Authority, AuthorityError, Claimed, Fenced, Vacancy};
+use crate::authority::{self, Authority, AuthorityError, Claimed, Fenced, Mode, Vacancy};
 use crate::backoff::Backoff;
 use crate::host::fill_random;
 use crate::leader::{self, LeaderHandle, Timing};
@@ -28,7 +30,7 @@ use crate::pb;
 use crate::process;
 use crate::replica::{self, Dial, FollowEnd, SharedState};
 use crate::replication::{ChangeKind, ClockReading, ClusterState, Generation, Member};
-use crate::server::{Admission, AuctionService, ReplicationService};
+use crate::server::{Admission, AuctionService, Directory, ReplicationService};
 use crate::tls::ServerTls;
 use crate::types::{AuctionLength, Credential, NodeId};
 
@@ -39,7 +41,7 @@ pub struct Config {
     pub id: NodeId,
     /// The address every node binds and dials; all nodes must use the same one.
     pub host: IpAddr,
-    /// The leader serves clients here.
+    /// The leader serves clients here (across hosts: every node, on its own address).
     pub client_port: u16,
     /// The leader serves replicas here; holding it is being the leader.
     pub leader_port: u16,
@@ -138,11 +140,84 @@ fn set_role(cell: &RoleCell, role: Role) {
 }
 
 /// Runs the node until `shutdown` fires or it cannot go on, with `authority` deciding who leads.
+/// Across hosts ([`Mode::MultiHost`]) the node serves its client port for its whole life: as
+/// the leader while it leads, otherwise redirecting clients to the leader.
 ///
 /// # Errors
 /// A well-known port is held by another program, the leader refused this node (its id is in
 /// use), or the node could not read its own process information.
 pub async fn run<A: Authority>(
+    cfg: Config,
+    authority: Arc<A>,
+    role: RoleCell,
+    shutdown: Shutdown,
+) -> Result<(), NodeError> {
+    if A::MODE == Mode::SingleHost {
+        return run_roles(cfg, authority, role, shutdown).await;
+    }
+    let (stop, stopped) = Shutdown::new();
+    let clients = serve_clients_for_life(&cfg, &authority, &role, stopped).await?;
+    let timeout = cfg.timing.timeout;
+    let result = run_roles(cfg, authority, role, shutdown).await;
+    // The node is done: its client port answers no more (requests in flight get the time a
+    // leader gets to answer them).
+    let _ = stop.send(true);
+    let mut clients = clients;
+    match tokio::time::timeout(timeout, &mut clients).await {
+        Ok(Ok(Err(e))) => warn!("client server failed: {e}"),
+        Ok(_) => {}
+        Err(_) => clients.abort(),
+    }
+    result
+}
+
+/// Binds this node's client port and serves it until `stopped` fires: as the leader while
+/// `role` says this node leads, otherwise with redirects to the leader.
+///
+/// # Errors
+/// The client port cannot be bound.
+async fn serve_clients_for_life<A: Authority>(
+    cfg: &Config,
+    authority: &Arc<A>,
+    role: &RoleCell,
+    stopped: Shutdown,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, NodeError> {
+    let listener = TcpListener::bind(cfg.client_addr())
+        .await
+        .map_err(io("binding the client port"))?;
+    info!(client_addr = %cfg.client_addr(), "serving clients (redirecting them while another node leads)");
+    let directory = Directory::new(authority.clone(), cfg.id, cfg.client_addr());
+    let service = AuctionService::of_node(role.clone(), admission(cfg), directory);
+    let server = server(cfg)?
+        .max_concurrent_streams(Some(cfg.limits.max_streams))
+        .add_service(
+            pb::auction_server::AuctionServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            limits::at_most(
+                incoming(listener),
+                cfg.limits.max_connections,
+                "client",
+                None,
+            ),
+            stopped.wait(),
+        );
+    Ok(tokio::spawn(server))
+}
+
+/// What the client port admits, from the node's configuration.
+fn admission(cfg: &Config) -> Admission {
+    Admission {
+        operator: cfg.operator,
+        default_duration: cfg.duration,
+        session_rate: cfg.limits.session_rate,
+    }
+}
+
+/// Runs the node's roles (following, taking over, leading) until `shutdown` fires or it cannot
+/// go on.
+async fn run_roles<A: Authority>(
     cfg: Config,
     authority: Arc<A>,
     role: RoleCell,
@@ -419,20 +494,26 @@ async fn lead<A: Authority>(
             ended(),
         );
     let replication = tokio::spawn(replication);
+    if A::MODE == Mode::MultiHost {
+        // The node's one client server (see `run`) serves clients through the role, which now
+        // names this leader.
+        match replication.await {
+            Ok(r) => r?,
+            Err(e) => warn!("replication server task failed: {e}"),
+        }
+        return deposed_unless(&shutdown);
+    }
     let client_listener = tokio::select! {
         () = ended() => return deposed_unless(&shutdown),
         l = bind_client_port(cfg.client_addr()) => l?,
     };
     info!(client_addr = %cfg.client_addr(), "serving clients");
-    let admission = Admission {
-        operator: cfg.operator,
-        default_duration: cfg.duration,
-        session_rate: cfg.limits.session_rate,
-    };
+    let directory = Directory::new(authority.clone(), cfg.id, cfg.client_addr());
+    let service = AuctionService::new(handle.clone(), admission(cfg), directory);
     server(cfg)?
         .max_concurrent_streams(Some(cfg.limits.max_streams))
         .add_service(
-            pb::auction_server::AuctionServer::new(AuctionService::new(handle.clone(), admission))
+            pb::auction_server::AuctionServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(

@@ -39,6 +39,50 @@ pub enum WireError {
     HighestBid,
     #[error("an auction view contradicts itself: {0}")]
     View(&'static str),
+    #[error("{0:?} is not an IP:PORT address")]
+    Address(String),
+    #[error("unknown cluster mode {0}")]
+    Mode(i32),
+    #[error("{addresses} member addresses for {members} members")]
+    MemberAddresses { addresses: usize, members: usize },
+}
+
+/// The gRPC metadata key with which a node that does not lead names the leader's client address
+/// (`IP:PORT`) in its refusal, so that a client sends the request there.
+pub const LEADER_METADATA: &str = "auction-leader";
+
+/// Reads an `IP:PORT` address from the wire: `None` when empty (not known).
+fn address(text: &str) -> Result<Option<std::net::SocketAddr>, WireError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| WireError::Address(text.chars().take(64).collect()))
+}
+
+/// An address as the wire carries it: empty when not known.
+fn address_text(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map(|a| a.to_string()).unwrap_or_default()
+}
+
+impl From<view::Mode> for ClusterMode {
+    fn from(m: view::Mode) -> Self {
+        match m {
+            view::Mode::SingleHost => Self::SingleHost,
+            view::Mode::MultiHost => Self::MultiHost,
+        }
+    }
+}
+
+/// Reads a cluster mode: `None` when not said.
+fn mode(value: i32) -> Result<Option<view::Mode>, WireError> {
+    match ClusterMode::try_from(value) {
+        Ok(ClusterMode::Unspecified) => Ok(None),
+        Ok(ClusterMode::SingleHost) => Ok(Some(view::Mode::SingleHost)),
+        Ok(ClusterMode::MultiHost) => Ok(Some(view::Mode::MultiHost)),
+        Err(_) => Err(WireError::Mode(value)),
+    }
 }
 
 /// The largest version, epoch or auction number a state may arrive with. Each grows by one per
@@ -245,6 +289,10 @@ impl From<&view::Status> for StatusReply {
             version: s.version,
             auction: Some((&s.auction).into()),
             digest: s.digest.unwrap_or(0),
+            mode: s.mode.map_or(ClusterMode::Unspecified, ClusterMode::from) as i32,
+            leader_address: address_text(s.leader_addr),
+            member_addresses: s.member_addrs.iter().map(|a| address_text(*a)).collect(),
+            answered_by: s.answered_by.map(Into::into),
         }
     }
 }
@@ -252,18 +300,33 @@ impl From<&view::Status> for StatusReply {
 impl TryFrom<StatusReply> for view::Status {
     type Error = WireError;
     fn try_from(s: StatusReply) -> Result<Self, WireError> {
+        let members: Vec<Member> = s
+            .members
+            .into_iter()
+            .map(Member::try_from)
+            .collect::<Result<_, _>>()?;
+        if !s.member_addresses.is_empty() && s.member_addresses.len() != members.len() {
+            return Err(WireError::MemberAddresses {
+                addresses: s.member_addresses.len(),
+                members: members.len(),
+            });
+        }
         Ok(Self {
             leader: member(s.leader, "leader")?,
-            members: s
-                .members
-                .into_iter()
-                .map(Member::try_from)
-                .collect::<Result<_, _>>()?,
+            members,
             epoch: counter(s.epoch, "epoch")?,
             version: counter(s.version, "version")?,
             auction: required(s.auction, "auction")?.try_into()?,
             // 0 means none: only a node's own terminal asks for the digest.
             digest: (s.digest != 0).then_some(s.digest),
+            mode: mode(s.mode)?,
+            leader_addr: address(&s.leader_address)?,
+            member_addrs: s
+                .member_addresses
+                .iter()
+                .map(|a| address(a))
+                .collect::<Result<_, _>>()?,
+            answered_by: s.answered_by.map(Member::try_from).transpose()?,
         })
     }
 }
@@ -575,6 +638,10 @@ mod tests {
             version: s.version,
             auction: View::of(s.machine.auction.observe(Millis(3_000)), 1_700_000_000_000),
             digest: None,
+            mode: Some(view::Mode::MultiHost),
+            leader_addr: Some("127.0.0.8:5000".parse().unwrap()),
+            member_addrs: vec![Some("127.0.0.8:5000".parse().unwrap()), None],
+            answered_by: Some(node(5401)),
         }
     }
 
@@ -645,6 +712,35 @@ mod tests {
             refused(|s| s.auction.as_mut().unwrap().highest_bid = 0),
             WireError::HighestBid
         );
+        assert_eq!(
+            refused(|s| s.leader_address = "nowhere".into()),
+            WireError::Address("nowhere".into())
+        );
+        assert_eq!(
+            refused(|s| s.member_addresses[0] = "1.2.3.4".into()),
+            WireError::Address("1.2.3.4".into())
+        );
+        assert_eq!(
+            refused(|s| s.member_addresses.pop().map_or((), drop)),
+            WireError::MemberAddresses {
+                addresses: 1,
+                members: 2
+            }
+        );
+        assert_eq!(refused(|s| s.mode = 9), WireError::Mode(9));
+        assert_eq!(
+            refused(|s| s.answered_by.as_mut().unwrap().id = 70_000),
+            WireError::NodeId(70_000)
+        );
+        // A node that says nothing of the layout (no mode, no addresses) is still understood.
+        let mut bare = good.clone();
+        bare.mode = 0;
+        bare.leader_address.clear();
+        bare.member_addresses.clear();
+        bare.answered_by = None;
+        let read = view::Status::try_from(bare).unwrap();
+        assert_eq!((read.mode, read.leader_addr), (None, None));
+        assert!(read.member_addrs.is_empty() && read.from_leader());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! sends them as wire messages ([`auction_view`], [`decision_reply`]); a client gets them back
 //! through the validated conversions in [`crate::pb`]; [`crate::display`] puts them in words.
 
+use std::net::SocketAddr;
+
 use crate::auction::{Bid, Decision, Observation};
 use crate::pb;
 use crate::replication::Member;
@@ -62,7 +64,28 @@ impl View {
     }
 }
 
-/// The cluster as its leader reports it.
+/// How a cluster decides who leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// All nodes on one host: the OS decides; every node serves the one client address.
+    SingleHost,
+    /// Nodes on several hosts (`--etcd`): etcd decides; each node serves clients on its own
+    /// address.
+    MultiHost,
+}
+
+impl Mode {
+    /// `single-host` or `multi-host`, as the status shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SingleHost => "single-host",
+            Self::MultiHost => "multi-host",
+        }
+    }
+}
+
+/// The cluster as its leader reports it, or (across hosts) as a node that does not lead knows it
+/// from the replicated state it holds ([`Status::answered_by`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     /// The node that answered as the leader.
@@ -79,9 +102,32 @@ pub struct Status {
     /// A hash of the leader's whole replicated state (equal states, equal digests): only a
     /// node's own terminal asks for it, so `None` at a client.
     pub digest: Option<u64>,
+    /// How the cluster decides who leads; `None` from a node that did not say.
+    pub mode: Option<Mode>,
+    /// Where the leader serves clients, if the answering node knows.
+    pub leader_addr: Option<SocketAddr>,
+    /// Where each member serves clients, in the order of [`Status::members`] (`None` where not
+    /// known); empty from a node that did not say.
+    pub member_addrs: Vec<Option<SocketAddr>>,
+    /// The node that answered, if it said: the leader, or a node that does not lead.
+    pub answered_by: Option<Member>,
 }
 
 impl Status {
+    /// Whether the leader itself answered (a node that does not say which node it is counts as
+    /// the leader, as every node did before nodes that do not lead answered too).
+    pub fn from_leader(&self) -> bool {
+        self.answered_by.is_none_or(|m| m == self.leader)
+    }
+
+    /// The members in succession order, each with where it serves clients, if known.
+    pub fn members_with_addrs(&self) -> impl Iterator<Item = (&Member, Option<SocketAddr>)> {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m, self.member_addrs.get(i).copied().flatten()))
+    }
+
     /// Whether node `id` is a member.
     pub fn is_member(&self, id: NodeId) -> bool {
         self.members.iter().any(|m| m.id == id)

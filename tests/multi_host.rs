@@ -87,19 +87,30 @@ async fn killing_the_leader_loses_no_acknowledged_bid_and_a_member_takes_over_at
 }
 
 #[tokio::test]
-async fn a_node_of_a_cluster_in_etcd_serves_clients_only_while_it_leads() {
+async fn every_node_of_a_cluster_in_etcd_serves_its_client_port_and_only_the_leader_decides() {
     let etcd = etcd().await;
     let h = cluster(&etcd, "serving", 120).await;
     let status = h.wait_leader(1).await;
     assert_eq!(leader_of(&status), 1);
-    // Only the leader's address takes clients: the others' client ports are closed.
+    // Every node's address takes clients; only the leader answers a read, the others name it.
     let addrs = h.cluster.spec.client_addrs();
     for (i, addr) in addrs.iter().enumerate() {
-        let open =
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-                .await
-                .is_ok_and(|c| c.is_ok());
-        assert_eq!(open, i == 0, "client port of node {} at {addr}", i + 1);
+        let mut raw = auction::pb::auction_client::AuctionClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap_or_else(|e| panic!("client port of node {} at {addr}: {e}", i + 1));
+        let read = raw.result(auction::pb::ResultRequest {}).await;
+        match read {
+            Ok(_) => assert_eq!(i, 0, "node {} answered a read but does not lead", i + 1),
+            Err(refused) => {
+                assert_ne!(i, 0, "the leader refused a read: {refused:?}");
+                let named = refused.metadata().get(auction::pb::LEADER_METADATA);
+                assert_eq!(
+                    named.and_then(|v| v.to_str().ok()),
+                    Some(addrs[0].to_string().as_str()),
+                    "{refused:?}"
+                );
+            }
+        }
     }
 }
 

@@ -11,10 +11,12 @@ use anyhow::{Context, anyhow};
 use auction::auth::{AuthDir, AuthError};
 use auction::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Outcome};
 use auction::display::{describe_auction, describe_status};
+use auction::etcd::access::EtcdArgs;
+use auction::etcd::registry::Registry;
 use auction::input::{self, Line, LineError, LineRead};
 use auction::tls::{self, ClientTls};
 use auction::types::{Amount, AuctionLength, BidderId};
-use auction::view::{Status, View};
+use auction::view::{Mode, Status, View};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -39,9 +41,16 @@ struct Args {
     #[arg(long)]
     id: Option<String>,
     /// The cluster's client address, HOST:PORT, or several, comma-separated (the nodes of a
-    /// cluster across hosts); each address given or resolved is tried in turn.
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    /// cluster across hosts: any node's address will do, since a node that does not lead names
+    /// the leader, and the client sends the request there); each address given or resolved is
+    /// tried in turn.
+    #[arg(long, default_value = "127.0.0.1:5000", conflicts_with = "etcd")]
     server: String,
+    /// Instead of --server, --etcd: find the nodes of a cluster across hosts through etcd. The
+    /// leader's and the members' client addresses are read from the cluster's records there
+    /// before each connection. The other etcd options are the nodes' own.
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// How long to keep retrying (across failovers) before reporting an exception, in ms: at most
     /// a minute, far below the 10 minutes a node remembers a session for exactly-once.
     #[arg(long, default_value_t = DEFAULT_RETRY_BUDGET.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -70,7 +79,9 @@ enum Command {
     },
     /// The highest bid while open; the winner once closed.
     Result,
-    /// Who leads, the members in succession order, versions.
+    /// The mode, who leads and where, the members in succession order with their addresses,
+    /// the epoch and the version, as the node asked sees them (across hosts, a node that does
+    /// not lead answers from the state it holds).
     Status,
     /// Start the next auction: `start 60`, as in a node's terminal, or `start --duration 60`.
     Start {
@@ -195,8 +206,19 @@ fn bidder(id: Option<&str>, auth: &AuthDir, client: &mut Client) -> anyhow::Resu
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let servers = auction::client::resolve_all(&args.server).context("--server")?;
-    let mut client = Client::with_addresses(servers, Duration::from_millis(args.retry_ms));
+    let budget = Duration::from_millis(args.retry_ms);
+    let (mut client, server) = if let Some(etcd) = args.etcd.access().context("--etcd")? {
+        let cluster = &args.etcd.cluster;
+        let registry = Registry::connect(&etcd, cluster, None).context("--etcd")?;
+        let at = format!(
+            "the cluster {cluster:?} in etcd {}",
+            etcd.endpoints.join(",")
+        );
+        (Client::with_etcd(registry, budget), at)
+    } else {
+        let servers = auction::client::resolve_all(&args.server).context("--server")?;
+        (Client::with_addresses(servers, budget), args.server.clone())
+    };
     let auth_dir = match &args.auth_dir {
         Some(dir) => dir.clone(),
         None => AuthDir::default_path()?,
@@ -226,7 +248,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 sent: 0,
                 answered: 0,
             };
-            return session.run(&args.server).await;
+            return session.run(&server).await;
         }
         Some(Command::Bid { amount }) => {
             let bidder = bidder(args.id.as_deref(), &auth, &mut client)?;
@@ -235,7 +257,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             decision("bid", &client.bid(&bidder, amount).await, json)
         }
         Some(Command::Result) => result(&client.result().await, json),
-        Some(Command::Status) => status(&client.status().await, json),
+        Some(Command::Status) => status(&client.node_status().await, json),
         Some(Command::Start { secs, duration }) => {
             let duration = secs
                 .or(duration)
@@ -346,7 +368,7 @@ impl Session {
                 decision("bid", &self.client.bid(bidder, amount).await, json)
             }
             Line::Result => result(&self.client.result().await, json),
-            Line::Status => status(&self.client.status().await, json),
+            Line::Status => status(&self.client.node_status().await, json),
             Line::Start(duration) => {
                 if let Err(e) = self.operator() {
                     return self.not_sent(e);
@@ -450,11 +472,19 @@ fn status(r: &Result<Status, ClientError>, json: bool) -> (u8, String) {
         return (0, format!("status: {}", describe_status(s)));
     }
     let v = json!({
+        "mode": s.mode.map(Mode::name),
         "leader": s.leader.id.0,
         "leader_pid": s.leader.pid,
+        "leader_address": s.leader_addr.map(|a| a.to_string()),
         "members": s.members.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+        "member_addresses": s
+            .members_with_addrs()
+            .map(|(_, a)| a.map(|a| a.to_string()))
+            .collect::<Vec<_>>(),
         "epoch": s.epoch,
         "version": s.version,
+        "answered_by": s.answered_by.map(|m| m.id.0),
+        "answered_by_leader": s.from_leader(),
     });
     (0, v.to_string())
 }

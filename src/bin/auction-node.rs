@@ -17,6 +17,7 @@ use auction::etcd::registry::{NodeRecord, Registry};
 use auction::leader::Timing;
 use auction::limits::Limits;
 use auction::node::{self, Config, Role, Shutdown};
+use auction::server::Directory;
 use auction::types::{AuctionLength, NodeId};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,7 +37,8 @@ struct Args {
     /// hand-in's commands use.
     #[arg(long, alias = "port")]
     id: u16,
-    /// Port on which the leader serves clients.
+    /// Port on which the leader serves clients. With --etcd: every node serves clients there,
+    /// on its --host, and one that does not lead names the leader to the client.
     #[arg(long, default_value_t = 5000)]
     client_port: u16,
     /// Port on which the leader serves replicas; holding it is being the leader.
@@ -185,7 +187,7 @@ async fn run(
     let role = Arc::new(Mutex::new(Role::Starting));
     let (stop, shutdown) = Shutdown::new();
     // The terminal: a plain thread, because a blocked read of stdin must not hold up exit.
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
     // Every line is read as bytes, so one that is not UTF-8 (Latin-1 text, half a character
     // left by a backspace) is reported and skipped rather than ending the terminal.
     std::thread::spawn(move || {
@@ -199,31 +201,6 @@ async fn run(
             }
             let line = String::from_utf8(std::mem::take(&mut bytes)).map_err(|_| ());
             if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let terminal_role = role.clone();
-    let duration = cfg.duration;
-    tokio::spawn(async move {
-        while let Some(line) = lines.recv().await {
-            let mut out = std::io::stdout();
-            let Ok(line) = line else {
-                use std::io::Write;
-                let _ = writeln!(out, "ignored a line that is not UTF-8 text");
-                continue;
-            };
-            let result = match console::parse(line.trim_end_matches(['\n', '\r'])) {
-                Ok(Some(command)) => {
-                    console::execute(command, &terminal_role, duration, &mut out).await
-                }
-                Ok(None) => Ok(()),
-                Err(message) => {
-                    use std::io::Write;
-                    writeln!(out, "{message}")
-                }
-            };
-            if result.is_err() {
                 break;
             }
         }
@@ -254,12 +231,16 @@ async fn run(
             .register()
             .await
             .context("registering this node in etcd")?;
+        let directory = Directory::new(authority.clone(), cfg.id, cfg.client_addr());
+        terminal(lines, role.clone(), cfg.duration, directory);
         tokio::spawn(node::run(cfg, authority, role, shutdown))
     } else {
         // One host: leadership is the replica port, membership a member mark, fencing a pidfd.
         let authority = Arc::new(SingleHost {
             leader_addr: cfg.leader_addr(),
         });
+        let directory = Directory::new(authority.clone(), cfg.id, cfg.client_addr());
+        terminal(lines, role.clone(), cfg.duration, directory);
         tokio::spawn(node::run(cfg, authority, role, shutdown))
     };
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
@@ -278,4 +259,36 @@ async fn run(
         }
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
+}
+
+/// Answers the terminal's commands, one per line of `lines`, about the node's `role`.
+fn terminal(
+    mut lines: tokio::sync::mpsc::UnboundedReceiver<Result<String, ()>>,
+    role: Arc<Mutex<Role>>,
+    duration: AuctionLength,
+    directory: Directory,
+) {
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let mut out = std::io::stdout();
+            let Ok(line) = line else {
+                use std::io::Write;
+                let _ = writeln!(out, "ignored a line that is not UTF-8 text");
+                continue;
+            };
+            let result = match console::parse(line.trim_end_matches(['\n', '\r'])) {
+                Ok(Some(command)) => {
+                    console::execute(command, &role, duration, &directory, &mut out).await
+                }
+                Ok(None) => Ok(()),
+                Err(message) => {
+                    use std::io::Write;
+                    writeln!(out, "{message}")
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+    });
 }

@@ -18,8 +18,9 @@ pub const PASSWORD_ENV: &str = "AUCTION_ETCD_PASSWORD";
 /// The options that point a node or a client at etcd (flattened into their command lines).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct EtcdArgs {
-    /// Multi-host mode: etcd decides who leads and who is a member. The etcd client URLs,
-    /// comma-separated (http://HOST:2379,... or https://HOST:2379,... with --etcd-ca).
+    /// Multi-host mode: the etcd client URLs, comma-separated (http://HOST:2379,... or
+    /// https://HOST:2379,... with --etcd-ca). etcd decides who leads and who is a member; a
+    /// client finds the nodes there instead of --server.
     #[arg(long, value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// Multi-host mode: the key prefix of this cluster in etcd, so several clusters share one.

@@ -12,6 +12,7 @@
 //!
 //! Failure detection stays on the nodes' heartbeats: etcd only decides who won.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -23,7 +24,7 @@ use tracing::warn;
 
 use super::registry::{Leadership, NodeRecord, REQUEST_TIMEOUT, Registry, RegistryError};
 use crate::authority::{
-    Authority, AuthorityError, Claimed, Fenced, PeerRefusal, Probe, Reads, Vacancy,
+    Authority, AuthorityError, Claimed, Fenced, Mode, PeerRefusal, Probe, Reads, Vacancy,
 };
 use crate::replication::{ClusterState, Member};
 use crate::types::NodeId;
@@ -47,6 +48,8 @@ pub struct EtcdAuthority {
     /// Set by `--new-cluster`, until this node first looks for a vacancy: the operator says every
     /// member of the cluster etcd names is dead, so this node founds a new one in its place.
     new_cluster: AtomicBool,
+    /// Other nodes' records, as last read from etcd and when.
+    records: Mutex<HashMap<NodeId, (NodeRecord, Instant)>>,
 }
 
 impl EtcdAuthority {
@@ -59,6 +62,7 @@ impl EtcdAuthority {
             sent_to: Mutex::new(None),
             patience: Duration::ZERO,
             new_cluster: AtomicBool::new(false),
+            records: Mutex::new(HashMap::new()),
         }
     }
 
@@ -142,6 +146,11 @@ impl EtcdAuthority {
     fn leading(&self) -> Option<u64> {
         // Invariant: no code panics while holding this lock, so it is never poisoned.
         *self.leading.lock().expect("epoch lock poisoned")
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (NodeRecord, Instant)>> {
+        // Invariant: no code panics while holding this lock, so it is never poisoned.
+        self.records.lock().expect("records lock poisoned")
     }
 
     fn set_leading(&self, epoch: u64) {
@@ -350,7 +359,47 @@ impl Authority for EtcdAuthority {
     fn check_holder(&self) -> Result<(), AuthorityError> {
         Ok(())
     }
+
+    const MODE: Mode = Mode::MultiHost;
+
+    /// The node's record in etcd (`PREFIX/nodes/ID`), kept for [`RECORD_TTL`]: a node writes
+    /// it when it starts, so it changes only when a node starts again elsewhere. While etcd
+    /// does not answer within [`LOOKUP_TIMEOUT`], the record last read, however old.
+    async fn client_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        if node.0 == self.me.id {
+            return Some(self.me.client);
+        }
+        let now = Instant::now();
+        let cached = self.records().get(&node).copied();
+        if let Some((record, at)) = cached
+            && now.duration_since(at) < RECORD_TTL
+        {
+            return Some(record.client);
+        }
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.registry.node(node)).await {
+            Ok(Ok(Some(record))) => {
+                self.records().insert(node, (record, now));
+                Some(record.client)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(_)) | Err(_) => cached.map(|(record, _)| record.client),
+        }
+    }
+
+    /// The leader key, if etcd answers within [`LOOKUP_TIMEOUT`].
+    async fn leadership(&self) -> Option<(NodeId, u64)> {
+        let read = tokio::time::timeout(LOOKUP_TIMEOUT, self.registry.leadership()).await;
+        let lead = read.ok()?.ok()??;
+        Some((lead.leader, lead.epoch))
+    }
 }
+
+/// How long a node record read from etcd is used before it is read again.
+pub const RECORD_TTL: Duration = Duration::from_secs(1);
+
+/// How long a look-up for clients (a status, a redirect) waits for etcd: a status must not
+/// wait for an etcd that is cut off, so it shows what is known instead.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {

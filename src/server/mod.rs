@@ -3,6 +3,7 @@
 //! [`admission`] validates client requests, [`session`] serves a client's session stream, and
 //! the replica port runs the leader's half of [`crate::handshake`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,37 +17,134 @@ use crate::authority::{Authority, PeerRefusal};
 use crate::handshake::{self, Challenged, Joined};
 use crate::leader::{Detail, Event, LeaderHandle, Peer, Reply, Request, Timing};
 use crate::limits::Unproven;
+use crate::node::{Role, RoleCell};
 use crate::pb::{
     self, BidRequest, CloseRequest, DecisionReply, FromLeader, FromReplica, ResultReply,
     ResultRequest, StartRequest, StatusReply, StatusRequest, from_replica,
 };
+use crate::replica::{Held, SharedState};
 use crate::replication::Member;
 
 mod admission;
+mod directory;
 mod session;
 
 pub use admission::{Admission, Credentials, session_request};
 use admission::{bid, close, start};
+pub use directory::{Directory, held_status};
 pub use session::SESSION_IN_FLIGHT;
 
 /// Serves clients on the client port.
 #[derive(Debug)]
 pub struct AuctionService {
-    leader: LeaderHandle,
+    target: Target,
     admission: Admission,
+    directory: Directory,
+}
+
+/// Who answers on the client port.
+#[derive(Debug)]
+enum Target {
+    /// The leader, for as long as the server runs (one host: only the leader serves clients).
+    Leader(LeaderHandle),
+    /// Whatever the node is now (across hosts: every node serves clients for its whole life):
+    /// while it leads, its leader task; otherwise, a redirect to the leader.
+    Node(RoleCell),
 }
 
 impl AuctionService {
-    pub fn new(leader: LeaderHandle, admission: Admission) -> Self {
-        Self { leader, admission }
+    /// The client service of a node that serves clients only while it leads, through `leader`.
+    pub fn new(leader: LeaderHandle, admission: Admission, directory: Directory) -> Self {
+        Self {
+            target: Target::Leader(leader),
+            admission,
+            directory,
+        }
+    }
+
+    /// The client service of a node that serves clients for its whole life: as the leader while
+    /// `role` says it leads, otherwise by redirecting to the leader (status excepted, which it
+    /// answers from what it holds).
+    pub fn of_node(role: RoleCell, admission: Admission, directory: Directory) -> Self {
+        Self {
+            target: Target::Node(role),
+            admission,
+            directory,
+        }
+    }
+
+    /// The leader task that serves a request now, or the redirect to the leader.
+    async fn leader(&self) -> Result<Cow<'_, LeaderHandle>, Status> {
+        let role = match &self.target {
+            Target::Leader(h) => return Ok(Cow::Borrowed(h)),
+            Target::Node(role) => current(role),
+        };
+        match role {
+            Role::Leader(h) => Ok(Cow::Owned(h)),
+            Role::Replica { state, .. } => {
+                let followed = held(&state).map(|h| h.state.leader.id);
+                Err(self.directory.redirect(followed).await)
+            }
+            Role::Starting => Err(self.directory.redirect(None).await),
+        }
     }
 
     async fn decide(&self, request: Request) -> Result<DecisionReply, Status> {
-        match self.leader.call(request).await? {
+        match self.leader().await?.call(request).await? {
             Reply::Decision(d, view) => Ok(crate::view::decision_reply(&d, view)),
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// The node's role now.
+fn current(role: &RoleCell) -> Role {
+    // Invariant: no code panics while holding this lock, so it is never poisoned.
+    role.lock().expect("role lock poisoned").clone()
+}
+
+/// The state a replica holds, if any.
+fn held(state: &SharedState) -> Option<Held> {
+    // Invariant: no code panics while holding this lock, so it is never poisoned.
+    state.lock().expect("state lock poisoned").clone()
+}
+
+/// A node's status as its terminal or the client port shows it: the leader's, while it leads;
+/// otherwise what it holds (`None` when it holds nothing yet). `with_digest` for its own
+/// terminal only.
+///
+/// # Errors
+/// The leader task did not answer (it is leaving).
+pub async fn node_status(
+    role: &Role,
+    directory: &Directory,
+    with_digest: bool,
+) -> Result<Option<StatusReply>, Status> {
+    let (mut reply, me) = match role {
+        Role::Leader(h) => {
+            let detail = if with_digest {
+                Detail::WithDigest
+            } else {
+                Detail::Summary
+            };
+            match h.call(Request::Status(detail)).await? {
+                Reply::Status(s) => {
+                    // The leader task names itself as the leader.
+                    let me = s.leader.map(Member::try_from).transpose()?;
+                    let me = me.ok_or_else(|| Status::internal("a status without its leader"))?;
+                    (s, me)
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Role::Replica { me, state } => match held(state) {
+            Some(h) => (held_status(&h, with_digest), *me),
+            None => return Ok(None),
+        },
+        Role::Starting => return Ok(None),
+    };
+    directory.complete(&mut reply, me).await;
+    Ok(Some(reply))
 }
 
 fn unexpected(reply: &Reply) -> Status {
@@ -67,7 +165,7 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         _req: GrpcRequest<ResultRequest>,
     ) -> Result<Response<ResultReply>, Status> {
-        match self.leader.call(Request::Result).await? {
+        match self.leader().await?.call(Request::Result).await? {
             Reply::Result(view) => Ok(Response::new(ResultReply {
                 auction: Some(view),
             })),
@@ -93,13 +191,19 @@ impl pb::auction_server::Auction for AuctionService {
             .map(Response::new)
     }
 
+    /// The leader's status; across hosts, a node that does not lead answers from what it holds,
+    /// so an operator can ask any node (one that holds nothing yet redirects).
     async fn status(
         &self,
         _req: GrpcRequest<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        match self.leader.call(Request::Status(Detail::Summary)).await? {
-            Reply::Status(s) => Ok(Response::new(s)),
-            other => Err(unexpected(&other)),
+        let role = match &self.target {
+            Target::Leader(h) => Role::Leader(h.clone()),
+            Target::Node(role) => current(role),
+        };
+        match node_status(&role, &self.directory, false).await? {
+            Some(reply) => Ok(Response::new(reply)),
+            None => Err(self.directory.redirect(None).await),
         }
     }
 
@@ -107,11 +211,8 @@ impl pb::auction_server::Auction for AuctionService {
         &self,
         req: GrpcRequest<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let replies = session::serve(
-            req.into_inner(),
-            self.leader.clone(),
-            self.admission.clone(),
-        );
+        let leader = self.leader().await?.into_owned();
+        let replies = session::serve(req.into_inner(), leader, self.admission.clone());
         Ok(Response::new(replies))
     }
 }
