@@ -221,6 +221,7 @@ pub fn spawn<A: Authority>(
 ) -> LeaderHandle {
     let (tx, rx) = mpsc::channel(4096);
     let (members, members_rx) = watch::channel(state.members.clone());
+    let (learned, learned_rx) = mpsc::unbounded_channel();
     let leader = Leader {
         engine: Engine::new(me, state, clock, initial, timing, A::READS),
         timing,
@@ -228,8 +229,9 @@ pub fn spawn<A: Authority>(
         authority,
         members,
         spin: Spin::spawn(timing.spin),
+        learned,
     };
-    tokio::spawn(leader.run(rx, shutdown));
+    tokio::spawn(leader.run(rx, learned_rx, shutdown));
     LeaderHandle {
         events: tx,
         members: members_rx,
@@ -248,12 +250,15 @@ struct Leader<A> {
     members: watch::Sender<Vec<Member>>,
     /// Keeps the thread polling for a while after runs of small batches, unless turned off.
     spin: Spin,
+    /// Where the authority's answers (admitted, fenced, deposed) come back to the task.
+    learned: mpsc::UnboundedSender<engine::Event<ReplyTo>>,
 }
 
 impl<A: Authority> Leader<A> {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<Event>,
+        mut learned: mpsc::UnboundedReceiver<engine::Event<ReplyTo>>,
         shutdown: impl Future<Output = ()> + Send,
     ) {
         self.step().await;
@@ -282,6 +287,8 @@ impl<A: Authority> Leader<A> {
                     Some(event) => self.handle(event).await,
                     None => break,
                 },
+                // The task holds a sender, so this never ends while it runs.
+                Some(event) = learned.recv() => self.engine.handle(event, Instant::now()),
                 // Heartbeats, and fencing of members that fell silent or stayed away. Events
                 // already queued (acks among them) are handled first, so they count.
                 scheduled = tick.tick() => {
@@ -430,33 +437,50 @@ impl<A: Authority> Leader<A> {
                 }
                 None
             }
-            Action::Admit { node } => Some(match self.authority.admit(&node).await {
-                Ok(()) => engine::Event::Admitted { node },
-                Err(AuthorityError::Deposed) => engine::Event::Deposed,
-                Err(e) => engine::Event::AdmitFailed {
-                    node,
-                    why: e.to_string(),
-                },
-            }),
-            Action::Fence { node } => Some(match self.authority.fence(&node).await {
-                Ok(fenced) => {
-                    match fenced {
-                        Fenced::Killed => {
-                            warn!(node = %node.id, pid = node.pid, "fenced (SIGKILL)")
-                        }
-                        Fenced::AlreadyGone => {
-                            info!(node = %node.id, pid = node.pid, "process is gone");
-                        }
-                        Fenced::Excluded => warn!(node = %node.id, "fenced (no longer a member)"),
+            // The authority may be a network away (etcd): its answers come back as events, so the
+            // leader goes on beating and committing meanwhile. The engine asks once per node
+            // until it has the answer.
+            Action::Admit { node } => {
+                let authority = self.authority.clone();
+                self.learn(async move {
+                    match authority.admit(&node).await {
+                        Ok(()) => engine::Event::Admitted { node },
+                        Err(AuthorityError::Deposed) => engine::Event::Deposed,
+                        Err(e) => engine::Event::AdmitFailed {
+                            node,
+                            why: e.to_string(),
+                        },
                     }
-                    engine::Event::Fenced { node }
-                }
-                Err(AuthorityError::Deposed) => engine::Event::Deposed,
-                Err(e) => engine::Event::FenceFailed {
-                    node,
-                    why: e.to_string(),
-                },
-            }),
+                });
+                None
+            }
+            Action::Fence { node } => {
+                let authority = self.authority.clone();
+                self.learn(async move {
+                    match authority.fence(&node).await {
+                        Ok(fenced) => {
+                            match fenced {
+                                Fenced::Killed => {
+                                    warn!(node = %node.id, pid = node.pid, "fenced (SIGKILL)");
+                                }
+                                Fenced::AlreadyGone => {
+                                    info!(node = %node.id, pid = node.pid, "process is gone");
+                                }
+                                Fenced::Excluded => {
+                                    warn!(node = %node.id, "fenced (no longer a member)");
+                                }
+                            }
+                            engine::Event::Fenced { node }
+                        }
+                        Err(AuthorityError::Deposed) => engine::Event::Deposed,
+                        Err(e) => engine::Event::FenceFailed {
+                            node,
+                            why: e.to_string(),
+                        },
+                    }
+                });
+                None
+            }
             Action::Members(members) => {
                 self.members.send_replace(members);
                 None
@@ -467,6 +491,16 @@ impl<A: Authority> Leader<A> {
             }
             Action::Stop => None,
         }
+    }
+
+    /// Runs an authority call beside the leader task; its answer reaches the engine as an
+    /// event, in the task's loop.
+    fn learn(&self, call: impl Future<Output = engine::Event<ReplyTo>> + Send + 'static) {
+        let learned = self.learned.clone();
+        tokio::spawn(async move {
+            // The leader task may have ended meanwhile: then nobody needs the answer.
+            let _ = learned.send(call.await);
+        });
     }
 
     /// Sends message `seq` on stream `conn`; a stream that cannot take it is reported.
