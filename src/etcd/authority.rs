@@ -436,6 +436,67 @@ mod tests {
         assert!(authority.leading().is_none());
     }
 
+    /// A leader whose etcd hangs (it accepts connections and never answers) goes on answering
+    /// while its removal of a silent member waits for etcd: the authority's calls run beside
+    /// the leader task, not in it.
+    #[tokio::test]
+    async fn a_leader_answers_while_its_fence_waits_for_etcd() {
+        use crate::leader::{self, Detail, Reply, Request, Timing};
+        use crate::replication::ClockReading;
+        // Accepted by the kernel's backlog, never read: every request hangs until its timeout.
+        let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", hang.local_addr().unwrap());
+        let me = Member {
+            id: NodeId(1),
+            pid: std::process::id(),
+            start_time: 0,
+        };
+        let record = NodeRecord {
+            id: 1,
+            replica: "127.0.0.1:0".parse().unwrap(),
+            client: "127.0.0.1:0".parse().unwrap(),
+        };
+        let authority = EtcdAuthority::new(Registry::new(&[url], "t", None).unwrap(), record);
+        authority.set_leading(5);
+        let mut state = ClusterState::founded(me, Generation(1));
+        // A member that never connects: silent from the start, so fenced after the timeout.
+        state.members.push(Member {
+            id: NodeId(2),
+            pid: 2,
+            start_time: 2,
+        });
+        let timing = Timing {
+            heartbeat: Duration::from_millis(20),
+            timeout: Duration::from_millis(100),
+            spin: Duration::ZERO,
+        };
+        let clock = ClockReading {
+            clock: crate::types::Millis(0),
+            at: Instant::now(),
+        };
+        let handle = leader::spawn(
+            me,
+            state,
+            clock,
+            Vec::new(),
+            timing,
+            std::sync::Arc::new(authority),
+            std::future::pending(),
+        );
+        // For a second, well into the fence's wait for etcd (2 s), every status is answered
+        // within a few heartbeats.
+        let end = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < end {
+            let status = handle.call(Request::Status(Detail::Summary));
+            let reply = tokio::time::timeout(Duration::from_millis(200), status)
+                .await
+                .expect("the leader answers while its fence waits for etcd")
+                .unwrap();
+            assert!(matches!(reply, Reply::Status(_)));
+            tokio::time::sleep(timing.heartbeat).await;
+        }
+    }
+
     /// A member takes over from a leader of a later epoch than its state's only after it was
     /// sent to follow that very leader, and failed to for the patience.
     #[tokio::test]
