@@ -426,7 +426,14 @@ impl Client {
                     }
                     status_text(&status)
                 }
-                Err(_) => "timed out".to_string(),
+                Err(_) => {
+                    // A node that accepts requests and answers none (a leader cut off from its
+                    // members, or paused) is tried last from now on.
+                    if let Some(silent) = self.conn.as_ref().map(|c| c.addr) {
+                        self.pass_over(silent);
+                    }
+                    "timed out".to_string()
+                }
             };
             self.conn = None;
             if Instant::now() + backoff.peek() >= deadline {
@@ -595,6 +602,17 @@ impl Client {
     fn next_address(&mut self) {
         if !self.servers.is_empty() {
             self.preferred = (self.preferred + 1) % self.servers.len();
+        }
+    }
+
+    /// `addr` took a request and answered nothing within the attempt's time: the next address
+    /// is dialled first from now on (and a leader a node named at `addr` is forgotten).
+    fn pass_over(&mut self, addr: SocketAddr) {
+        if self.redirect == Some(addr) {
+            self.redirect = None;
+        }
+        if self.servers.get(self.preferred) == Some(&addr) {
+            self.next_address();
         }
     }
 
@@ -821,6 +839,29 @@ mod tests {
             ..from_replica
         };
         assert_eq!(leader_hint(&not_the_leader(&unknown)), None);
+    }
+
+    /// A node that took a request and answered nothing is dialled last: the next address
+    /// first, and a leader that node named is forgotten.
+    #[test]
+    fn a_silent_node_is_passed_over_for_the_next_address() {
+        let (a, b, c) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.2:1".parse().unwrap(),
+            "127.0.0.3:1".parse().unwrap(),
+        );
+        let mut client = Client::with_addresses(vec![a, b, c], Duration::from_secs(1));
+        client.pass_over(a);
+        assert_eq!(client.servers[client.preferred], b);
+        // Silence of an address that is not the preferred one moves nothing.
+        client.pass_over(c);
+        assert_eq!(client.servers[client.preferred], b);
+        client.redirect = Some(c);
+        client.pass_over(c);
+        assert_eq!(
+            (client.redirect, client.servers[client.preferred]),
+            (None, b)
+        );
     }
 
     #[test]

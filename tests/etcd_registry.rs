@@ -111,3 +111,43 @@ async fn an_unreachable_etcd_is_an_error_not_a_hang() {
         Err(RegistryError::Access(_))
     ));
 }
+
+/// Two members fall silent together: the leader fences both at once, and etcd's member list
+/// loses both (each removal reads, changes and writes the list; side by side one would undo
+/// the other).
+#[tokio::test]
+async fn two_fences_at_once_both_remove_their_member() {
+    use auction::authority::{Authority, Vacancy};
+    use auction::etcd::authority::EtcdAuthority;
+    use auction::replication::Member;
+    let etcd = etcd().await;
+    let me = NodeRecord {
+        id: 1,
+        replica: "127.0.0.1:0".parse().unwrap(),
+        client: "127.0.0.1:0".parse().unwrap(),
+    };
+    let authority = EtcdAuthority::new(registry(&etcd, "fences"), me);
+    assert!(matches!(
+        authority.vacancy().await.unwrap(),
+        Vacancy::Free { .. }
+    ));
+    let member = |id| Member {
+        id: NodeId(id),
+        pid: u32::from(id),
+        start_time: 1,
+    };
+    for id in 2..=5 {
+        authority.admit(&member(id)).await.unwrap();
+    }
+    let (two, three, five) = (member(2), member(3), member(5));
+    let (a, b, c) = tokio::join!(
+        authority.fence(&two),
+        authority.fence(&three),
+        authority.fence(&five),
+    );
+    for fenced in [a, b, c] {
+        fenced.unwrap();
+    }
+    let members = registry(&etcd, "fences").members().await.unwrap().ids;
+    assert_eq!(members, [NodeId(1), NodeId(4)]);
+}

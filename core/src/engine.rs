@@ -627,7 +627,8 @@ impl<R> Engine<R> {
         for conn in conns {
             self.send(conn, self.heartbeat(now), now);
         }
-        for (node, why) in self.followers.late(&self.state, now, self.timing.timeout) {
+        let timeout = crate::follower::member_timeout(&self.timing, self.reads);
+        for (node, why) in self.followers.late(&self.state, now, timeout) {
             match why {
                 Lateness::Unresponsive => warn!(node = %node.id, "member stopped acknowledging"),
                 Lateness::Absent => warn!(node = %node.id, "member did not rejoin"),
@@ -1097,6 +1098,26 @@ mod tests {
         );
         let after = tick_until(&mut e, &clock, ms + 50, ms + 100);
         assert_eq!(fences(&after), [node(2)], "silent past the timeout");
+    }
+
+    /// Across hosts the leader gives up on a silent member two heartbeats before the timeout, so
+    /// that it has removed a member cut off from it before that member gives up on the leader
+    /// (`follower::silence_limit`).
+    #[test]
+    fn across_hosts_a_silent_member_is_fenced_two_heartbeats_before_the_timeout() {
+        let clock = Clock(Instant::now());
+        let mut e = leader(&clock);
+        e.reads = Reads::Barrier;
+        join(&mut e, &clock, 0, 2, 20);
+        let ms = (TIMEOUT - 2 * HEARTBEAT).as_millis() as u64;
+        let before = tick_until(&mut e, &clock, 50, ms);
+        assert!(fences(&before).is_empty(), "silent for no more than that");
+        let after = tick_until(&mut e, &clock, ms + 50, ms + 100);
+        assert_eq!(
+            fences(&after),
+            [node(2)],
+            "silent past it, before the timeout"
+        );
     }
 
     #[test]

@@ -16,19 +16,36 @@ use crate::types::Millis;
 ///
 /// Where a fence stops the leader's process ([`Reads::Local`]: one host, SIGKILL), the timeout.
 /// Where a fence only excludes ([`Reads::Barrier`]: etcd, across hosts), a member cut off from
-/// a leader that still works races that leader's removal of it in etcd, and at the timeout it
-/// wins: a replica cut off from the other nodes but not from etcd would depose a leader that
-/// serves with its other members, and lead alone (found by `tests/multi_host_faults.rs`). The
-/// leader removes a member whose oldest unacknowledged message is older than the timeout,
-/// checked at each heartbeat, so by the timeout plus two heartbeats and an etcd write. So such a
-/// member waits longer: half a timeout more (at least four heartbeats), by when a leader that
-/// works has removed it, and its takeover, which needs etcd to list it, fails
-/// (docs/design.md and DESIGN.md, "Multi-host mode": only a listed member takes over). A
-/// leader that is really gone is replaced that much later.
+/// a leader that still works races that leader's removal of it in etcd: were both at the
+/// timeout, the member would usually win, and a replica cut off from the other nodes but not
+/// from etcd would depose a leader that serves with its other members, and lead alone (found by
+/// `tests/multi_host_faults.rs`). So the leader gives up first: it removes a member whose oldest
+/// unacknowledged message is older than [`member_timeout`], checked at each heartbeat. That
+/// message left at most a heartbeat after the last one the member heard, so a leader that works
+/// has removed the member by `member_timeout` plus two heartbeats (plus an etcd write) after the
+/// member last heard from it. The member waits one heartbeat more than that, and its takeover,
+/// which needs etcd to list it, then fails (docs/multi-host.md, rules 3 and 4). A leader that is
+/// really gone is replaced a heartbeat after the timeout (`member_timeout` is at most two
+/// heartbeats under it), within the failover target of the timeout plus 200 ms at the
+/// defaults.
 pub fn silence_limit(timing: &Timing, reads: Reads) -> Duration {
     match reads {
         Reads::Local => timing.timeout,
-        Reads::Barrier => timing.timeout + (timing.timeout / 2).max(timing.heartbeat * 4),
+        Reads::Barrier => member_timeout(timing, reads) + timing.heartbeat * 3,
+    }
+}
+
+/// How long the leader waits for a member's ack before it fences the member: the timeout on one
+/// host; across hosts two heartbeats less (at least half the timeout), so that a leader that
+/// works removes a member cut off from it before that member gives up on the leader (see
+/// [`silence_limit`]).
+pub fn member_timeout(timing: &Timing, reads: Reads) -> Duration {
+    match reads {
+        Reads::Local => timing.timeout,
+        Reads::Barrier => timing
+            .timeout
+            .saturating_sub(timing.heartbeat * 2)
+            .max(timing.timeout / 2),
     }
 }
 
@@ -202,23 +219,29 @@ mod tests {
     use super::*;
 
     /// Across hosts a member gives up on its leader only after a leader that works would have
-    /// removed it (the timeout, plus two heartbeats for its check); on one host, at the timeout.
+    /// removed it (its member timeout, plus two heartbeats: one for the first unacknowledged
+    /// message, one for the check), with a heartbeat to spare; and soon after the timeout.
     #[test]
     fn across_hosts_a_member_gives_up_on_its_leader_after_the_leader_would_have_removed_it() {
         let ms = Duration::from_millis;
-        for (heartbeat, timeout) in [(50, 800), (100, 1_000), (200, 500), (10, 100)] {
+        for (heartbeat, timeout) in [(50, 800), (100, 1_000), (200, 500), (10, 100), (50, 100)] {
             let timing = Timing {
                 heartbeat: ms(heartbeat),
                 timeout: ms(timeout),
                 spin: Duration::ZERO,
             };
             assert_eq!(silence_limit(&timing, Reads::Local), timing.timeout);
-            let removed_by = timing.timeout + 2 * timing.heartbeat;
+            assert_eq!(member_timeout(&timing, Reads::Local), timing.timeout);
+            let removed_by = member_timeout(&timing, Reads::Barrier) + 2 * timing.heartbeat;
             let limit = silence_limit(&timing, Reads::Barrier);
             assert!(
                 limit >= removed_by + timing.heartbeat,
                 "{timing:?}: gives up at {limit:?}, removed by {removed_by:?}"
             );
+            assert!(member_timeout(&timing, Reads::Barrier) >= timing.timeout / 2);
+            if timing.timeout >= 4 * timing.heartbeat {
+                assert_eq!(limit, timing.timeout + timing.heartbeat, "{timing:?}");
+            }
         }
     }
 }

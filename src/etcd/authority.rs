@@ -48,6 +48,8 @@ pub struct EtcdAuthority {
     /// Set by `--new-cluster`, until this node first looks for a vacancy: the operator says every
     /// member of the cluster etcd names is dead, so this node founds a new one in its place.
     new_cluster: AtomicBool,
+    /// Held while the member list is read, changed and written back (see `write_members`).
+    writing: tokio::sync::Mutex<()>,
     /// Other nodes' records, as last read from etcd and when.
     records: Mutex<HashMap<NodeId, (NodeRecord, Instant)>>,
 }
@@ -62,6 +64,7 @@ impl EtcdAuthority {
             sent_to: Mutex::new(None),
             patience: Duration::ZERO,
             new_cluster: AtomicBool::new(false),
+            writing: tokio::sync::Mutex::new(()),
             records: Mutex::new(HashMap::new()),
         }
     }
@@ -167,11 +170,14 @@ impl EtcdAuthority {
             })
     }
 
-    /// Writes the member list as this node's epoch's leader.
+    /// Writes the member list as this node's epoch's leader. One change at a time: the leader
+    /// asks for several at once (two members fall silent together), and each reads the list,
+    /// changes it and writes it back; side by side, one would undo the other.
     async fn write_members(
         &self,
         change: impl FnOnce(&mut Vec<NodeId>),
     ) -> Result<(), AuthorityError> {
+        let _one_at_a_time = self.writing.lock().await;
         let Some(epoch) = self.leading() else {
             return Err(AuthorityError::Deposed);
         };
