@@ -1053,7 +1053,7 @@ async fn inject(
     let kind = *cfg
         .kinds
         .get((draws.kind % cfg.kinds.len().max(1) as u64) as usize)?;
-    let at = t0.elapsed();
+    let mut at = t0.elapsed();
     // A cut lasts past the timeout, so that it deposes or removes someone; etcd stays out of
     // reach longer, past a node's requests to it.
     let hold = draws.pause(cfg.timeout_ms, true);
@@ -1086,15 +1086,14 @@ async fn inject(
         }
         FaultKind::EtcdUnreachable => {
             let net = network.as_deref_mut()?;
-            network_fault(
-                host,
-                net.cut_from_etcd(&NODES, etcd_hold).await,
-                format!("every node, for {} ms", etcd_hold.as_millis()),
-            )
+            let cut = network_fault(host, net.cut_from_etcd(&NODES, etcd_hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            Some(format!("every node, for {} ms", etcd_hold.as_millis()))
         }
         FaultKind::RestartEtcd => {
             let net = network.as_deref_mut()?;
-            network_fault(host, net.restart_etcd().await, "every member".into())
+            network_fault(host, net.restart_etcd().await)?;
+            Some("every member".into())
         }
         _ => None,
     };
@@ -1123,7 +1122,7 @@ async fn inject(
     // one running member outside its targets.
     let survives = |targets: &[u16]| members.iter().any(|m| !targets.contains(m));
     let timeout = cfg.timeout_ms;
-    let at = t0.elapsed();
+    let mut at = t0.elapsed();
     let target = match kind {
         FaultKind::KillClient
         | FaultKind::StepClockForward
@@ -1137,9 +1136,9 @@ async fn inject(
             if followers.is_empty() {
                 return None;
             }
-            let done = net.isolate_from_nodes(leader, hold).await;
-            let what = format!("node {leader}, for {} ms", hold.as_millis());
-            network_fault(host, done, what)?
+            let cut = network_fault(host, net.isolate_from_nodes(leader, hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            format!("node {leader}, for {} ms", hold.as_millis())
         }
         FaultKind::IsolateReplica => {
             let net = network.as_deref_mut()?;
@@ -1147,22 +1146,16 @@ async fn inject(
             if !survives(&[id]) {
                 return None;
             }
-            let done = net.isolate(id, hold).await;
-            network_fault(
-                host,
-                done,
-                format!("node {id}, for {} ms", hold.as_millis()),
-            )?
+            let cut = network_fault(host, net.isolate(id, hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            format!("node {id}, for {} ms", hold.as_millis())
         }
         FaultKind::CutFromEtcd => {
             let net = network.as_deref_mut()?;
             let id = pick(&members)?;
-            let done = net.cut_from_etcd(&[id], hold).await;
-            network_fault(
-                host,
-                done,
-                format!("node {id}, for {} ms", hold.as_millis()),
-            )?
+            let cut = network_fault(host, net.cut_from_etcd(&[id], hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            format!("node {id}, for {} ms", hold.as_millis())
         }
         FaultKind::KillLeader => {
             if !survives(&[leader]) {
@@ -1240,16 +1233,10 @@ async fn inject(
     Some(Fault { kind, at, target })
 }
 
-/// `what` if the network fault was made; else `None`, with the error among the run's problems
-/// (the lab failed, not the cluster).
-fn network_fault(host: &mut Host, done: Result<(), String>, what: String) -> Option<String> {
-    match done {
-        Ok(()) => Some(what),
-        Err(e) => {
-            host.errors.push(e);
-            None
-        }
-    }
+/// What a network fault returned if it was made; else `None`, with the error among the run's
+/// problems (the lab failed, not the cluster).
+fn network_fault<T>(host: &mut Host, done: Result<T, String>) -> Option<T> {
+    done.map_err(|e| host.errors.push(e)).ok()
 }
 
 async fn pause(cluster: &LocalCluster, id: u16, length: Duration) {

@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use auction::cluster::{Spec, Transcript};
+use tokio::time::Instant;
 
 use super::NODES;
 use crate::etcd::{Etcd, EtcdSpec};
@@ -91,25 +92,34 @@ impl Network {
             .collect()
     }
 
-    /// Cuts `a` from `b` for `hold`, then heals; returns what it did.
-    async fn cut_for(&mut self, a: &[IpAddr], b: &[IpAddr], hold: Duration) -> Result<(), String> {
+    /// Cuts `a` from `b` for `hold`, then heals; returns when the cut was in force (`nft`
+    /// takes a while to start).
+    async fn cut_for(
+        &mut self,
+        a: &[IpAddr],
+        b: &[IpAddr],
+        hold: Duration,
+    ) -> Result<Instant, String> {
         self.cuts.cut(a, b).map_err(|e| format!("cutting: {e}"))?;
+        let cut = Instant::now();
         tokio::time::sleep(hold).await;
-        self.cuts.heal().map_err(|e| format!("healing: {e}"))
+        self.cuts.heal().map_err(|e| format!("healing: {e}"))?;
+        Ok(cut)
     }
 
-    /// Cuts node `id` off from the other nodes (not from etcd) for `hold`.
+    /// Cuts node `id` off from the other nodes (not from etcd) for `hold`; returns when the cut
+    /// was in force.
     pub(super) async fn isolate_from_nodes(
         &mut self,
         id: u16,
         hold: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<Instant, String> {
         let (me, others) = ([self.ip(id)], self.others(id));
         self.cut_for(&me, &others, hold).await
     }
 
     /// Cuts node `id` off from the other nodes and from etcd for `hold`.
-    pub(super) async fn isolate(&mut self, id: u16, hold: Duration) -> Result<(), String> {
+    pub(super) async fn isolate(&mut self, id: u16, hold: Duration) -> Result<Instant, String> {
         let mut rest = self.others(id);
         rest.extend(self.etcd.addrs());
         let me = [self.ip(id)];
@@ -121,7 +131,7 @@ impl Network {
         &mut self,
         ids: &[u16],
         hold: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<Instant, String> {
         let nodes: Vec<IpAddr> = ids.iter().map(|&id| self.ip(id)).collect();
         let etcd = self.etcd.addrs();
         self.cut_for(&nodes, &etcd, hold).await
