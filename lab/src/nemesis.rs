@@ -1693,6 +1693,40 @@ mod tests {
     }
 
     #[test]
+    fn fault_kinds_have_keys_and_each_mode_draws_only_its_own() {
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::from_key(kind.key()), Some(kind));
+            // Every kind is drawn in one mode or the other.
+            assert!(
+                FaultKind::SINGLE_HOST.contains(&kind) || FaultKind::MULTI_HOST.contains(&kind),
+                "{kind:?}"
+            );
+        }
+        assert!(
+            FaultKind::SINGLE_HOST
+                .iter()
+                .all(|k| !FaultKind::NETWORK.contains(k))
+        );
+        assert!(
+            FaultKind::MULTI_HOST
+                .iter()
+                .all(|k| !FaultKind::HOST.contains(k))
+        );
+        assert!(
+            FaultKind::NETWORK
+                .iter()
+                .all(|k| FaultKind::MULTI_HOST.contains(k))
+        );
+        // The single-host default is every kind but the network's, as before there were any.
+        assert_eq!(
+            FaultKind::SINGLE_HOST.len() + FaultKind::NETWORK.len(),
+            FaultKind::ALL.len()
+        );
+        assert_eq!(Config::new("n", 1).kinds, FaultKind::SINGLE_HOST.to_vec());
+        assert_eq!(Config::new("n", 1).mode, Mode::SingleHost);
+    }
+
+    #[test]
     fn percentiles_take_the_nearest_rank() {
         let ms = Duration::from_millis;
         let v: Vec<Duration> = (1..=100).map(ms).collect();
