@@ -121,7 +121,7 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
     for kind in &kinds {
         if args.etcd && FaultKind::HOST.contains(kind) {
             bail!(
-                "--faults: {} is a single-host fault: drop it, or --etcd",
+                "--faults: {} is a single-host fault: drop it from --faults, or drop --etcd",
                 kind.key()
             );
         }
