@@ -3,6 +3,11 @@
 //! nodes' wall clock and deletes the cluster's files in /tmp, at random moments. Every choice
 //! comes from one seed, so a failing run names the seed that replays it.
 //!
+//! In [`Mode::MultiHost`] the same run goes against nodes on loopback addresses of their own with
+//! a three-member etcd deciding who leads, and the nemesis also cuts the network between them
+//! and breaks etcd ([`FaultKind::NETWORK`], module `network`); the clients are given every
+//! node's address.
+//!
 //! A run goes through several short auctions: the founder opens the first (`--duration`), and
 //! an operator task opens each next one soon after it has seen the previous one closed. Each
 //! auction's end is recorded as an operation ([`Call::Expire`]) whose window is when its
