@@ -3,6 +3,11 @@
 //! nodes' wall clock and deletes the cluster's files in /tmp, at random moments. Every choice
 //! comes from one seed, so a failing run names the seed that replays it.
 //!
+//! In [`Mode::MultiHost`] the same run goes against nodes on loopback addresses of their own with
+//! a three-member etcd deciding who leads, and the nemesis also cuts the network between them
+//! and breaks etcd ([`FaultKind::NETWORK`], module `network`); the clients are given every
+//! node's address.
+//!
 //! A run goes through several short auctions: the founder opens the first (`--duration`), and
 //! an operator task opens each next one soon after it has seen the previous one closed. Each
 //! auction's end is recorded as an operation ([`Call::Expire`]) whose window is when its
@@ -34,10 +39,12 @@ use auction::types::{Amount, BidderId, RequestId, Token};
 use auction::view::View;
 
 mod host;
+mod network;
 mod operator;
 
 pub use host::MAX_CLOCK_OFFSET_SECS;
 use host::{Host, RunDir, delete_artefacts};
+use network::Network;
 use operator::{Operator, OperatorLog};
 
 /// The node ids of the cluster, as in the original hand-in.
@@ -155,11 +162,25 @@ pub enum FaultKind {
     /// Delete the cluster's files in /tmp, kill the leader and restart it at once, so that it
     /// looks for a cluster while the next in line takes over.
     DeleteArtefactsDuringFailover,
+    /// Multi-host: cut the leader off from its members (not from etcd) past the timeout, then
+    /// heal.
+    IsolateLeader,
+    /// Multi-host: cut a replica off from the other nodes and from etcd past the timeout, then
+    /// heal.
+    IsolateReplica,
+    /// Multi-host: cut one node (leader or replica) off from etcd only, then heal.
+    CutFromEtcd,
+    /// Multi-host: kill -9 etcd's own leader (of three members); it is restarted later.
+    KillEtcdLeader,
+    /// Multi-host: every node cut off from every etcd member for a while, then heal.
+    EtcdUnreachable,
+    /// Multi-host: every etcd member restarted, one after the other.
+    RestartEtcd,
 }
 
 impl FaultKind {
-    /// Every kind, in the order a draw picks them.
-    pub const ALL: [Self; 14] = [
+    /// Every kind.
+    pub const ALL: [Self; 20] = [
         Self::KillLeader,
         Self::KillReplica,
         Self::PauseLeaderShort,
@@ -174,6 +195,62 @@ impl FaultKind {
         Self::StepClockDuringFailover,
         Self::DeleteArtefacts,
         Self::DeleteArtefactsDuringFailover,
+        Self::IsolateLeader,
+        Self::IsolateReplica,
+        Self::CutFromEtcd,
+        Self::KillEtcdLeader,
+        Self::EtcdUnreachable,
+        Self::RestartEtcd,
+    ];
+
+    /// The kinds of a single-host run by default, in the order a draw picks them: every kind but
+    /// the [`FaultKind::NETWORK`] ones.
+    pub const SINGLE_HOST: [Self; 14] = [
+        Self::KillLeader,
+        Self::KillReplica,
+        Self::PauseLeaderShort,
+        Self::PauseLeaderLong,
+        Self::PauseReplicaShort,
+        Self::PauseReplicaLong,
+        Self::KillDuringFailover,
+        Self::PauseDuringFailover,
+        Self::KillClient,
+        Self::StepClockForward,
+        Self::StepClockBack,
+        Self::StepClockDuringFailover,
+        Self::DeleteArtefacts,
+        Self::DeleteArtefactsDuringFailover,
+    ];
+
+    /// The kinds of a multi-host run by default, in the order a draw picks them: kills and
+    /// pauses of one node or client, and the [`FaultKind::NETWORK`] ones. Clock steps and /tmp
+    /// deletions are left to single-host runs; the two faults that strike the successor during
+    /// a failover can be asked for with `--faults` (docs/testing.md says why they are not
+    /// drawn by default).
+    pub const MULTI_HOST: [Self; 13] = [
+        Self::KillLeader,
+        Self::KillReplica,
+        Self::PauseLeaderShort,
+        Self::PauseLeaderLong,
+        Self::PauseReplicaShort,
+        Self::PauseReplicaLong,
+        Self::KillClient,
+        Self::IsolateLeader,
+        Self::IsolateReplica,
+        Self::CutFromEtcd,
+        Self::KillEtcdLeader,
+        Self::EtcdUnreachable,
+        Self::RestartEtcd,
+    ];
+
+    /// The faults of the network and of etcd: multi-host runs only.
+    pub const NETWORK: [Self; 6] = [
+        Self::IsolateLeader,
+        Self::IsolateReplica,
+        Self::CutFromEtcd,
+        Self::KillEtcdLeader,
+        Self::EtcdUnreachable,
+        Self::RestartEtcd,
     ];
 
     /// The faults that break the host rather than processes: wall clock steps and deleted
@@ -203,6 +280,12 @@ impl FaultKind {
             Self::StepClockDuringFailover => "step-clock-during-failover",
             Self::DeleteArtefacts => "delete-artefacts",
             Self::DeleteArtefactsDuringFailover => "delete-artefacts-during-failover",
+            Self::IsolateLeader => "isolate-leader",
+            Self::IsolateReplica => "isolate-replica",
+            Self::CutFromEtcd => "cut-from-etcd",
+            Self::KillEtcdLeader => "kill-etcd-leader",
+            Self::EtcdUnreachable => "etcd-unreachable",
+            Self::RestartEtcd => "restart-etcd",
         }
     }
 
@@ -228,6 +311,12 @@ impl FaultKind {
             Self::StepClockDuringFailover => "kill leader, step wall clock",
             Self::DeleteArtefacts => "delete /tmp files",
             Self::DeleteArtefactsDuringFailover => "delete /tmp files, kill and restart leader",
+            Self::IsolateLeader => "leader cut off from members",
+            Self::IsolateReplica => "replica cut off from all",
+            Self::CutFromEtcd => "node cut off from etcd",
+            Self::KillEtcdLeader => "kill -9 etcd's leader",
+            Self::EtcdUnreachable => "etcd unreachable",
+            Self::RestartEtcd => "etcd restarted",
         }
     }
 }
@@ -267,10 +356,24 @@ pub struct Config {
     /// The kinds of fault the nemesis draws from (each iteration draws the same numbers
     /// whatever the set, so a seed replays with the same set).
     pub kinds: Vec<FaultKind>,
+    /// One host, or several with etcd.
+    pub mode: Mode,
+}
+
+/// How the cluster of a run is laid out, and so which faults it can have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Every node on 127.0.0.1, the host deciding who leads (ports, SIGKILL).
+    #[default]
+    SingleHost,
+    /// Each node on a loopback address of its own and a three-member etcd deciding who leads,
+    /// with cuts between them ([`FaultKind::NETWORK`]). The process must be in a private
+    /// network namespace ([`crate::netns::enter_private`]).
+    MultiHost,
 }
 
 impl Config {
-    /// Ten seconds of every kind of fault against 8 clients, with a 50 ms heartbeat and a
+    /// Ten seconds of every kind of single-host fault against 8 clients, with a 50 ms heartbeat and a
     /// 500 ms timeout, nodes sharing /tmp, and the run's files in the temporary directory.
     pub fn new(node_bin: impl Into<PathBuf>, seed: u64) -> Self {
         Self {
@@ -282,7 +385,8 @@ impl Config {
             timeout_ms: 500,
             private_tmp: false,
             scratch_dir: std::env::temp_dir(),
-            kinds: FaultKind::ALL.to_vec(),
+            kinds: FaultKind::SINGLE_HOST.to_vec(),
+            mode: Mode::SingleHost,
         }
     }
 
@@ -609,7 +713,22 @@ pub async fn run(cfg: &Config) -> Report {
     };
     let mut operator_rng = Rng::new(cfg.seed ^ 0x6f70_6572_6174_6f72);
     let first_secs = operator_rng.range(*AUCTION_MS.start() / 1000, *AUCTION_MS.end() / 1000 + 1);
-    let (mut cluster, first) = match start_cluster(cfg, &clock, first_secs, t0).await {
+    let transcript = Transcript::new(false);
+    let mut network = match cfg.mode {
+        Mode::SingleHost => None,
+        Mode::MultiHost => match Network::start(cfg.seed, &transcript).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("the network did not start: {e}"));
+                report.transcript = transcript.lines();
+                return report;
+            }
+        },
+    };
+    let started = start_cluster(cfg, &clock, network.as_ref(), transcript, first_secs, t0).await;
+    let (mut cluster, first) = match started {
         Ok(c) => c,
         Err((e, transcript)) => {
             // What the nodes said when they gave up, if they did.
@@ -626,7 +745,7 @@ pub async fn run(cfg: &Config) -> Report {
             return report;
         }
     };
-    let addr = cluster.spec.client_addr();
+    let addrs = cluster.spec.client_addrs();
     let faults_until = t0.elapsed() + cfg.faults_for;
     let stop = Arc::new(AtomicBool::new(false));
     let kills: Vec<Arc<AtomicBool>> = (0..cfg.clients)
@@ -635,8 +754,8 @@ pub async fn run(cfg: &Config) -> Report {
     let tasks: Vec<_> = (0..cfg.clients)
         .map(|i| {
             let seed = cfg.seed ^ (i as u64 + 1).wrapping_mul(0x5851_f42d_4c95_7f2d);
-            let (stop, kill) = (stop.clone(), kills[i].clone());
-            tokio::spawn(client_loop(i, addr, seed, t0, stop, kill))
+            let (stop, kill, addrs) = (stop.clone(), kills[i].clone(), addrs.clone());
+            tokio::spawn(client_loop(i, addrs, seed, t0, stop, kill))
         })
         .collect();
     let operator = Operator {
@@ -661,15 +780,33 @@ pub async fn run(cfg: &Config) -> Report {
         let draws = Draws::new(&mut rng);
         tokio::time::sleep(Duration::from_millis(300 + draws.gap % 700)).await;
         restart_dead(&mut cluster);
-        if let Some(fault) = inject(&mut cluster, &mut host, cfg, &draws, &kills, t0).await {
+        if let Some(net) = &mut network
+            && let Err(e) = net.recover().await
+        {
+            host.errors.push(e);
+        }
+        let mut surface = Surface {
+            cluster: &mut cluster,
+            host: &mut host,
+            network: network.as_mut(),
+        };
+        if let Some(fault) = inject(&mut surface, cfg, &draws, &kills, t0).await {
             report.faults.push(fault);
         }
     }
     report.problems.append(&mut host.errors);
 
-    // Heal: resume everything and bring the dead back until all three are members again.
+    // Heal: resume everything, mend the network, and bring the dead back until all three are
+    // members again.
     for id in NODES {
         let _ = cluster.signal(id, Signal::CONT);
+    }
+    if let Some(net) = &mut network
+        && let Err(e) = net.heal().await
+    {
+        report
+            .problems
+            .push(format!("the network did not heal: {e}"));
     }
     if let Err(e) = heal(&mut cluster).await {
         report
@@ -705,7 +842,7 @@ pub async fn run(cfg: &Config) -> Report {
             .push(format!("the operator task failed: {e}")),
     }
     // The final read, part of the history like any other.
-    let mut reader = Client::new(addr, Duration::from_secs(10));
+    let mut reader = Client::with_addresses(addrs.clone(), Duration::from_secs(10));
     let invoked = t0.elapsed();
     let final_view = reader.result().await.map(|v| read_view(&v));
     match &final_view {
@@ -739,11 +876,11 @@ pub async fn run(cfg: &Config) -> Report {
     }
     check_acknowledged(&ops, final_view.as_ref().ok(), &mut report.problems);
     check_same_state(&mut cluster, &mut report.problems).await;
-    let (replayed, retried) = check_replays(addr, &last_bids, &mut report.problems).await;
+    let (replayed, retried) = check_replays(&addrs, &last_bids, &mut report.problems).await;
     report.replayed = replayed;
     report.replayed_after_retries = retried;
     if let Ok(before) = &final_view {
-        let mut reader = Client::new(addr, Duration::from_secs(10));
+        let mut reader = Client::with_addresses(addrs.clone(), Duration::from_secs(10));
         match reader.result().await.map(|v| read_view(&v)) {
             // The auction may have closed in between; nothing else may have changed.
             Ok(after)
@@ -767,15 +904,20 @@ pub async fn run(cfg: &Config) -> Report {
     for id in cluster.running() {
         cluster.kill(id).await;
     }
+    // etcd goes after the nodes, so none of them waits for it on the way out.
+    drop(network);
     report.transcript = cluster.transcript.lines();
     report
 }
 
-/// Starts the cluster on `clock`: the founder opens the first auction, of `first_secs`, and the
-/// others join. Returns it with the first auction. On failure, says why, with the transcript.
+/// Starts the cluster on `clock` (across the hosts of `network`, if given), its output in
+/// `transcript`: the founder opens the first auction, of `first_secs`, and the others join.
+/// Returns it with the first auction. On failure, says why, with the transcript.
 async fn start_cluster(
     cfg: &Config,
     clock: &FakeClock,
+    network: Option<&Network>,
+    transcript: Transcript,
     first_secs: u64,
     t0: Instant,
 ) -> Result<(LocalCluster, AuctionRecord), (String, Vec<String>)> {
@@ -790,7 +932,10 @@ async fn start_cluster(
     ];
     spec.node_env = clock.env();
     spec.private_tmp = cfg.private_tmp;
-    let mut cluster = LocalCluster::new(spec, Transcript::new(false));
+    if let Some(network) = network {
+        network.configure(&mut spec);
+    }
+    let mut cluster = LocalCluster::new(spec, transcript);
     let patience = Duration::from_secs(20);
     let (&founder, others) = NODES.split_first().expect("three nodes");
     let started = async {
@@ -887,20 +1032,37 @@ impl Draws {
     }
 }
 
-/// Injects the fault `draws` chooses, if the cluster's state allows it. Pauses are waited out
-/// here: their length is the fault.
+/// What the nemesis can break: the nodes, the host they share, and (across hosts) the network
+/// and etcd.
+struct Surface<'a> {
+    cluster: &'a mut LocalCluster,
+    host: &'a mut Host,
+    /// `None` in a single-host run, which has no network faults.
+    network: Option<&'a mut Network>,
+}
+
+/// Injects the fault `draws` chooses, if the cluster's state allows it. Pauses and cuts are
+/// waited out here: their length is the fault.
 async fn inject(
-    cluster: &mut LocalCluster,
-    host: &mut Host,
+    surface: &mut Surface<'_>,
     cfg: &Config,
     draws: &Draws,
     kills: &[Arc<AtomicBool>],
     t0: Instant,
 ) -> Option<Fault> {
+    let Surface {
+        cluster,
+        host,
+        network,
+    } = surface;
     let kind = *cfg
         .kinds
         .get((draws.kind % cfg.kinds.len().max(1) as u64) as usize)?;
-    let at = t0.elapsed();
+    let mut at = t0.elapsed();
+    // A cut lasts past the timeout, so that it deposes or removes someone; etcd stays out of
+    // reach longer, past a node's requests to it.
+    let hold = draws.pause(cfg.timeout_ms, true);
+    let etcd_hold = Duration::from_millis(1000 + draws.pause % 3000);
     // Faults that need not know who leads.
     let target = match kind {
         FaultKind::KillClient => {
@@ -916,6 +1078,27 @@ async fn inject(
         FaultKind::DeleteArtefacts => {
             let n = delete_artefacts(host.leader_port);
             Some(format!("{n} files"))
+        }
+        FaultKind::KillEtcdLeader => {
+            let net = network.as_deref_mut()?;
+            Some(match net.kill_etcd_leader().await {
+                Ok(i) => format!("etcd-{i}"),
+                Err(e) => {
+                    host.errors.push(format!("killing etcd's leader: {e}"));
+                    return None;
+                }
+            })
+        }
+        FaultKind::EtcdUnreachable => {
+            let net = network.as_deref_mut()?;
+            let cut = network_fault(host, net.cut_from_etcd(&NODES, etcd_hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            Some(format!("every node, for {} ms", etcd_hold.as_millis()))
+        }
+        FaultKind::RestartEtcd => {
+            let net = network.as_deref_mut()?;
+            network_fault(host, net.restart_etcd().await)?;
+            Some("every member".into())
         }
         _ => None,
     };
@@ -944,12 +1127,41 @@ async fn inject(
     // one running member outside its targets.
     let survives = |targets: &[u16]| members.iter().any(|m| !targets.contains(m));
     let timeout = cfg.timeout_ms;
-    let at = t0.elapsed();
+    let mut at = t0.elapsed();
     let target = match kind {
         FaultKind::KillClient
         | FaultKind::StepClockForward
         | FaultKind::StepClockBack
-        | FaultKind::DeleteArtefacts => unreachable!("handled above"),
+        | FaultKind::DeleteArtefacts
+        | FaultKind::KillEtcdLeader
+        | FaultKind::EtcdUnreachable
+        | FaultKind::RestartEtcd => unreachable!("handled above"),
+        FaultKind::IsolateLeader => {
+            let net = network.as_deref_mut()?;
+            if followers.is_empty() {
+                return None;
+            }
+            let cut = network_fault(host, net.isolate_from_nodes(leader, hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            format!("node {leader}, for {} ms", hold.as_millis())
+        }
+        FaultKind::IsolateReplica => {
+            let net = network.as_deref_mut()?;
+            let id = pick(&followers)?;
+            if !survives(&[id]) {
+                return None;
+            }
+            let cut = network_fault(host, net.isolate(id, hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            format!("node {id}, for {} ms", hold.as_millis())
+        }
+        FaultKind::CutFromEtcd => {
+            let net = network.as_deref_mut()?;
+            let id = pick(&members)?;
+            let cut = network_fault(host, net.cut_from_etcd(&[id], hold).await)?;
+            at = cut.saturating_duration_since(t0);
+            format!("node {id}, for {} ms", hold.as_millis())
+        }
         FaultKind::KillLeader => {
             if !survives(&[leader]) {
                 return None;
@@ -1026,6 +1238,12 @@ async fn inject(
     Some(Fault { kind, at, target })
 }
 
+/// What a network fault returned if it was made; else `None`, with the error among the run's
+/// problems (the lab failed, not the cluster).
+fn network_fault<T>(host: &mut Host, done: Result<T, String>) -> Option<T> {
+    done.map_err(|e| host.errors.push(e)).ok()
+}
+
 async fn pause(cluster: &LocalCluster, id: u16, length: Duration) {
     if cluster.signal(id, Signal::STOP).is_ok() {
         tokio::time::sleep(length).await;
@@ -1047,7 +1265,7 @@ fn read_view(view: &View) -> ReadView {
 /// session), bidding a little above the highest bid it knows, or reading, until `stop`.
 async fn client_loop(
     index: usize,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     seed: u64,
     t0: Instant,
     stop: Arc<AtomicBool>,
@@ -1067,7 +1285,7 @@ async fn client_loop(
         }
     };
     let new_client = || {
-        let mut c = Client::new(addr, Duration::from_secs(5));
+        let mut c = Client::with_addresses(addrs.clone(), Duration::from_secs(5));
         c.set_token(bidder.clone(), token.clone());
         c
     };
@@ -1385,18 +1603,26 @@ fn version_and_digest(line: &str) -> Option<(u64, String)> {
     Some((version.parse().ok()?, digest))
 }
 
-/// Replays each session's last bid with its own request id: exactly-once must give back the
-/// first outcome. Returns how many bids were replayed, and how many of those had needed retries.
+/// Replays each session's last bid with its own request id, at the first of `addrs` that takes
+/// a connection (only the leader's does): exactly-once must give back the first outcome.
+/// Returns how many bids were replayed, and how many of those had needed retries.
 async fn check_replays(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     last_bids: &[LastBid],
     problems: &mut Vec<String>,
 ) -> (usize, usize) {
-    let url = format!("http://{addr}");
     let patience = Duration::from_secs(10);
-    let connected = tokio::time::timeout(patience, pb::auction_client::AuctionClient::connect(url));
-    let Ok(Ok(mut c)) = connected.await else {
-        problems.push("cannot connect to replay requests".into());
+    let connect = async {
+        for addr in addrs {
+            let url = format!("http://{addr}");
+            if let Ok(c) = pb::auction_client::AuctionClient::connect(url).await {
+                return Some(c);
+            }
+        }
+        None
+    };
+    let Ok(Some(mut c)) = tokio::time::timeout(patience, connect).await else {
+        problems.push(format!("cannot connect to {addrs:?} to replay requests"));
         return (0, 0);
     };
     let (mut replayed, mut retried) = (0, 0);
@@ -1469,6 +1695,40 @@ mod tests {
         let mut r = Rng::new(1);
         assert!((0..100).all(|_| (3..9).contains(&r.range(3, 9))));
         assert_eq!(r.range(4, 4), 4);
+    }
+
+    #[test]
+    fn fault_kinds_have_keys_and_each_mode_draws_only_its_own() {
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::from_key(kind.key()), Some(kind));
+            // Every kind is drawn in one mode or the other.
+            assert!(
+                FaultKind::SINGLE_HOST.contains(&kind) || FaultKind::MULTI_HOST.contains(&kind),
+                "{kind:?}"
+            );
+        }
+        assert!(
+            FaultKind::SINGLE_HOST
+                .iter()
+                .all(|k| !FaultKind::NETWORK.contains(k))
+        );
+        assert!(
+            FaultKind::MULTI_HOST
+                .iter()
+                .all(|k| !FaultKind::HOST.contains(k))
+        );
+        assert!(
+            FaultKind::NETWORK
+                .iter()
+                .all(|k| FaultKind::MULTI_HOST.contains(k))
+        );
+        // The single-host default is every kind but the network's, as before there were any.
+        assert_eq!(
+            FaultKind::SINGLE_HOST.len() + FaultKind::NETWORK.len(),
+            FaultKind::ALL.len()
+        );
+        assert_eq!(Config::new("n", 1).kinds, FaultKind::SINGLE_HOST.to_vec());
+        assert_eq!(Config::new("n", 1).mode, Mode::SingleHost);
     }
 
     #[test]

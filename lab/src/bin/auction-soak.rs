@@ -5,13 +5,18 @@
 //!
 //! The nodes run on a wall clock that the nemesis steps (Debian's `faketime` package must be
 //! installed); `--private-tmp` gives each node a /tmp of its own (needs root).
+//!
+//! `--etcd` runs the cluster in multi-host mode instead: each node on a loopback address of its
+//! own and a three-member etcd deciding who leads, inside a private network namespace that the
+//! process enters first thing (root, `ip`, `nft` and `etcd` needed), with partitions and etcd
+//! faults besides kills and pauses.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use auction_lab::nemesis::{Config, FaultKind, Summary, run};
+use auction_lab::nemesis::{Config, FaultKind, Mode, Summary, run};
 use clap::Parser;
 
 /// Runs seeded fault runs and reports. A failing run's transcript is written to --log-dir, and
@@ -44,13 +49,21 @@ struct Args {
     /// (needs root and util-linux's unshare).
     #[arg(long)]
     private_tmp: bool,
-    /// The kinds of fault to inject, separated by commas (default: all): kill-leader,
-    /// kill-replica, pause-leader-short, pause-leader-long, pause-replica-short,
-    /// pause-replica-long, kill-during-failover, pause-during-failover, kill-client,
+    /// The kinds of fault to inject, separated by commas: kill-leader, kill-replica,
+    /// pause-leader-short, pause-leader-long, pause-replica-short, pause-replica-long,
+    /// kill-during-failover, pause-during-failover, kill-client ("process": these nine);
     /// step-clock-forward, step-clock-back, step-clock-during-failover, delete-artefacts,
-    /// delete-artefacts-during-failover; or "process" for the first nine, "host" for the rest.
+    /// delete-artefacts-during-failover ("host": these five, single-host only); isolate-leader,
+    /// isolate-replica, cut-from-etcd, kill-etcd-leader, etcd-unreachable, restart-etcd
+    /// ("network": these six, --etcd only). Default: process and host; with --etcd, process
+    /// but the two during-failover ones, and network.
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
+    /// Multi-host mode: each node on its own loopback address, a three-member etcd deciding who
+    /// leads, partitions between them; in a private network namespace (needs root, iproute2,
+    /// nftables and etcd-server).
+    #[arg(long)]
+    etcd: bool,
     /// Where each run keeps the file with the nodes' wall clock offset; the nodes must see it,
     /// so it must be outside /tmp with --private-tmp.
     #[arg(long, default_value = "target/soak/scratch")]
@@ -59,6 +72,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Before any thread exists, or the runtime's threads would stay in the host's namespace.
+    if args.etcd
+        && let Err(e) = auction_lab::netns::enter_private()
+    {
+        eprintln!("error: --etcd: cannot enter a private network namespace: {e}");
+        return ExitCode::from(2);
+    }
     match tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(soak(args)))
@@ -77,23 +97,40 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
     if args.clients == 0 || args.secs == 0 {
         bail!("--clients and --secs must be at least 1");
     }
+    let (mode, default) = if args.etcd {
+        (Mode::MultiHost, &FaultKind::MULTI_HOST[..])
+    } else {
+        (Mode::SingleHost, &FaultKind::SINGLE_HOST[..])
+    };
     let mut kinds = Vec::new();
     for key in &args.faults {
         match key.as_str() {
             "process" => kinds.extend(
                 FaultKind::ALL
                     .into_iter()
-                    .filter(|k| !FaultKind::HOST.contains(k)),
+                    .filter(|k| !FaultKind::HOST.contains(k) && !FaultKind::NETWORK.contains(k)),
             ),
             "host" => kinds.extend(FaultKind::HOST),
+            "network" => kinds.extend(FaultKind::NETWORK),
             _ => kinds.push(
                 FaultKind::from_key(key)
                     .with_context(|| format!("--faults: no fault is called {key:?}"))?,
             ),
         }
     }
+    for kind in &kinds {
+        if args.etcd && FaultKind::HOST.contains(kind) {
+            bail!(
+                "--faults: {} is a single-host fault: drop it from --faults, or drop --etcd",
+                kind.key()
+            );
+        }
+        if !args.etcd && FaultKind::NETWORK.contains(kind) {
+            bail!("--faults: {} needs --etcd (multi-host mode)", kind.key());
+        }
+    }
     if kinds.is_empty() {
-        kinds = FaultKind::ALL.to_vec();
+        kinds = default.to_vec();
     }
     let mut summary = Summary::default();
     for k in 0..args.runs {
@@ -105,6 +142,7 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
         cfg.heartbeat_ms = args.heartbeat_ms;
         cfg.private_tmp = args.private_tmp;
         cfg.kinds.clone_from(&kinds);
+        cfg.mode = mode;
         cfg.scratch_dir.clone_from(&args.scratch_dir);
         let report = run(&cfg).await;
         let max_lag = report.close_lags.iter().max().copied().unwrap_or_default();
