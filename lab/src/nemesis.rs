@@ -223,17 +223,17 @@ impl FaultKind {
     ];
 
     /// The kinds of a multi-host run by default, in the order a draw picks them: kills and
-    /// pauses of one node or client, and the [`FaultKind::NETWORK`] ones. Clock steps and /tmp
-    /// deletions are left to single-host runs; the two faults that strike the successor during
-    /// a failover can be asked for with `--faults` (docs/testing.md says why they are not
-    /// drawn by default).
-    pub const MULTI_HOST: [Self; 13] = [
+    /// pauses of nodes and clients (the successor during a failover too), and the
+    /// [`FaultKind::NETWORK`] ones. Clock steps and /tmp deletions are left to single-host runs.
+    pub const MULTI_HOST: [Self; 15] = [
         Self::KillLeader,
         Self::KillReplica,
         Self::PauseLeaderShort,
         Self::PauseLeaderLong,
         Self::PauseReplicaShort,
         Self::PauseReplicaLong,
+        Self::KillDuringFailover,
+        Self::PauseDuringFailover,
         Self::KillClient,
         Self::IsolateLeader,
         Self::IsolateReplica,
