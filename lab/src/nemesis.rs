@@ -1603,17 +1603,27 @@ fn version_and_digest(line: &str) -> Option<(u64, String)> {
     Some((version.parse().ok()?, digest))
 }
 
-/// Replays each session's last bid with its own request id, at the first of `addrs` that takes
-/// a connection (only the leader's does): exactly-once must give back the first outcome.
-/// Returns how many bids were replayed, and how many of those had needed retries.
+/// Replays each session's last bid with its own request id, at the leader (the one address of
+/// one host; across hosts, where every node takes connections, the leader's, as a status
+/// names it, then the others): exactly-once must give back the first outcome. Returns how many
+/// bids were replayed, and how many of those had needed retries.
 async fn check_replays(
     addrs: &[SocketAddr],
     last_bids: &[LastBid],
     problems: &mut Vec<String>,
 ) -> (usize, usize) {
     let patience = Duration::from_secs(10);
+    let leader = Client::with_addresses(addrs.to_vec(), patience)
+        .status()
+        .await
+        .ok()
+        .and_then(|s| s.leader_addr);
+    let order: Vec<SocketAddr> = leader
+        .into_iter()
+        .chain(addrs.iter().copied().filter(|a| Some(*a) != leader))
+        .collect();
     let connect = async {
-        for addr in addrs {
+        for addr in &order {
             let url = format!("http://{addr}");
             if let Ok(c) = pb::auction_client::AuctionClient::connect(url).await {
                 return Some(c);
