@@ -294,11 +294,31 @@ pub fn sibling_binary(name: &str) -> std::io::Result<PathBuf> {
     }
 }
 
-/// Picks a port that is free right now, by binding port 0 and letting it go.
+/// Picks a port that is free right now on 127.0.0.1, below the range the kernel hands out to
+/// outgoing connections (`net.ipv4.ip_local_port_range`): a node on 127.0.0.x dials from its
+/// own address, each connection taking a port of that range there, and a listener bound later
+/// on that address and port would fail (seen in the multi-host soak). Falls back to a port the
+/// kernel picks when that range leaves no room below it.
 ///
 /// # Errors
 /// No port could be bound.
 pub fn free_port() -> std::io::Result<u16> {
+    /// The lowest port picked: above the well-known and registered ports services use.
+    const FLOOR: u16 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if low > FLOOR + 1_000 {
+        for _ in 0..100 {
+            let mut bytes = [0; 2];
+            crate::host::fill_random(&mut bytes)?;
+            let port = FLOOR + u16::from_le_bytes(bytes) % (low - FLOOR);
+            if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
