@@ -2,8 +2,6 @@
 //! the host's namespace: these tests cut no traffic), etcd deciding who leads and who is a
 //! member, epochs that are etcd revisions.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use auction::auction::Decision;
@@ -24,10 +22,7 @@ async fn etcd() -> Etcd {
 
 /// Nodes 1, 2 and 3 on 127.0.0.`base`+1.. (the test's own addresses), in cluster `name`.
 async fn cluster(etcd: &Etcd, name: &str, base: u8) -> Harness {
-    let mut spec = Harness::spec(&["--etcd", &etcd.client_urls().join(","), "--cluster", name]);
-    spec.hosts = (1..=3)
-        .map(|i| (i, IpAddr::V4(Ipv4Addr::new(127, 0, 0, base + i as u8))))
-        .collect::<BTreeMap<_, _>>();
+    let spec = Harness::multi_host_spec(&etcd.client_urls(), name, base, &[]);
     Harness::start_with_spec(spec, &[1, 2, 3]).await
 }
 

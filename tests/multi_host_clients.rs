@@ -4,8 +4,7 @@
 //! succession order, and the epoch. Each node on a loopback address of its own (127.0.0.141 to
 //! 149, which no other test uses), with a real etcd.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use auction::auction::Decision;
 use auction::client::Client;
@@ -27,10 +26,7 @@ async fn etcd() -> Etcd {
 /// Nodes 1, 2 and 3 on 127.0.0.`base`+1.. (the test's own addresses), in cluster `name`, node 1
 /// leading.
 async fn cluster(etcd: &Etcd, name: &str, base: u8) -> Harness {
-    let mut spec = Harness::spec(&["--etcd", &etcd.client_urls().join(","), "--cluster", name]);
-    spec.hosts = (1..=3)
-        .map(|i| (i, IpAddr::V4(Ipv4Addr::new(127, 0, 0, base + i as u8))))
-        .collect::<BTreeMap<_, _>>();
+    let spec = Harness::multi_host_spec(&etcd.client_urls(), name, base, &[]);
     let h = Harness::start_with_spec(spec, &[1, 2, 3]).await;
     let status = h.wait_leader(1).await;
     assert_eq!(status.members.len(), 3, "{status:?}");

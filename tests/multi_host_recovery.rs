@@ -2,9 +2,6 @@
 //! until the operator says the cluster is dead (`auction-node --new-cluster`), and that is
 //! refused while the old leader answers. Nodes on 127.0.0.171–173 in the host's namespace.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-
 use auction::auction::Decision;
 use auction::cluster::{Transcript, leader_of};
 use auction::etcd::registry::Registry;
@@ -17,11 +14,7 @@ async fn new_cluster_replaces_only_a_cluster_whose_leader_no_longer_answers() {
     let etcd = Etcd::local(&Transcript::new(false))
         .await
         .expect("etcd starts (Debian's etcd-server)");
-    let urls = etcd.client_urls().join(",");
-    let mut spec = Harness::spec(&["--etcd", &urls, "--cluster", "dead"]);
-    spec.hosts = (1..=3)
-        .map(|i| (i, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 170 + i as u8))))
-        .collect::<BTreeMap<_, _>>();
+    let spec = Harness::multi_host_spec(&etcd.client_urls(), "dead", 170, &[]);
     let mut h = Harness::start_with_spec(spec, &[1, 2]).await;
     let before = h.wait_for(|s| s.members.len() == 2).await;
     let mut client = h.cluster.client(WAIT);

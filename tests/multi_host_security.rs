@@ -3,7 +3,6 @@
 //! clients across a failover; the cluster secret keeps a stranger out when no pid can be checked.
 //! Nodes on 127.0.0.151–159 in the host's namespace (no traffic is cut here).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -45,14 +44,7 @@ async fn enable_auth(etcd: &Etcd) {
 /// A spec for nodes 1, 2 and 3 on 127.0.0.`base`+1.., in cluster `name` of `etcd`, with more
 /// node arguments.
 fn spec(etcd: &Etcd, name: &str, base: u8, args: &[&str]) -> Spec {
-    let urls = etcd.client_urls().join(",");
-    let mut node_args = vec!["--etcd", &urls, "--cluster", name];
-    node_args.extend_from_slice(args);
-    let mut spec = Harness::spec(&node_args);
-    spec.hosts = (1..=3)
-        .map(|i| (i, IpAddr::V4(Ipv4Addr::new(127, 0, 0, base + i as u8))))
-        .collect::<BTreeMap<_, _>>();
-    spec
+    Harness::multi_host_spec(&etcd.client_urls(), name, base, args)
 }
 
 /// Starts node `id` of `spec` by hand (not through the harness, which expects it to join) with
@@ -282,12 +274,8 @@ async fn nodes_reach_etcd_over_tls_with_a_client_certificate_and_not_without() {
         "--etcd-key".into(),
         pki.path("client-key.pem"),
     ];
-    let mut node_args = vec!["--etcd", tls.as_str(), "--cluster", "etcd-tls"];
-    node_args.extend(tls_args.iter().map(String::as_str));
-    let mut spec = Harness::spec(&node_args);
-    spec.hosts = (1..=3)
-        .map(|i| (i, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 160 + i as u8))))
-        .collect();
+    let node_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let spec = Harness::multi_host_spec(std::slice::from_ref(&tls), "etcd-tls", 160, &node_args);
     let h = Harness::start_with_spec(spec.clone(), &[1, 2]).await;
     let status = h.wait_for(|s| s.members.len() == 2).await;
     assert_eq!(leader_of(&status), 1);

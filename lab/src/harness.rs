@@ -75,6 +75,28 @@ impl Harness {
         spec
     }
 
+    /// The spec of a multi-host cluster named `cluster` in the etcd at `etcd_urls`, with the
+    /// tests' heartbeat and timeout and more `node_args`: node 1, 2 or 3 on 127.0.0.(`base` +
+    /// id), an address of the test's own, so tests run side by side.
+    pub fn multi_host_spec(
+        etcd_urls: &[String],
+        cluster: &str,
+        base: u8,
+        node_args: &[&str],
+    ) -> Spec {
+        let urls = etcd_urls.join(",");
+        let mut args = vec!["--etcd", urls.as_str(), "--cluster", cluster];
+        args.extend_from_slice(node_args);
+        let mut spec = Self::spec(&args);
+        spec.hosts = (1..=3u8)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::new(127, 0, 0, base + i);
+                (u16::from(i), std::net::IpAddr::V4(ip))
+            })
+            .collect();
+        spec
+    }
+
     /// As [`Harness::start`], with the nodes started as `spec` says.
     pub async fn start_with_spec(spec: Spec, ids: &[u16]) -> Self {
         let mut h = Self {
