@@ -8,7 +8,6 @@
 //! so the demo's fixed addresses and its packet filters never touch the host's network. Needs
 //! root, `ip`, `nft` and `etcd`; without them every test fails and says what is missing.
 
-use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ use anyhow::{Context, bail, ensure};
 use auction::cluster::{Proc, Transcript};
 use auction_lab::harness::{DEMO, WAIT, wait_for_lines};
 use auction_lab::netns;
-use libtest_mimic::{Arguments, Failed, Trial};
+use auction_lab::netns::trial;
+use libtest_mimic::Arguments;
 use rustix::process::Signal;
 use tokio::process::Command;
 
@@ -25,13 +25,6 @@ fn main() -> ExitCode {
     // The demo's addresses are fixed (etcd on 127.0.0.10:2379, the nodes on .11 to .13): one
     // test at a time.
     args.test_threads = Some(1);
-    // Listing the tests needs no namespace (nor root).
-    if !args.list
-        && let Err(e) = netns::enter_private()
-    {
-        eprintln!("demo_etcd: cannot enter a private network namespace: {e}");
-        return ExitCode::FAILURE;
-    }
     let tests = vec![
         trial(
             "the_etcd_demo_fails_over_and_heals_a_partition",
@@ -42,23 +35,7 @@ fn main() -> ExitCode {
             the_etcd_demo_without_etcd_names_the_package,
         ),
     ];
-    libtest_mimic::run(&args, tests).exit_code()
-}
-
-fn trial<F, Fut>(name: &str, test: F) -> Trial
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    Trial::test(name, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-        runtime
-            .block_on(test())
-            .map_err(|e| Failed::from(format!("{e:#}")))
-    })
+    netns::run_tests("demo_etcd", &args, tests)
 }
 
 /// A running `auction-demo --etcd`, its output, and secrets of its own.

@@ -2,17 +2,10 @@
 //! transactions that compare the leader key's revision (the epoch), so at most one change wins
 //! per epoch, and a deposed leader learns it at its next write.
 
-use auction::cluster::{Transcript, free_port};
+use auction::cluster::free_port;
 use auction::etcd::registry::{NodeRecord, Registry, RegistryError};
 use auction::types::NodeId;
 use auction_lab::etcd::Etcd;
-
-/// A one-member etcd on 127.0.0.1, on ports that were free.
-async fn etcd() -> Etcd {
-    Etcd::local(&Transcript::new(false))
-        .await
-        .expect("etcd starts (Debian's etcd-server)")
-}
 
 fn registry(etcd: &Etcd, cluster: &str) -> Registry {
     Registry::new(&etcd.client_urls(), cluster, None).expect("valid endpoints")
@@ -20,7 +13,7 @@ fn registry(etcd: &Etcd, cluster: &str) -> Registry {
 
 #[tokio::test]
 async fn one_founder_wins_and_its_epoch_is_the_leader_keys_revision() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let r = registry(&etcd, "founding");
     assert_eq!(r.leadership().await.unwrap(), None, "nobody leads yet");
     let epoch = r
@@ -43,7 +36,7 @@ async fn one_founder_wins_and_its_epoch_is_the_leader_keys_revision() {
 
 #[tokio::test]
 async fn one_member_takes_over_per_epoch_and_the_deposed_leader_cannot_change_members() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let r = registry(&etcd, "takeover");
     let first = r.found(NodeId(1)).await.unwrap().unwrap();
     r.set_members(first, &[NodeId(1), NodeId(2), NodeId(3)])
@@ -86,7 +79,7 @@ async fn one_member_takes_over_per_epoch_and_the_deposed_leader_cannot_change_me
 
 #[tokio::test]
 async fn nodes_register_where_they_serve() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let r = registry(&etcd, "directory");
     assert_eq!(r.node(NodeId(7)).await.unwrap(), None);
     let record = NodeRecord {
@@ -120,7 +113,7 @@ async fn two_fences_at_once_both_remove_their_member() {
     use auction::authority::{Authority, Vacancy};
     use auction::etcd::authority::EtcdAuthority;
     use auction::replication::Member;
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let me = NodeRecord {
         id: 1,
         replica: "127.0.0.1:0".parse().unwrap(),

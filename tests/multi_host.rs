@@ -6,19 +6,12 @@ use std::time::Duration;
 
 use auction::auction::Decision;
 use auction::client::{Client, ClientError};
-use auction::cluster::{Transcript, leader_of};
+use auction::cluster::leader_of;
 use auction::etcd::registry::Registry;
 use auction::types::{Amount, BidderId};
 use auction_lab::etcd::Etcd;
 use auction_lab::harness::{Harness, WAIT};
 use rustix::process::Signal;
-
-/// A one-member etcd on 127.0.0.1, on ports that were free.
-async fn etcd() -> Etcd {
-    Etcd::local(&Transcript::new(false))
-        .await
-        .expect("etcd starts (Debian's etcd-server)")
-}
 
 /// Nodes 1, 2 and 3 on 127.0.0.`base`+1.. (the test's own addresses), in cluster `name`.
 async fn cluster(etcd: &Etcd, name: &str, base: u8) -> Harness {
@@ -28,7 +21,7 @@ async fn cluster(etcd: &Etcd, name: &str, base: u8) -> Harness {
 
 #[tokio::test]
 async fn killing_the_leader_loses_no_acknowledged_bid_and_a_member_takes_over_at_a_later_epoch() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let mut h = cluster(&etcd, "kill-leader", 110).await;
     let before = h.wait_leader(1).await;
     assert_eq!(before.members.len(), 3, "{before:?}");
@@ -83,7 +76,7 @@ async fn killing_the_leader_loses_no_acknowledged_bid_and_a_member_takes_over_at
 
 #[tokio::test]
 async fn every_node_of_a_cluster_in_etcd_serves_its_client_port_and_only_the_leader_decides() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let h = cluster(&etcd, "serving", 120).await;
     let status = h.wait_leader(1).await;
     assert_eq!(leader_of(&status), 1);
@@ -114,7 +107,7 @@ async fn every_node_of_a_cluster_in_etcd_serves_its_client_port_and_only_the_lea
 /// to etcd tells it it was deposed, so it exits.
 #[tokio::test]
 async fn a_paused_leader_is_replaced_and_once_resumed_answers_nothing_and_exits() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let mut h = cluster(&etcd, "pause-leader", 130).await;
     let before = h.wait_leader(1).await;
     let mut client = h.cluster.client(WAIT);

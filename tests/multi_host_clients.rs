@@ -8,20 +8,13 @@ use std::net::SocketAddr;
 
 use auction::auction::Decision;
 use auction::client::Client;
-use auction::cluster::{Transcript, leader_of};
+use auction::cluster::leader_of;
 use auction::etcd::registry::Registry;
 use auction::pb::{self, LEADER_METADATA};
 use auction::types::{Amount, BidderId};
 use auction_lab::etcd::Etcd;
 use auction_lab::harness::{CLIENT, Harness, WAIT, json, run_client, wait_for_lines};
 use tokio::process::Command;
-
-/// A one-member etcd on 127.0.0.1, on ports that were free.
-async fn etcd() -> Etcd {
-    Etcd::local(&Transcript::new(false))
-        .await
-        .expect("etcd starts (Debian's etcd-server)")
-}
 
 /// Nodes 1, 2 and 3 on 127.0.0.`base`+1.. (the test's own addresses), in cluster `name`, node 1
 /// leading.
@@ -49,7 +42,7 @@ fn client_of(h: &Harness, addr: SocketAddr) -> Client {
 
 #[tokio::test]
 async fn a_client_given_only_a_replicas_address_has_its_bids_served_by_the_leader() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let h = cluster(&etcd, "redirect", 140).await;
     let (leader, replica) = (client_addr(&h, 1), client_addr(&h, 2));
     // What any gRPC client (grpcurl) sees at the replica: UNAVAILABLE, naming the leader in the
@@ -96,7 +89,7 @@ async fn a_client_given_only_a_replicas_address_has_its_bids_served_by_the_leade
 #[tokio::test]
 async fn after_the_leader_is_killed_a_client_of_one_replica_follows_to_the_new_leader_and_loses_no_bid()
  {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let mut h = cluster(&etcd, "follow", 143).await;
     // Node 3: not next in line, so after the kill it still has to redirect (to node 2).
     let mut client = client_of(&h, client_addr(&h, 3));
@@ -146,7 +139,7 @@ async fn etcd_client(h: &Harness, etcd: &Etcd, name: &str, args: &[&str]) -> (i3
 
 #[tokio::test]
 async fn a_client_finds_the_leader_through_etcd_and_any_node_shows_the_clusters_layout() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let name = "layout";
     let mut h = cluster(&etcd, name, 146).await;
     let addrs: Vec<String> = (1..=3).map(|i| client_addr(&h, i).to_string()).collect();

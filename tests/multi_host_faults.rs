@@ -43,19 +43,12 @@ use auction_lab::harness::{Harness, WAIT};
 use auction_lab::history::{Call, FINAL_READER, Operation, ReadView, Return};
 use auction_lab::netns;
 use auction_lab::partition::Partitions;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    // Listing the tests needs no namespace (nor root).
-    if !args.list
-        && let Err(e) = netns::enter_private()
-    {
-        eprintln!("multi_host_faults: cannot enter a private network namespace: {e}");
-        return ExitCode::FAILURE;
-    }
     let tests = vec![
         trial(
             "killing_a_replica_loses_no_acked_bid_and_removes_it_from_etcd",
@@ -110,7 +103,7 @@ fn main() -> ExitCode {
             a_successor_that_dies_before_any_member_took_its_state_is_replaced,
         ),
     ];
-    libtest_mimic::run(&args, tests).exit_code()
+    netns::run_tests("multi_host_faults", &args, tests)
 }
 
 /// A test on a tokio runtime of its own, on the test's thread (so the processes it starts live
@@ -120,12 +113,9 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    Trial::test(name, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-        runtime.block_on(test());
+    // These tests fail by panicking, with the lab's transcript.
+    netns::trial(name, move || async move {
+        test().await;
         Ok(())
     })
 }

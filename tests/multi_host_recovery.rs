@@ -3,7 +3,7 @@
 //! refused while the old leader answers. Nodes on 127.0.0.171–173 in the host's namespace.
 
 use auction::auction::Decision;
-use auction::cluster::{Transcript, leader_of};
+use auction::cluster::leader_of;
 use auction::etcd::registry::Registry;
 use auction::types::{Amount, BidderId};
 use auction_lab::etcd::Etcd;
@@ -11,9 +11,7 @@ use auction_lab::harness::{Harness, WAIT, wait_for_lines};
 
 #[tokio::test]
 async fn new_cluster_replaces_only_a_cluster_whose_leader_no_longer_answers() {
-    let etcd = Etcd::local(&Transcript::new(false))
-        .await
-        .expect("etcd starts (Debian's etcd-server)");
+    let etcd = Etcd::for_test().await;
     let spec = Harness::multi_host_spec(&etcd.client_urls(), "dead", 170, &[]);
     let mut h = Harness::start_with_spec(spec, &[1, 2]).await;
     let before = h.wait_for(|s| s.members.len() == 2).await;

@@ -17,12 +17,6 @@ use auction_lab::harness::{Harness, NODE, WAIT, json, run_client, wait_for_lines
 
 const PASSWORD: &str = "correct horse battery staple";
 
-async fn etcd() -> Etcd {
-    Etcd::local(&Transcript::new(false))
-        .await
-        .expect("etcd starts (Debian's etcd-server)")
-}
-
 /// Turns etcd's auth on, with user `root` (password [`PASSWORD`]) holding the root role.
 async fn enable_auth(etcd: &Etcd) {
     let mut auth = AuthClient::connect(etcd.client_url(0)).await.unwrap();
@@ -62,9 +56,20 @@ fn spawn_node(spec: &Spec, id: u16, env: &[(&str, &str)], transcript: &Transcrip
     Proc::spawn(cmd, &format!("node{id}"), transcript).unwrap()
 }
 
+/// Node 3 of `spec`, started with more `env`, exits with an error that contains `says`.
+async fn fails_saying(spec: &Spec, env: &[(&str, &str)], transcript: &Transcript, says: &str) {
+    let mut node = spawn_node(spec, 3, env, transcript);
+    let exit = node.wait(WAIT).await.expect("the node gives up");
+    assert!(!exit.success(), "{says}");
+    wait_for_lines(transcript, 1, |l| {
+        l.starts_with("[node3] error:") && l.contains(says)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn nodes_sign_in_to_an_etcd_with_auth_and_a_node_without_credentials_says_what_is_missing() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     enable_auth(&etcd).await;
     let mut spec = spec(&etcd, "signed-in", 150, &["--etcd-user", "root"]);
     spec.node_env = vec![(PASSWORD_ENV.into(), PASSWORD.into())];
@@ -80,19 +85,13 @@ async fn nodes_sign_in_to_an_etcd_with_auth_and_a_node_without_credentials_says_
         (true, None, PASSWORD_ENV),
         (true, Some("wrong"), "authentication failed"),
     ];
-    for (i, (user, password, says)) in cases.into_iter().enumerate() {
+    for (user, password, says) in cases {
         let env: Vec<(&str, &str)> = password.map(|p| (PASSWORD_ENV, p)).into_iter().collect();
         let mut s = spec.clone();
         if !user {
             s.node_args.retain(|a| a != "--etcd-user" && a != "root");
         }
-        let mut node = spawn_node(&s, 3, &env, transcript);
-        let exit = node.wait(WAIT).await.expect("the node gives up");
-        assert!(!exit.success(), "case {i}");
-        wait_for_lines(transcript, 1, |l| {
-            l.starts_with("[node3] error:") && l.contains(says)
-        })
-        .await;
+        fails_saying(&s, &env, transcript, says).await;
     }
     let status = h.wait_for(|s| s.members.len() == 2).await;
     assert_eq!(leader_of(&status), 1);
@@ -131,7 +130,7 @@ async fn a_registry_signs_in_again_when_etcd_forgot_its_token() {
 
 #[tokio::test]
 async fn tls_between_nodes_and_to_clients_across_a_failover() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let mut spec = spec(&etcd, "tls", 153, &[]);
     spec.tls = true;
     let mut h = Harness::start_with_spec(spec, &[1, 2, 3]).await;
@@ -182,7 +181,7 @@ async fn tls_between_nodes_and_to_clients_across_a_failover() {
 /// Across hosts no pid can be checked: the cluster secret alone keeps a stranger out.
 #[tokio::test]
 async fn a_node_without_the_cluster_secret_cannot_join_across_hosts() {
-    let etcd = etcd().await;
+    let etcd = Etcd::for_test().await;
     let spec = spec(&etcd, "stranger", 156, &[]);
     let h = Harness::start_with_spec(spec.clone(), &[1]).await;
     let mut stranger = spawn_node(
@@ -289,20 +288,14 @@ async fn nodes_reach_etcd_over_tls_with_a_client_certificate_and_not_without() {
         (&tls, &[], "--etcd-ca"),
         (&plain, &tls_args, "use https://"),
     ];
-    for (i, (url, args, says)) in cases.into_iter().enumerate() {
+    for (url, args, says) in cases {
         let mut s = spec.clone();
         s.node_args = ["--etcd", url, "--cluster", "etcd-tls"]
             .map(String::from)
             .into_iter()
             .chain(args.iter().cloned())
             .collect();
-        let mut node = spawn_node(&s, 3, &[], transcript);
-        let exit = node.wait(WAIT).await.expect("the node gives up");
-        assert!(!exit.success(), "case {i}");
-        wait_for_lines(transcript, 1, |l| {
-            l.starts_with("[node3] error:") && l.contains(says)
-        })
-        .await;
+        fails_saying(&s, &[], transcript, says).await;
     }
     let status = h.wait_for(|s| s.members.len() == 2).await;
     assert_eq!(leader_of(&status), 1);

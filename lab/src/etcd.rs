@@ -106,6 +106,18 @@ impl Etcd {
         Self::start(spec, transcript).await
     }
 
+    /// [`Etcd::local`] for a test: its output kept quiet, and a panic if it cannot start (the
+    /// message says why, naming Debian's `etcd-server` when the program is missing).
+    ///
+    /// # Panics
+    /// etcd did not start.
+    pub async fn for_test() -> Self {
+        match Self::local(&Transcript::new(false)).await {
+            Ok(etcd) => etcd,
+            Err(e) => panic!("etcd did not start: {e}"),
+        }
+    }
+
     /// Starts every member of `spec` and waits until each is healthy (it has a leader and
     /// answers a read), at most [`EtcdSpec::ready_timeout`]. Their output goes to `transcript`
     /// under `etcd-0`, `etcd-1`, …. Call it inside a tokio runtime, from a thread that lives as

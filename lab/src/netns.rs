@@ -194,3 +194,39 @@ fn check_loopback() -> io::Result<()> {
     listener.accept()?;
     Ok(())
 }
+
+/// The `main` of a `harness = false` test binary whose tests need a network of their own: enters
+/// a private network namespace before any thread exists ([`enter_private`]), then runs `tests`
+/// as libtest does (filters, listing, threads, report). Listing needs no namespace (nor root).
+/// `binary` names the binary in the error when the namespace cannot be entered.
+pub fn run_tests(
+    binary: &str,
+    args: &libtest_mimic::Arguments,
+    tests: Vec<libtest_mimic::Trial>,
+) -> std::process::ExitCode {
+    if !args.list
+        && let Err(e) = enter_private()
+    {
+        eprintln!("{binary}: cannot enter a private network namespace: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    libtest_mimic::run(args, tests).exit_code()
+}
+
+/// A test of [`run_tests`]: `test` runs on a Tokio runtime of its own; an error or a panic fails
+/// it.
+pub fn trial<F, Fut>(name: &str, test: F) -> libtest_mimic::Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    libtest_mimic::Trial::test(name, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| libtest_mimic::Failed::from(format!("tokio runtime: {e}")))?;
+        runtime
+            .block_on(test())
+            .map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+    })
+}

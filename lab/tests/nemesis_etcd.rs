@@ -17,13 +17,6 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    // Listing the tests needs no namespace (nor root).
-    if !args.list
-        && let Err(e) = auction_lab::netns::enter_private()
-    {
-        eprintln!("nemesis_etcd: cannot enter a private network namespace: {e}");
-        return ExitCode::FAILURE;
-    }
     let tests = vec![Trial::test(
         "multi_host_fault_run_passes_the_checker",
         || {
@@ -35,7 +28,7 @@ fn main() -> ExitCode {
             runtime.block_on(multi_host_fault_run(3))
         },
     )];
-    libtest_mimic::run(&args, tests).exit_code()
+    auction_lab::netns::run_tests("nemesis_etcd", &args, tests)
 }
 
 async fn multi_host_fault_run(seed: u64) -> Result<(), Failed> {

@@ -18,20 +18,14 @@ use anyhow::{Context, bail, ensure};
 use auction::cluster::Transcript;
 use auction_lab::etcd::{Etcd, EtcdSpec};
 use auction_lab::netns;
+use auction_lab::netns::trial;
 use auction_lab::partition::Partitions;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Arguments;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    // Listing the tests needs no namespace (nor root).
-    if !args.list
-        && let Err(e) = netns::enter_private()
-    {
-        eprintln!("netlab: cannot enter a private network namespace: {e}");
-        return ExitCode::FAILURE;
-    }
     let tests = vec![
         trial(
             "loopback_addresses_reach_each_other",
@@ -68,25 +62,7 @@ fn main() -> ExitCode {
             etcd_member_cut_off_loses_quorum_until_healed,
         ),
     ];
-    libtest_mimic::run(&args, tests).exit_code()
-}
-
-/// A test that runs `test` on a tokio runtime of its own, on the test's thread (so the
-/// processes it starts live as long as the test: see `auction::cluster::Proc::spawn`).
-fn trial<F, Fut>(name: &str, test: F) -> Trial
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    Trial::test(name, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-        runtime
-            .block_on(test())
-            .map_err(|e| Failed::from(format!("{e:#}")))
-    })
+    netns::run_tests("netlab", &args, tests)
 }
 
 /// How long a connection attempt may take before it counts as cut. On loopback an answered
